@@ -1,0 +1,34 @@
+"""Environment fixes that must run before heavy imports.
+
+torchvision 0.28.0 (the only release pinned to torch 2.13.0) is built against CUDA torch; on the CPU
+build its compiled ops do not load, and it then fails on import while registering fake kernels for
+`nms`/`qnms`. Declaring those two operator schemas first lets it import; transforms, models and
+open_clip then work (compiled ops such as decode_jpeg stay unavailable, so images are decoded with
+Pillow). On CUDA torch nothing is done.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_library = None
+
+
+def prepare_torchvision() -> None:
+    """Make `import torchvision` (and so `import open_clip`) work on the CPU build of torch."""
+    global _library
+    # No hub access exists here: a pretrained-weight request must fail at once, not hang.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if _library is not None or "torchvision" in sys.modules:
+        return
+    import torch
+
+    if torch.version.cuda is not None:
+        return
+    try:
+        _library = torch.library.Library("torchvision", "DEF")
+        _library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    except RuntimeError:  # already defined by a working torchvision build
+        _library = False

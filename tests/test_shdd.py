@@ -1,0 +1,156 @@
+"""SHDD encoder, decoder and KL loss: identities, known answers, round trips and failure modes."""
+
+import numpy as np
+import pytest
+import torch
+from numpy.polynomial import legendre
+
+from locdiff_pipeline import shdd, sphere
+
+
+def _addition_theorem(cos_angle: np.ndarray, L: int) -> np.ndarray:
+    return legendre.legval(cos_angle, (2 * np.arange(L + 1) + 1) / (4 * np.pi))
+
+
+@pytest.mark.parametrize("L", [0, 1, 5, 20, 60])
+def test_inner_product_is_the_addition_theorem(L):
+    rng = np.random.default_rng(L)
+    lat_p, lon_p = sphere.random_points(200, rng)
+    lat_q, lon_q = sphere.random_points(200, rng)
+    cos_angle = np.sum(sphere.to_unit(lat_p, lon_p) * sphere.to_unit(lat_q, lon_q), axis=1)
+    inner = np.sum(shdd.encode(lat_p, lon_p, L) * shdd.encode(lat_q, lon_q, L), axis=1)
+    assert np.max(np.abs(inner - _addition_theorem(cos_angle, L))) < 1e-10
+
+
+def test_addition_theorem_holds_at_high_degree():
+    lat, lon = np.array([89.9, -30.0, 0.0]), np.array([10.0, 179.9, -180.0])
+    e = shdd.encode(lat, lon, 150)
+    assert np.allclose((e * e).sum(1), shdd.peak_height(150), rtol=1e-10)
+
+
+@pytest.mark.parametrize("L", [4, 20])
+def test_basis_is_orthonormal_under_exact_quadrature(L):
+    # Gauss-Legendre in cos(colatitude) x uniform longitudes integrates degree <= 2L exactly.
+    nodes, weights = np.polynomial.legendre.leggauss(L + 1)
+    n_lon = 2 * L + 2
+    lon = np.arange(n_lon) * 360.0 / n_lon - 180.0
+    lat = np.degrees(np.arcsin(nodes))
+    grid_lat, grid_lon = np.repeat(lat, n_lon), np.tile(lon, len(lat))
+    w = np.repeat(weights, n_lon) * (2 * np.pi / n_lon)
+    basis = shdd.encode(grid_lat, grid_lon, L)
+    gram = basis.T @ (basis * w[:, None])
+    assert np.max(np.abs(gram - np.eye(shdd.num_coefficients(L)))) < 1e-12
+
+
+def test_torch_twin_matches_and_keeps_device_and_dtype():
+    rng = np.random.default_rng(7)
+    lat, lon = sphere.random_points(64, rng)
+    ref = shdd.encode(lat, lon, 20)
+    out = shdd.encode_torch(torch.tensor(lat, dtype=torch.float32), torch.tensor(lon, dtype=torch.float32), 20)
+    assert out.dtype == torch.float32 and out.device.type == "cpu"
+    assert np.max(np.abs(out.numpy() - ref)) < 1e-4
+    units = torch.tensor(sphere.to_unit(lat, lon))
+    assert np.allclose(shdd.encode_units_torch(units, 20).numpy(), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("L", [20, 40])
+def test_decode_inverts_encode_everywhere(L):
+    lat = np.array([90.0, -90.0, 0.0, 0.0, 0.0, 45.0, -60.0, 89.5, 12.3])
+    lon = np.array([0.0, 0.0, -180.0, 180.0, 179.99, -179.99, 0.0, 100.0, -45.6])
+    rng = np.random.default_rng(L)
+    r_lat, r_lon = sphere.random_points(100, rng)
+    lat, lon = np.concatenate([lat, r_lat]), np.concatenate([lon, r_lon])
+    d_lat, d_lon = shdd.decode(shdd.encode(lat, lon, L), L)
+    assert np.max(sphere.haversine_km(lat, lon, d_lat, d_lon)) < 2.0
+
+
+def test_decode_accepts_torch_and_custom_anchors():
+    lat, lon = np.array([35.0, -20.0]), np.array([139.0, -47.0])
+    anchors = shdd.anchor_table(*sphere.fibonacci_lattice(3000), 20)
+    coeffs = torch.tensor(shdd.encode(lat, lon, 20), dtype=torch.float32)
+    d_lat, d_lon = shdd.decode(coeffs, 20, anchors=anchors)
+    assert np.max(sphere.haversine_km(lat, lon, d_lat, d_lon)) < 2.0
+
+
+def test_decode_degrades_gracefully_with_noise():
+    rng = np.random.default_rng(11)
+    L = 20
+    lat, lon = sphere.random_points(200, rng)
+    clean = shdd.encode(lat, lon, L)
+    coeff_rms = 1.0 / np.sqrt(4 * np.pi)
+    medians = []
+    for sigma in (0.0, 0.3, 1.0, 3.0, 10.0):
+        noisy = clean + sigma * coeff_rms * rng.standard_normal(clean.shape)
+        d_lat, d_lon = shdd.decode(noisy, L)
+        medians.append(float(np.median(sphere.haversine_km(lat, lon, d_lat, d_lon))))
+    # Measured on this seed: ~0.1, ~10, ~35, ~100 km, then chance (~8000+ km, the median of random guesses is ~10000).
+    assert medians[0] < 1.0
+    assert medians == sorted(medians)
+    assert medians[2] < 100 and medians[3] < 300
+    assert medians[4] > 3000
+
+
+def test_cap_smoothing_weights_match_numeric_cap_average():
+    L, rho_km = 12, 800.0
+    weights = shdd.cap_smoothing_weights(L, rho_km)
+    c = np.cos(rho_km / sphere.EARTH_RADIUS_KM)
+    t, w = np.polynomial.legendre.leggauss(200)
+    t = c + (1 - c) * (t + 1) / 2  # map [-1, 1] onto [c, 1]
+    for l in range(L + 1):
+        p_l = legendre.legval(t, np.eye(L + 1)[l])
+        assert weights[l] == pytest.approx(np.sum(w * p_l) / 2, abs=1e-12)
+    assert np.all(shdd.cap_smoothing_weights(L, 0.0) == 1.0)
+
+
+def test_kl_loss_is_zero_at_target_and_has_gradients():
+    L = 10
+    rng = np.random.default_rng(5)
+    anchors = shdd.anchor_table(*sphere.fibonacci_lattice(2000), L)
+    target = torch.tensor(shdd.encode(*sphere.random_points(8, rng), L), dtype=torch.float32)
+    for direction in ("inverse", "forward"):
+        assert shdd.kl_loss(target, target, anchors.table, direction=direction).item() == pytest.approx(0.0, abs=1e-6)
+    pred = torch.tensor(shdd.encode(*sphere.random_points(8, rng), L), dtype=torch.float32, requires_grad=True)
+    loss = shdd.kl_loss(pred, target, anchors.table)
+    loss.backward()
+    assert loss.item() > 0.1 and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    # Closer predictions have lower loss: 50 km off beats 2000 km off.
+    lat, lon = np.array([10.0]), np.array([20.0])
+    t = torch.tensor(shdd.encode(lat, lon, L), dtype=torch.float32)
+    near = torch.tensor(shdd.encode(lat + 0.45, lon, L), dtype=torch.float32)
+    far = torch.tensor(shdd.encode(lat + 18.0, lon, L), dtype=torch.float32)
+    assert shdd.kl_loss(near, t, anchors.table) < shdd.kl_loss(far, t, anchors.table)
+
+
+def test_kl_loss_rejects_bad_shapes_and_direction():
+    table = torch.zeros(10, 16)
+    with pytest.raises(ValueError, match="perfect square"):
+        shdd.kl_loss(torch.zeros(2, 15), torch.zeros(2, 15), torch.zeros(10, 15))
+    with pytest.raises(ValueError, match="shapes differ"):
+        shdd.kl_loss(torch.zeros(2, 16), torch.zeros(3, 16), table)
+    with pytest.raises(ValueError, match="direction"):
+        shdd.kl_loss(torch.zeros(2, 16), torch.zeros(2, 16), table, direction="sideways")
+
+
+@pytest.mark.parametrize(
+    ("lat", "lon", "L", "message"),
+    [
+        ([95.0], [0.0], 5, "lat must be in"),
+        ([np.nan], [0.0], 5, "non-finite"),
+        ([0.0], [-np.inf], 5, "non-finite"),
+        ([0.0, 1.0], [0.0], 5, "mismatched shapes"),
+        ([0.0], [0.0], -1, "non-negative integer"),
+        ([0.0], [0.0], 2.5, "non-negative integer"),
+    ],
+)
+def test_encode_rejects_bad_input(lat, lon, L, message):
+    with pytest.raises(ValueError, match=message):
+        shdd.encode(lat, lon, L)
+
+
+def test_decode_rejects_bad_input():
+    with pytest.raises(ValueError, match="shape"):
+        shdd.decode(np.zeros((2, 10)), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        shdd.decode(np.full((1, 9), np.nan), 2)
+    with pytest.raises(ValueError, match="rho"):
+        shdd.decode(np.zeros((1, 9)), 2, rho=-1.0)
