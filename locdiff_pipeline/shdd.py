@@ -164,7 +164,7 @@ def encode(lat: ArrayLike, lon: ArrayLike, L: int, *, dtype: type = np.float64) 
     """
     check_degree(L)
     lat_arr, lon_arr = sphere.validate_coordinates(lat, lon)
-    table = encode_torch(torch.from_numpy(lat_arr), torch.from_numpy(lon_arr), L, validate=False)
+    table = encode_torch(torch.tensor(lat_arr), torch.tensor(lon_arr), L, validate=False)
     return table.numpy().astype(dtype, copy=False)
 
 
@@ -208,7 +208,7 @@ class AnchorSet:
 def anchor_table(lat: ArrayLike, lon: ArrayLike, L: int, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> AnchorSet:
     """Build the anchor table for the given points in one vectorised computation."""
     lat_arr, lon_arr = sphere.validate_coordinates(lat, lon)
-    table = encode_torch(torch.from_numpy(lat_arr), torch.from_numpy(lon_arr), L, validate=False)
+    table = encode_torch(torch.tensor(lat_arr), torch.tensor(lon_arr), L, validate=False)
     return AnchorSet(lat=lat_arr, lon=lon_arr, table=table.to(device=device, dtype=dtype), L=L)
 
 

@@ -1,0 +1,97 @@
+"""Asset checks: data quality guards, answered by DuckDB over the warehouse Parquet."""
+
+
+from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
+
+from locdiff_pipeline import report
+from locdiff_pipeline.assets import clip_embeddings, images, predictions, shdd_tables
+from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+
+
+def _scalar(warehouse: WarehouseResource, sql: str):
+    store = warehouse.get()
+    report.create_views(store)
+    with report.connect(store) as con:
+        return con.sql(sql).fetchall()[0]
+
+
+@asset_check(asset=images, description="Every accepted location has finite lat in [-90, 90] and lon in [-180, 180].")
+def coordinates_in_range(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
+    (bad,) = _scalar(warehouse, f"SELECT count(*) FROM images WHERE dataset = '{dataset.name}' AND NOT (lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180)")
+    return AssetCheckResult(passed=bad == 0, metadata={"out_of_range": bad})
+
+
+@asset_check(asset=images, description="Image ids are unique within the dataset.")
+def unique_image_ids(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
+    total, distinct = _scalar(warehouse, f"SELECT count(*), count(DISTINCT image_id) FROM images WHERE dataset = '{dataset.name}'")
+    return AssetCheckResult(passed=total == distinct, metadata={"rows": total, "distinct_ids": distinct})
+
+
+@asset_check(asset=images, description="The share of rejected records stays under the dataset's max_rejected_share.")
+def rejected_share(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
+    accepted, rejected = _scalar(
+        warehouse,
+        f"SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}'), (SELECT count(*) FROM rejected WHERE dataset = '{dataset.name}')"
+        if (warehouse.get().table_dir("rejected") / f"dataset={dataset.name}").exists() and any((warehouse.get().table_dir("rejected") / f"dataset={dataset.name}").glob("*.parquet"))
+        else f"SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}'), 0",
+    )
+    share = rejected / max(accepted + rejected, 1)
+    return AssetCheckResult(
+        passed=share <= dataset.max_rejected_share,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"accepted": accepted, "rejected": rejected, "share": float(share), "threshold": dataset.max_rejected_share},
+    )
+
+
+@asset_check(asset=clip_embeddings, description="No NaN/inf embeddings; every embedding has unit norm.")
+def embeddings_finite_unit_norm(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
+    bad, worst = _scalar(
+        warehouse,
+        f"""SELECT count(*) FILTER (WHERE NOT isfinite(n) OR abs(n - 1) > 1e-3), coalesce(max(abs(n - 1)), 0)
+            FROM (SELECT sqrt(list_inner_product(embedding, embedding)) AS n FROM embeddings WHERE dataset = '{dataset.name}')""",
+    )
+    return AssetCheckResult(passed=bad == 0, metadata={"bad_rows": bad, "max_norm_deviation": float(worst)})
+
+
+@asset_check(asset=clip_embeddings, description="Embedding rows = images (1 view) + test images x (views - 1).")
+def embedding_rows_match_images(warehouse: WarehouseResource, dataset: DatasetResource, encoder: EncoderResource) -> AssetCheckResult:
+    images_rows, test_rows, embedding_rows = _scalar(
+        warehouse,
+        f"""SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}'),
+                   (SELECT count(*) FROM images WHERE dataset = '{dataset.name}' AND split = 'test'),
+                   (SELECT count(*) FROM embeddings WHERE dataset = '{dataset.name}')""",
+    )
+    expected = images_rows + test_rows * (encoder.test_views - 1)
+    return AssetCheckResult(passed=embedding_rows == expected, metadata={"expected": expected, "found": embedding_rows})
+
+
+@asset_check(asset=shdd_tables, description="Each SHDD table has one row per image, with (L+1)^2 coefficients.")
+def shdd_rows_match_images(warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource) -> AssetCheckResult:
+    store = warehouse.get()
+    report.create_views(store)
+    found = {}
+    with report.connect(store) as con:
+        (images_rows,) = con.sql(f"SELECT count(*) FROM images WHERE dataset = '{dataset.name}'").fetchall()[0]
+        for L in training.degrees():
+            found[str(L)] = con.sql(f"SELECT count(*), coalesce(min(len(coefficients)), 0), coalesce(max(len(coefficients)), 0) FROM shdd WHERE dataset = '{dataset.name}' AND L = {L}").fetchall()[0]
+    passed = all(rows == images_rows and low == high == (int(L) + 1) ** 2 for L, (rows, low, high) in found.items())
+    return AssetCheckResult(passed=passed, metadata={"images": images_rows, "rows_per_L": {L: v[0] for L, v in found.items()}})
+
+
+@asset_check(asset=predictions, description="Every test image has a prediction for every method, with finite coordinates.")
+def predictions_cover_test_images(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
+    import json
+
+    store = warehouse.get()
+    version = json.loads((store.root / "models" / "latest.json").read_text())["version"]
+    test_rows, methods, predicted, bad = _scalar(
+        warehouse,
+        f"""SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}' AND split = 'test'),
+                   (SELECT count(DISTINCT method) FROM predictions WHERE dataset = '{dataset.name}' AND model_version = {version}),
+                   (SELECT count(*) FROM predictions WHERE dataset = '{dataset.name}' AND model_version = {version}),
+                   (SELECT count(*) FROM predictions WHERE dataset = '{dataset.name}' AND model_version = {version} AND NOT (isfinite(pred_lat) AND isfinite(pred_lon)))""",
+    )
+    return AssetCheckResult(passed=predicted == test_rows * methods and bad == 0, metadata={"test_images": test_rows, "methods": methods, "rows": predicted, "non_finite": bad})
+
+
+ALL_CHECKS = [coordinates_in_range, unique_image_ids, rejected_share, embeddings_finite_unit_norm, embedding_rows_match_images, shdd_rows_match_images, predictions_cover_test_images]

@@ -1,0 +1,27 @@
+"""Where the project keeps its run-time state: the warehouse and MLflow, under the project root.
+
+The root is $LOCDIFF_HOME, else the current directory (run commands from the repository root), so
+`locdiff run`, `dagster dev`, `locdiff predict` and `mlflow ui` all agree without configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("LOCDIFF_HOME", os.getcwd())).resolve()
+
+
+def warehouse_dir(root: Path | None = None) -> Path:
+    return (root or project_root()) / "warehouse"
+
+
+def mlruns_dir(root: Path | None = None) -> Path:
+    return (root or project_root()) / "mlruns"
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    """SQLite backend (MLflow's recommendation, needed for the registry) inside mlruns/."""
+    return f"sqlite:///{mlruns_dir(root) / 'mlflow.db'}"

@@ -1,0 +1,97 @@
+"""Predict locations of image files with a trained model: the `locdiff predict` command's engine.
+
+The model is a checkpoint folder or an MLflow reference (models:/locdiff@champion, models:/locdiff/3,
+runs:/...); references resolve against the project's MLflow backend unless MLFLOW_TRACKING_URI is set.
+Images are embedded by the encoder recorded with the model, in the same views as at evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from locdiff_pipeline.image_encoder import SEEDED_INIT_NOTE, EncoderSpec, ImageEncoder
+from locdiff_pipeline.image_io import ImageDecodeError, read_image_file
+from locdiff_pipeline.model import LocDiffModel
+
+
+@dataclass
+class ImagePrediction:
+    image: str
+    lat: float
+    lon: float
+    spread_km: float
+
+
+@dataclass
+class PredictResult:
+    predictions: list[ImagePrediction]
+    errors: dict[str, str] = field(default_factory=dict)  # image -> reason
+    model: str = ""
+    encoder_note: str = ""
+
+
+def resolve_model(reference: str) -> Path:
+    """A local checkpoint folder for a path or an MLflow models:/ or runs:/ reference."""
+    if "://" not in reference and ":/" not in reference:
+        path = Path(reference)
+        if not path.exists():
+            raise FileNotFoundError(f"model {reference!r} is neither a checkpoint folder nor an MLflow reference (models:/NAME@ALIAS)")
+        return path
+    from locdiff_pipeline import tracking
+
+    tracking.configure()
+    return tracking.download_checkpoint(reference)
+
+
+def encoder_for(model: LocDiffModel, checkpoint: str | None, device) -> ImageEncoder:
+    """The encoder the model was trained with; a pretrained one needs its checkpoint file, checked by hash."""
+    recorded = model.encoder
+    if not recorded:
+        raise ValueError("the model records no image encoder; it cannot embed images")
+    if recorded.get("is_pretrained") and checkpoint is None:
+        raise ValueError(f"the model was trained on {recorded['label']}: pass that encoder checkpoint (--encoder-checkpoint PATH)")
+    encoder = ImageEncoder(EncoderSpec(recorded["model_name"], checkpoint if recorded.get("is_pretrained") else None, int(recorded.get("seed", 0))), device=device)
+    if encoder.identity.label != recorded["label"]:
+        raise ValueError(f"encoder {encoder.identity.label} does not match the model's {recorded['label']}")
+    return encoder
+
+
+def predict(images: list[str | Path], model: str, *, views: int = 16, samples: int = 1, seed: int = 0, encoder_checkpoint: str | None = None, device: str | None = None) -> PredictResult:
+    """Predict (lat, lon, spread_km) for each readable image; unreadable ones are reported in `errors`."""
+    if views < 1 or samples < 1:
+        raise ValueError(f"views and samples must be at least 1, got {views} and {samples}")
+    loaded = LocDiffModel.load(resolve_model(model), device=device)
+    encoder = encoder_for(loaded, encoder_checkpoint, loaded.device)
+    result = PredictResult([], {}, model, encoder.identity.note if encoder.identity.is_pretrained else f"encoder {encoder.identity.label}: {SEEDED_INIT_NOTE}")
+    readable, names = [], []
+    for image in images:
+        try:
+            readable.append(read_image_file(image))
+            names.append(str(image))
+        except ImageDecodeError as error:
+            result.errors[str(image)] = str(error)
+    if readable:
+        embeddings = encoder.embed_views(readable, [Path(n).name for n in names], views)
+        prediction = loaded.predict_embeddings(embeddings, samples=samples, seed=seed)
+        for i, name in enumerate(names):
+            result.predictions.append(ImagePrediction(name, float(prediction.lat[i]), float(prediction.lon[i]), float(prediction.spread_km[i])))
+    return result
+
+
+def to_csv(result: PredictResult) -> str:
+    """CSV with columns image,lat,lon,spread_km; comment lines (#) say which model and encoder."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    buffer.write(f"# model: {result.model}\n# {result.encoder_note}\n")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "lat", "lon", "spread_km"])
+    for p in result.predictions:
+        writer.writerow([p.image, f"{p.lat:.6f}", f"{p.lon:.6f}", f"{p.spread_km:.1f}"])
+    return buffer.getvalue()
+
+
+__all__ = ["predict", "to_csv", "PredictResult", "ImagePrediction", "resolve_model"]

@@ -1,0 +1,119 @@
+"""Dagster resources: paths, the dataset, the image encoder, training settings.
+
+Defaults run the bundled Blue Marble dataset on this machine; every field can be set in the Dagster
+UI's launchpad, in a run config YAML, or through the LOCDIFF_* environment variables noted below.
+"""
+
+
+import os
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from locdiff_pipeline.config import LocDiffConfig
+from locdiff_pipeline.datasets import PRESETS, DatasetSpec
+from locdiff_pipeline.default_dataset import DefaultDatasetRecipe, write_default_dataset
+from locdiff_pipeline.image_encoder import EncoderSpec
+from locdiff_pipeline.paths import project_root
+from locdiff_pipeline.warehouse import Warehouse, fingerprint
+
+BUNDLED = "bluemarble"
+
+
+class WarehouseResource(ConfigurableResource):
+    """Where tables and MLflow live: the project root (default: $LOCDIFF_HOME or the current directory)."""
+
+    root: str = ""
+
+    def project_root(self) -> Path:
+        return Path(self.root).resolve() if self.root else project_root()
+
+    def get(self) -> Warehouse:
+        return Warehouse(self.project_root() / "warehouse")
+
+
+class DatasetResource(ConfigurableResource):
+    """The dataset to ingest. kind='bluemarble' renders the bundled default; kind='files' reads yours."""
+
+    name: str = BUNDLED
+    kind: str = BUNDLED
+    preset: str = ""  # mp16, im2gps3k, yfcc26k, yfcc4k, gws15k: their column names and splits
+    metadata_csv: str = ""
+    images: str = ""
+    layout: str = "folder"
+    split_column: str | None = None
+    default_split: str = "train"
+    val_share: float = 0.0
+    store_bytes: bool = True
+    bundled_count: int = 3000
+    max_rejected_share: float = 0.05
+
+    def spec(self, warehouse: Warehouse) -> DatasetSpec:
+        if self.kind == BUNDLED:
+            recipe = DefaultDatasetRecipe(count=self.bundled_count)
+            root = warehouse.root / "sources" / f"{BUNDLED}-{fingerprint(recipe.to_dict())}"
+            metadata = root / "metadata.csv"
+            if not metadata.is_file():
+                write_default_dataset(root, recipe)
+            return DatasetSpec(self.name, str(metadata), str(root / "images"), "folder", split_column="split")
+        if self.kind != "files":
+            raise ValueError(f"dataset kind must be 'bluemarble' or 'files', got {self.kind!r}")
+        if not self.metadata_csv or not self.images:
+            raise ValueError("a 'files' dataset needs metadata_csv and images")
+        base = dict(PRESETS[self.preset]) if self.preset else {}
+        base.update(split_column=self.split_column, layout=self.layout, store_bytes=self.store_bytes)
+        if not self.preset:
+            base.update(default_split=self.default_split, val_share=self.val_share)
+        return DatasetSpec(self.name, self.metadata_csv, self.images, **base)
+
+
+class EncoderResource(ConfigurableResource):
+    """The frozen open_clip image encoder; without a checkpoint, a seeded init that every output names."""
+
+    model_name: str = os.environ.get("LOCDIFF_ENCODER", "ViT-S-32")
+    checkpoint: str | None = os.environ.get("LOCDIFF_ENCODER_CHECKPOINT") or None
+    seed: int = 0
+    test_views: int = 16
+    device: str = "auto"
+
+    def spec(self) -> EncoderSpec:
+        return EncoderSpec(self.model_name, self.checkpoint, self.seed)
+
+
+class TrainingResource(ConfigurableResource):
+    """LocDiff hyper-parameters for the training asset (a subset; the rest are LocDiffConfig defaults)."""
+
+    L: int = 20
+    shdd_degrees: list[int] = [10, 20, 40]
+    steps: int = int(os.environ.get("LOCDIFF_STEPS", "3000"))
+    batch_size: int = 256
+    hidden_dims: list[int] = [512, 256, 128]
+    learning_rate: float = 1e-3
+    loss: str = "kl"
+    representation: str = "shdd"
+    timesteps: int = 1000
+    sample_steps: int = 50
+    samples_per_view: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+    def config(self, embed_dim: int) -> LocDiffConfig:
+        return LocDiffConfig(
+            L=self.L,
+            representation=self.representation,
+            loss=self.loss,
+            embed_dim=embed_dim,
+            hidden_dims=tuple(self.hidden_dims),
+            steps=self.steps,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            timesteps=self.timesteps,
+            sample_steps=self.sample_steps,
+            seed=self.seed,
+            device=self.device,
+            checkpoint_every=max(1, min(500, self.steps)),
+            eval_every=max(1, min(500, self.steps)),
+        )
+
+    def degrees(self) -> list[int]:
+        return sorted({*self.shdd_degrees, self.L})

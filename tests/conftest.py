@@ -1,0 +1,32 @@
+"""Shared fixtures: small learnable problems and a tiny real open_clip encoder (no downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from locdiff_pipeline import shdd, sphere
+
+
+@pytest.fixture(autouse=True)
+def _isolated_project(tmp_path_factory, monkeypatch):
+    """Every test runs against its own project root and MLflow backend, never the repository's."""
+    root = tmp_path_factory.mktemp("project")
+    monkeypatch.setenv("LOCDIFF_HOME", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("GIT_PYTHON_REFRESH", "quiet")
+    yield root
+
+
+def clustered_problem(n: int = 3000, dim: int = 32, seed: int = 0):
+    """Locations in 12 regional clusters; embeddings are a noisy random projection of a coarse SHDD of
+    the location, so they carry where the image is (a learnable stand-in for CLIP features)."""
+    rng = np.random.default_rng(seed)
+    centres_lat, centres_lon = sphere.random_points(12, rng)
+    cluster = rng.integers(0, 12, n)
+    lat = np.clip(centres_lat[cluster] + rng.normal(0, 3, n), -89, 89)
+    lon = sphere.wrap_longitude(centres_lon[cluster] + rng.normal(0, 3, n))
+    features = shdd.encode(lat, lon, 3) @ rng.normal(size=(16, dim)) + 0.3 * rng.normal(size=(n, dim))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    return lat, lon, features.astype(np.float32)

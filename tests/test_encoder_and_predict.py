@@ -1,0 +1,90 @@
+"""The image encoder (seeded init vs a real local checkpoint) and `locdiff predict` as users run it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from locdiff_pipeline.config import LocDiffConfig
+from locdiff_pipeline.default_dataset import BLUE_MARBLE, render_window
+from locdiff_pipeline.image_encoder import SEEDED_INIT_NOTE, EncoderSpec, ImageEncoder
+from locdiff_pipeline.model import LocDiffModel
+
+TINY_ENCODER = "locdiff-tiny-vit"
+
+
+@pytest.fixture(scope="module")
+def world():
+    with Image.open(BLUE_MARBLE) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_seeded_encoder_is_deterministic_and_says_it_is_not_pretrained(world):
+    images = [render_window(world, 45.0, 7.0, 8.0, 96), render_window(world, -33.9, 151.2, 8.0, 96)]
+    a, b = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=3)), ImageEncoder(EncoderSpec(TINY_ENCODER, seed=3))
+    assert np.array_equal(a.embed(images), b.embed(images))
+    assert not a.identity.is_pretrained and a.identity.label == f"{TINY_ENCODER}@seeded-init-3"
+    assert SEEDED_INIT_NOTE in a.identity.note
+    views = a.embed_views(images, ["x", "y"], 4)
+    assert views.shape == (2, 4, a.identity.embed_dim)
+    assert np.allclose(np.linalg.norm(views, axis=-1), 1.0, atol=1e-5)
+    assert np.allclose(views[:, 0], a.embed(images), atol=1e-6)  # view 0 is the plain view
+    assert not np.allclose(views[:, 1], views[:, 0])  # the others are augmented
+
+
+def test_checkpoint_path_loads_real_weights_through_the_user_code_path(tmp_path, world):
+    images = [render_window(world, 10.0, 20.0, 8.0, 96)]
+    source = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=7))
+    checkpoint = tmp_path / "tiny_clip.pt"
+    torch.save(source.model.state_dict(), checkpoint)
+    loaded = ImageEncoder(EncoderSpec(TINY_ENCODER, checkpoint=str(checkpoint)))
+    assert loaded.identity.is_pretrained and loaded.identity.checkpoint_sha256 is not None
+    assert loaded.identity.label.startswith(f"{TINY_ENCODER}@") and "seeded" not in loaded.identity.label
+    assert np.allclose(loaded.embed(images), source.embed(images), atol=1e-6)
+    other_seed = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=8))
+    assert not np.allclose(other_seed.embed(images), source.embed(images), atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        ImageEncoder(EncoderSpec(TINY_ENCODER, checkpoint=str(tmp_path / "missing.pt")))
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "locdiff_pipeline.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
+    encoder = ImageEncoder(EncoderSpec(TINY_ENCODER))
+    model = LocDiffModel(LocDiffConfig(L=6, embed_dim=encoder.identity.embed_dim, hidden_dims=(32,), time_dim=16, timesteps=20, sample_steps=4), encoder.identity.to_dict())
+    model.save(tmp_path / "model")
+    good = []
+    for i, (lat, lon) in enumerate([(48.0, 2.0), (-1.0, 36.0), (64.0, -20.0)]):
+        path = tmp_path / f"img{i}.jpg"
+        render_window(world, lat, lon, 8.0, 96).save(path)
+        good.append(path)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good[0].read_bytes()[:200])  # a truncated JPEG
+    missing = tmp_path / "missing.jpg"
+    done = _run_cli("predict", "--model", str(tmp_path / "model"), "--views", "3", str(good[0]), str(corrupt), str(missing), *map(str, good[1:]), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    comments = [line for line in done.stdout.splitlines() if line.startswith("#")]
+    assert any(SEEDED_INIT_NOTE in line for line in comments)
+    rows = list(csv.DictReader(io.StringIO("\n".join(line for line in done.stdout.splitlines() if not line.startswith("#")))))
+    assert [r["image"] for r in rows] == [str(p) for p in good]
+    for row in rows:
+        assert -90 <= float(row["lat"]) <= 90 and -180 <= float(row["lon"]) <= 180 and float(row["spread_km"]) >= 0
+    assert f"{corrupt}: corrupt or truncated image" in done.stderr
+    assert f"{missing}: file not found" in done.stderr
+
+
+def test_predict_refuses_an_unknown_model(tmp_path):
+    done = _run_cli("predict", "--model", str(tmp_path / "nope"), str(tmp_path / "a.jpg"), cwd=tmp_path)
+    assert done.returncode != 0 and "neither a checkpoint folder nor an MLflow reference" in done.stderr

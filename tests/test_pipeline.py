@@ -1,0 +1,147 @@
+"""The Dagster graph end to end on a tiny configuration: real Dagster, MLflow (SQLite), DuckDB, Parquet."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from dagster import DagsterInstance, materialize
+
+from locdiff_pipeline import metrics, report, shdd, tracking
+from locdiff_pipeline.assets import accuracy_report
+from locdiff_pipeline.checks import ALL_CHECKS
+from locdiff_pipeline.definitions import ALL_ASSETS, defs
+from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+
+COUNT, VIEWS, DEGREES = 300, 4, (4, 10)
+
+
+def tiny_resources(root) -> dict:
+    return {
+        "warehouse": WarehouseResource(root=str(root)),
+        "dataset": DatasetResource(bundled_count=COUNT),
+        "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=VIEWS),
+        "training": TrainingResource(L=10, shdd_degrees=list(DEGREES), steps=60, batch_size=64, hidden_dims=[64, 32], timesteps=50, sample_steps=5),
+    }
+
+
+def _metadata(result, key: str) -> dict:
+    return {m.asset_key.path[-1]: m.metadata for m in result.get_asset_materialization_events() for m in [m.event_specific_data.materialization]}[key]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    instance = DagsterInstance.ephemeral()
+    first = materialize([*ALL_ASSETS, *ALL_CHECKS], resources=tiny_resources(root), instance=instance)
+    assert first.success
+    return root, instance, first
+
+
+def _table(root, name: str):
+    return ds.dataset(str(root / "warehouse" / name), format="parquet", partitioning="hive").to_table()
+
+
+def test_every_stage_wrote_its_rows(pipeline):
+    root, _, first = pipeline
+    images = _table(root, "images")
+    assert images.num_rows == COUNT
+    splits = dict(zip(*np.unique(images["split"].to_numpy(zero_copy_only=False), return_counts=True)))
+    assert set(splits) == {"train", "val", "test"}
+    embeddings = _table(root, "embeddings")
+    assert embeddings.num_rows == COUNT + splits["test"] * (VIEWS - 1)
+    predictions = _table(root, "predictions")
+    assert predictions.num_rows == splits["test"]
+    assert set(predictions["method"].to_pylist()) == {"locdiff"}
+    assert all(e.passed for e in first.get_asset_check_evaluations())
+    assert len(first.get_asset_check_evaluations()) == len(ALL_CHECKS)
+
+
+def test_shdd_tables_equal_the_encoder_on_ingested_coordinates(pipeline):
+    root, _, _ = pipeline
+    images = _table(root, "images").to_pandas().set_index("image_id")
+    for L in DEGREES:
+        table = ds.dataset(str(root / "warehouse" / "shdd" / "dataset=bluemarble" / f"L={L}"), format="parquet").to_table()
+        coefficients = np.stack(table["coefficients"].to_numpy(zero_copy_only=False))
+        rows = images.loc[table["image_id"].to_pylist()]
+        expected = shdd.encode(rows["lat"].to_numpy(), rows["lon"].to_numpy(), L)
+        assert coefficients.shape == (COUNT, (L + 1) ** 2)
+        assert np.max(np.abs(coefficients - expected)) < 1e-5
+
+
+def test_mlflow_run_and_registered_champion_exist(pipeline):
+    root, _, first = pipeline
+    tracking.configure(root=root)
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION)
+    assert champion.version == "1"
+    run = client.get_run(champion.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["L"] == "10" and run.data.tags["encoder_pretrained"] == "false"
+    assert "NO pretrained weights" in run.data.tags["encoder_note"]
+    assert {"val_acc_750km", "val_score", "loss"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 10  # per-step losses
+    assert _metadata(first, "locdiff_model")["model_version"].value == 1
+
+
+def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline):
+    root, _, _ = pipeline
+    predictions = _table(root, "predictions").to_pandas()
+    expected = metrics.accuracy(predictions["true_lat"], predictions["true_lon"], predictions["pred_lat"], predictions["pred_lon"])
+    (row,) = report.accuracy_table(WarehouseResource(root=str(root)).get(), dataset="bluemarble")
+    for threshold in metrics.THRESHOLDS_KM:
+        assert row[metrics.accuracy_column(threshold)] == pytest.approx(expected[metrics.accuracy_column(threshold)])
+    assert row["median_km"] == pytest.approx(expected["median_km"])
+    assert row["count"] == expected["count"]
+    folder = root / "warehouse" / "reports" / "bluemarble" / "v1"
+    assert (folder / "error_cdf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / "error_map.png").stat().st_size > 10_000
+    assert "NO pretrained weights" in (folder / "accuracy.md").read_text()
+
+
+def test_rematerializing_one_asset_leaves_its_upstream_alone(pipeline):
+    root, instance, _ = pipeline
+    images_manifest = root / "warehouse" / "images" / "dataset=bluemarble" / "_manifest.json"
+    before = images_manifest.stat().st_mtime_ns
+    only = materialize([accuracy_report], resources=tiny_resources(root), instance=instance)
+    assert only.success
+    assert {e.asset_key.path[-1] for e in only.get_asset_materialization_events()} == {"accuracy_report"}
+    assert images_manifest.stat().st_mtime_ns == before
+
+
+def test_second_run_of_the_graph_is_served_from_cache(pipeline):
+    root, instance, _ = pipeline
+    second = materialize([*ALL_ASSETS, *ALL_CHECKS], resources=tiny_resources(root), instance=instance)
+    assert second.success
+    for key in ("images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions"):
+        assert _metadata(second, key)["cached"].value is True, key
+    tracking.configure(root=root)
+    assert [v.version for v in mlflow.MlflowClient().search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")] == ["1"]
+    latest = json.loads((root / "warehouse" / "models" / "latest.json").read_text())
+    assert latest["version"] == 1
+
+
+def test_champion_moves_only_to_a_better_version(tmp_path):
+    tracking.configure(root=tmp_path)
+    experiment = tracking.ensure_experiment(tmp_path)
+    outcomes = []
+    for score in (0.5, 0.3, 0.7):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_metric(tracking.VALIDATION_METRIC, score)
+            mlflow.log_dict({"score": score}, "model/config.json")
+        outcomes.append(tracking.register_and_promote(f"runs:/{run.info.run_id}/model", run.info.run_id, score))
+    assert [(o.version, o.promoted, o.champion_version) for o in outcomes] == [(1, True, 1), (2, False, 1), (3, True, 3)]
+    version, score = tracking.champion_score(mlflow.MlflowClient())
+    assert (version, score) == (3, 0.7)
+
+
+def test_definitions_hold_the_graph_schedule_and_checks():
+    repository = defs.get_repository_def()
+    keys = {key.path[-1] for key in repository.asset_graph.get_all_asset_keys()}
+    assert keys == {"images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions", "accuracy_report"}
+    schedule = repository.get_schedule_def("weekly_retrain")
+    assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "locdiff_all"
+    assert len(list(repository.asset_checks_defs_by_key)) == len(ALL_CHECKS)
