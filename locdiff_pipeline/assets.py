@@ -15,7 +15,7 @@ from locdiff_pipeline import report as reports
 from locdiff_pipeline.default_dataset import BLUE_MARBLE
 from locdiff_pipeline.devices import resolve_device
 from locdiff_pipeline.embedding_table import build_embeddings, load_embeddings
-from locdiff_pipeline.image_encoder import SEEDED_INIT_NOTE
+from locdiff_pipeline.image_encoder import encoder_note
 from locdiff_pipeline.ingest import ingest
 from locdiff_pipeline.model import LocDiffModel
 from locdiff_pipeline.prediction_table import PREDICTIONS_TABLE, prediction_rows, write_predictions
@@ -25,10 +25,6 @@ from locdiff_pipeline.train_step import coordinates, train_and_register, write_l
 from locdiff_pipeline.warehouse import fingerprint
 
 GROUP = "locdiff"
-
-
-def _encoder_note(encoder: dict) -> str:
-    return f"encoder {encoder['label']} (local checkpoint)" if encoder["is_pretrained"] else f"encoder {encoder['label']}: {SEEDED_INIT_NOTE}"
 
 
 @asset(group_name=GROUP, description="Dataset ingest (MP16 layout: metadata CSV + images) into warehouse/images, bad records into warehouse/rejected.")
@@ -60,13 +56,13 @@ def clip_embeddings(context: AssetExecutionContext, warehouse: WarehouseResource
     started = time.perf_counter()
     summary = build_embeddings(store, dataset.name, encoder.spec(), test_views=encoder.test_views, device=str(resolve_device(encoder.device)))
     identity = summary["encoder"]
-    context.log.info(_encoder_note(identity))
+    context.log.info(encoder_note(identity))
     return MaterializeResult(
         metadata={
             "rows": summary["rows"],
             "encoder": identity["label"],
             "encoder_pretrained": identity["is_pretrained"],
-            "encoder_note": _encoder_note(identity),
+            "encoder_note": encoder_note(identity),
             "embed_dim": identity["embed_dim"],
             "test_views": summary["test_views"],
             "cached": summary["cached"],
@@ -118,7 +114,7 @@ def locdiff_model(context: AssetExecutionContext, config: ModelRunConfig, wareho
             "device": str(resolve_device(model_config.device)),
             "cached": trained.cached,
             "train_seconds": round(trained.seconds, 1),
-            "encoder_note": _encoder_note(trained.encoder),
+            "encoder_note": encoder_note(trained.encoder),
         }
     )
 
@@ -150,7 +146,7 @@ def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource
     store = warehouse.get()
     latest = json.loads((store.root / "models" / "latest.json").read_text())
     rows = reports.accuracy_table(store, dataset=dataset.name, model_version=latest["version"])
-    note = _encoder_note(latest["encoder"])
+    note = encoder_note(latest["encoder"])
     markdown = reports.markdown_table(rows, note)
     with reports.connect(store) as con:
         relation = con.sql(f"SELECT method, error_km, true_lat, true_lon FROM predictions WHERE dataset = '{dataset.name}' AND model_version = {int(latest['version'])} AND split = 'test'")

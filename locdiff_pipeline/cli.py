@@ -44,11 +44,11 @@ def _run(args: argparse.Namespace) -> int:
 
     latest = json.loads((store.root / "models" / "latest.json").read_text())
     rows = report.accuracy_table(store, dataset=dataset.name, model_version=latest["version"])
-    from locdiff_pipeline.train_step import _encoder_note
+    from locdiff_pipeline.image_encoder import encoder_note
 
     print()
     print(report.text_table(rows))
-    print(f"# {_encoder_note(latest['encoder'])}")
+    print(f"# {encoder_note(latest['encoder'])}")
     print(f"# model locdiff v{latest['version']} (MLflow run {latest['run_id']}); wall time {seconds:.0f} s")
     print(f"# report, plots: {store.root / report.REPORTS / dataset.name / ('v' + str(latest['version']))}")
     if failed_checks:

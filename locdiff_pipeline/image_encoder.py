@@ -23,6 +23,13 @@ CONFIG_DIR = Path(__file__).parent / "encoder_configs"
 SEEDED_INIT_NOTE = "image encoder has NO pretrained weights (seeded random initialisation): accuracies do not reflect a real CLIP"
 
 
+def encoder_note(identity: dict) -> str:
+    """The sentence every encoder-dependent output carries (from a recorded identity dict)."""
+    if identity["is_pretrained"]:
+        return f"encoder {identity['label']} (local checkpoint)"
+    return f"encoder {identity['label']}: {SEEDED_INIT_NOTE}"
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """Which encoder: an open_clip model name, an optional local checkpoint file, the init seed without one."""
@@ -56,7 +63,7 @@ class EncoderIdentity:
 
     @property
     def note(self) -> str:
-        return f"encoder {self.label} (local checkpoint)" if self.is_pretrained else f"encoder {self.label}: {SEEDED_INIT_NOTE}"
+        return encoder_note({"label": self.label, "is_pretrained": self.is_pretrained})
 
     def to_dict(self) -> dict:
         return {**asdict(self), "label": self.label, "is_pretrained": self.is_pretrained}

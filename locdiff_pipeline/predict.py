@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from locdiff_pipeline.image_encoder import SEEDED_INIT_NOTE, EncoderSpec, ImageEncoder
+from locdiff_pipeline.image_encoder import EncoderSpec, ImageEncoder
 from locdiff_pipeline.image_io import ImageDecodeError, read_image_file
 from locdiff_pipeline.model import LocDiffModel
 
@@ -64,7 +64,7 @@ def predict(images: list[str | Path], model: str, *, views: int = 16, samples: i
         raise ValueError(f"views and samples must be at least 1, got {views} and {samples}")
     loaded = LocDiffModel.load(resolve_model(model), device=device)
     encoder = encoder_for(loaded, encoder_checkpoint, loaded.device)
-    result = PredictResult([], {}, model, encoder.identity.note if encoder.identity.is_pretrained else f"encoder {encoder.identity.label}: {SEEDED_INIT_NOTE}")
+    result = PredictResult([], {}, model, encoder.identity.note)
     readable, names = [], []
     for image in images:
         try:

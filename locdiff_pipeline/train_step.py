@@ -16,6 +16,7 @@ import numpy as np
 
 from locdiff_pipeline import metrics, tracking
 from locdiff_pipeline.config import LocDiffConfig
+from locdiff_pipeline.image_encoder import encoder_note
 from locdiff_pipeline.embedding_table import EMBEDDINGS_TABLE, load_embeddings
 from locdiff_pipeline.ingest import IMAGES_TABLE
 from locdiff_pipeline.shdd_table import SHDD_TABLE, load_shdd
@@ -90,7 +91,7 @@ def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig
                 "dataset": dataset,
                 "encoder": encoder["label"],
                 "encoder_pretrained": str(encoder["is_pretrained"]).lower(),
-                "encoder_note": _encoder_note(encoder),
+                "encoder_note": encoder_note(encoder),
             }
         )
         mlflow.log_params({**config.to_dict(), "hidden_dims": ",".join(map(str, config.hidden_dims)), "train_rows": len(embeddings), "val_rows": len(validation.lat)})
@@ -103,7 +104,7 @@ def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig
         result = train(config, embeddings, targets, checkpoint_dir=checkpoint_dir, validation=validation, encoder=encoder, log=log_step, log_every=max(1, config.steps // 50))
         score = metrics.validation_score(result.validation)
         mlflow.log_metrics({**{f"val_{k}": float(v) for k, v in result.validation.items()}, tracking.VALIDATION_METRIC: score, "train_seconds": result.seconds})
-        (checkpoint_dir / "model" / "encoder_note.txt").write_text(_encoder_note(encoder) + "\n")
+        (checkpoint_dir / "model" / "encoder_note.txt").write_text(encoder_note(encoder) + "\n")
         from locdiff_pipeline.mlflow_model import CHECKPOINT_ARTIFACT, LocDiffPyfunc
 
         info = mlflow.pyfunc.log_model(
@@ -116,12 +117,6 @@ def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig
         mlflow.set_tag("registered_version", str(registration.version))
         mlflow.set_tag("champion_after_run", str(registration.champion_version))
     return TrainedModel(registration.version, run.info.run_id, checkpoint_dir / "model", result.validation, registration.promoted, registration.champion_version, False, encoder, result.seconds)
-
-
-def _encoder_note(encoder: dict) -> str:
-    from locdiff_pipeline.image_encoder import SEEDED_INIT_NOTE
-
-    return f"encoder {encoder['label']} (local checkpoint)" if encoder["is_pretrained"] else f"encoder {encoder['label']}: {SEEDED_INIT_NOTE}"
 
 
 def _fail_stale_runs(key: str) -> None:

@@ -6,6 +6,7 @@ last checkpoint continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -48,6 +49,12 @@ class TrainResult:
 def evaluate(model: LocDiffModel, validation: Validation, seed: int = 0) -> dict[str, float]:
     prediction = model.predict_embeddings(validation.embeddings, samples=1, seed=seed)
     return metrics.accuracy(validation.lat, validation.lon, prediction.lat, prediction.lon)
+
+
+def cosine_learning_rate(config: LocDiffConfig, step: int) -> float:
+    """Cosine decay from the configured rate to zero; a pure function of the step, so resuming needs no
+    scheduler state."""
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(step, config.steps) / max(config.steps, 1)))
 
 
 def _save_state(checkpoint_dir: Path, model: LocDiffModel, optimizer: torch.optim.Optimizer, step: int) -> None:
@@ -94,16 +101,16 @@ def train(
         model.net.load_state_dict(loaded.net.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, config.steps) / max(config.steps, 1))))
-    for _ in range(start_step):
-        schedule.step()
-    cond_all = torch.as_tensor(np.asarray(embeddings, dtype=np.float32), device=device)
-    x0_all = torch.as_tensor(np.asarray(targets, dtype=np.float32), device=device) * model.space.scale
+    cond_all = torch.tensor(np.asarray(embeddings, dtype=np.float32), device=device)
+    x0_all = torch.tensor(np.asarray(targets, dtype=np.float32), device=device) * model.space.scale
     history: list[dict[str, float]] = []
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     model.net.train()
     running = []
     for step in range(start_step, end):
+        learning_rate = cosine_learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
         generator = step_generator(config.seed, step, device)
         index = torch.randint(0, x0_all.shape[0], (config.batch_size,), generator=generator, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -112,11 +119,10 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.net.parameters(), 1.0)
         optimizer.step()
-        schedule.step()
         running.append(float(loss.detach()))
         done = step + 1
         if done % log_every == 0 or done == end:
-            record = {"step": done, "loss": float(np.mean(running)), "lr": schedule.get_last_lr()[0]}
+            record = {"step": done, "loss": float(np.mean(running)), "lr": learning_rate}
             running = []
             if validation is not None and (done % config.eval_every == 0 or done == config.steps):
                 record.update({f"val_{k}": v for k, v in evaluate(model, validation).items()})

@@ -77,7 +77,7 @@ def test_mlflow_run_and_registered_champion_exist(pipeline):
     tracking.configure(root=root)
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION)
-    assert champion.version == "1"
+    assert int(champion.version) == 1
     run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["L"] == "10" and run.data.tags["encoder_pretrained"] == "false"
@@ -119,9 +119,14 @@ def test_second_run_of_the_graph_is_served_from_cache(pipeline):
     for key in ("images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions"):
         assert _metadata(second, key)["cached"].value is True, key
     tracking.configure(root=root)
-    assert [v.version for v in mlflow.MlflowClient().search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")] == ["1"]
+    assert [int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")] == [1]
     latest = json.loads((root / "warehouse" / "models" / "latest.json").read_text())
     assert latest["version"] == 1
+
+
+class _ConstantModel(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
 
 
 def test_champion_moves_only_to_a_better_version(tmp_path):
@@ -131,8 +136,8 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
     for score in (0.5, 0.3, 0.7):
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_metric(tracking.VALIDATION_METRIC, score)
-            mlflow.log_dict({"score": score}, "model/config.json")
-        outcomes.append(tracking.register_and_promote(f"runs:/{run.info.run_id}/model", run.info.run_id, score))
+            info = mlflow.pyfunc.log_model(name="model", python_model=_ConstantModel(), pip_requirements=[])
+        outcomes.append(tracking.register_and_promote(info.model_uri, run.info.run_id, score))
     assert [(o.version, o.promoted, o.champion_version) for o in outcomes] == [(1, True, 1), (2, False, 1), (3, True, 3)]
     version, score = tracking.champion_score(mlflow.MlflowClient())
     assert (version, score) == (3, 0.7)
