@@ -8,20 +8,20 @@ import base64
 import json
 import time
 
-import numpy as np
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline import report as reports
-from locdiff_pipeline.default_dataset import BLUE_MARBLE
 from locdiff_pipeline.devices import resolve_device
-from locdiff_pipeline.embedding_table import build_embeddings, load_embeddings
+from locdiff_pipeline.embedding_table import build_embeddings
 from locdiff_pipeline.image_encoder import encoder_note
 from locdiff_pipeline.ingest import ingest
 from locdiff_pipeline.model import LocDiffModel
-from locdiff_pipeline.prediction_table import PREDICTIONS_TABLE, prediction_rows, write_predictions
-from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.evaluation import METHODS, predict_split
+from locdiff_pipeline.report_bundle import build_report
+from locdiff_pipeline.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
+from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.shdd_table import build_shdd_table
-from locdiff_pipeline.train_step import coordinates, train_and_register, write_latest
+from locdiff_pipeline.train_step import train_and_register, write_latest
 from locdiff_pipeline.warehouse import fingerprint
 
 GROUP = "locdiff"
@@ -119,57 +119,43 @@ def locdiff_model(context: AssetExecutionContext, config: ModelRunConfig, wareho
     )
 
 
-@asset(group_name=GROUP, deps=[locdiff_model, clip_embeddings], description="Benchmark predictions per method for the test split (16 views, spherical centre).")
-def predictions(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource) -> MaterializeResult:
+@asset(group_name=GROUP, deps=[locdiff_model, clip_embeddings], description="Benchmark predictions of LocDiff (16 views, spherical centre, 90% region), LocDiff-H and the kNN, cell-classification and regression baselines.")
+def predictions(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource, evaluation: EvaluationResource) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
     latest = json.loads((store.root / "models" / "latest.json").read_text())
+    version = latest["version"]
     embeddings_manifest = store.manifest("embeddings", dataset=dataset.name)
     views = embeddings_manifest["test_views"]
-    key = fingerprint(latest["version"], latest["run_id"], embeddings_manifest["fingerprint"], training.samples_per_view)
-    if store.is_current(PREDICTIONS_TABLE, key, dataset=dataset.name, model_version=latest["version"]):
-        manifest = store.manifest(PREDICTIONS_TABLE, dataset=dataset.name, model_version=latest["version"])
-        return MaterializeResult(metadata={"rows": manifest["rows"], "model_version": latest["version"], "cached": True})
+    settings = evaluation.settings()
+    key = fingerprint(version, latest["run_id"], embeddings_manifest["fingerprint"], evaluation.split, evaluation.samples_per_view, settings.to_dict(), METHODS)
+    if predictions_are_current(store, dataset.name, version, key):
+        manifest = store.manifest(PREDICTIONS_TABLE, dataset=dataset.name, model_version=version)
+        return MaterializeResult(metadata={"rows": manifest["rows"], "model_version": version, "methods": MetadataValue.json(manifest["methods"]), "cached": True})
     model = LocDiffModel.load(latest["checkpoint"], device=resolve_device(training.device))
-    ids, test_embeddings = load_embeddings(store, dataset.name, "test", views=views)
-    coords = coordinates(store, dataset.name)
-    true_lat, true_lon = np.array([coords[i] for i in ids]).T
-    predicted = model.predict_embeddings(test_embeddings, samples=training.samples_per_view, seed=training.seed)
-    encoder = latest["encoder"]
-    tables = [prediction_rows("locdiff", "test", ids, true_lat, true_lon, predicted.lat, predicted.lon, encoder, spread_km=predicted.spread_km)]
-    rows = write_predictions(store, dataset.name, latest["version"], tables, {"fingerprint": key, "methods": ["locdiff"], "views": views})
-    return MaterializeResult(metadata={"rows": rows, "model_version": latest["version"], "methods": MetadataValue.json(["locdiff"]), "cached": False, "seconds": round(time.perf_counter() - started, 2)})
+    split = predict_split(store, dataset.name, evaluation.split, model, views, evaluation.samples_per_view, settings)
+    manifest = {"fingerprint": key, "methods": list(METHODS), "views": views, "chosen": split.chosen, "locdiff_h_fallback_share": split.hybrid_fallback_share}
+    rows = write_predictions(store, dataset.name, version, split.tables, split.samples, manifest)
+    context.log.info(f"{rows} prediction rows; chosen on validation: {split.chosen}; LocDiff-H fell back on {100 * split.hybrid_fallback_share:.1f}% of images")
+    return MaterializeResult(
+        metadata={
+            "rows": rows,
+            "model_version": version,
+            "methods": MetadataValue.json(list(METHODS)),
+            "chosen_on_validation": MetadataValue.json(split.chosen),
+            "locdiff_h_fallback_share": split.hybrid_fallback_share,
+            "cached": False,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
 
 
-@asset(group_name=GROUP, deps=[predictions], description="Accuracy at 1/25/200/750/2500 km and median error per dataset, method and model version (DuckDB over the predictions Parquet).")
+@asset(group_name=GROUP, deps=[predictions], description="Every method side by side: accuracy at 1/25/200/750/2500 km and median error (DuckDB over the predictions Parquet), error CDFs, error map, calibration, density maps.")
 def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource) -> MaterializeResult:
     store = warehouse.get()
     latest = json.loads((store.root / "models" / "latest.json").read_text())
-    rows = reports.accuracy_table(store, dataset=dataset.name, model_version=latest["version"])
     note = encoder_note(latest["encoder"])
-    markdown = reports.markdown_table(rows, note)
-    with reports.connect(store) as con:
-        relation = con.sql(f"SELECT method, error_km, true_lat, true_lon FROM predictions WHERE dataset = '{dataset.name}' AND model_version = {int(latest['version'])} AND split = 'test'")
-        fetched = relation.fetchall()
-    by_method: dict[str, list] = {}
-    for method, error, lat, lon in fetched:
-        by_method.setdefault(method, []).append((error, lat, lon))
-    title = f"{dataset.name} test, model v{latest['version']}"
-    cdf = reports.error_cdf_png({m: np.array([r[0] for r in v]) for m, v in by_method.items()}, title)
-    main = by_method.get("locdiff") or next(iter(by_method.values()))
-    world = reports.error_map_png(np.array([r[1] for r in main]), np.array([r[2] for r in main]), np.array([r[0] for r in main]), f"LocDiff errors, {title}", BLUE_MARBLE)
-    folder = store.root / reports.REPORTS / dataset.name / f"v{latest['version']}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "accuracy.md").write_text(markdown + "\n")
-    (folder / "error_cdf.png").write_bytes(cdf)
-    (folder / "error_map.png").write_bytes(world)
-    context.log.info("\n" + reports.text_table(rows) + f"\n{note}")
-    return MaterializeResult(
-        metadata={
-            "accuracy": MetadataValue.md(markdown),
-            "error_cdf": MetadataValue.md(f"![error CDF](data:image/png;base64,{base64.b64encode(cdf).decode()})"),
-            "error_map": MetadataValue.md(f"![error map](data:image/png;base64,{base64.b64encode(world).decode()})"),
-            "report_folder": MetadataValue.path(str(folder)),
-            "encoder_note": note,
-        }
-    )
+    bundle = build_report(store, dataset.name, latest["version"], note)
+    context.log.info("\n" + reports.text_table(bundle.rows) + f"\n{note}")
+    images = {name.removesuffix(".png"): MetadataValue.md(f"![{name}](data:image/png;base64,{base64.b64encode(data).decode()})") for name, data in bundle.pngs.items()}
+    return MaterializeResult(metadata={"accuracy": MetadataValue.md(bundle.markdown), **images, "report_folder": MetadataValue.path(str(bundle.folder)), "encoder_note": note})

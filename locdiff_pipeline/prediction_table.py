@@ -12,6 +12,7 @@ from locdiff_pipeline import sphere
 from locdiff_pipeline.warehouse import Warehouse
 
 PREDICTIONS_TABLE = "predictions"
+SAMPLES_TABLE = "prediction_samples"
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -65,8 +66,18 @@ def prediction_rows(
     )
 
 
-def write_predictions(warehouse: Warehouse, dataset: str, model_version: int, tables: list[pa.Table], manifest: dict) -> int:
+def write_predictions(warehouse: Warehouse, dataset: str, model_version: int, tables: list[pa.Table], samples: pa.Table, manifest: dict) -> int:
+    """Write the samples partition, then the predictions partition (each swapped in atomically). The
+    predictions manifest is the commit point: a run that dies between the two leaves a stale
+    predictions fingerprint, so the next run redoes both."""
+    with warehouse.write_partition(SAMPLES_TABLE, manifest, dataset=dataset, model_version=model_version) as writer:
+        writer.write(samples)
     with warehouse.write_partition(PREDICTIONS_TABLE, manifest, dataset=dataset, model_version=model_version) as writer:
         for table in tables:
             writer.write(table)
         return writer.rows
+
+
+def predictions_are_current(warehouse: Warehouse, dataset: str, model_version: int, key: str) -> bool:
+    keys = {"dataset": dataset, "model_version": model_version}
+    return warehouse.is_current(PREDICTIONS_TABLE, key, **keys) and warehouse.is_current(SAMPLES_TABLE, key, **keys)

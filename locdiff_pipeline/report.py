@@ -1,4 +1,4 @@
-"""Accuracy reports: DuckDB SQL over the predictions Parquet, plus an error-CDF plot and a world map.
+"""Accuracy reports: DuckDB SQL over the predictions Parquet (figures live in `figures`).
 
 The SQL is the report: the same query runs in the pipeline, in the tests' recomputation check, and in
 the user's own DuckDB session (README), against the views in warehouse/locdiff.duckdb.
@@ -6,11 +6,7 @@ the user's own DuckDB session (README), against the views in warehouse/locdiff.d
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 import duckdb
-import numpy as np
 
 from locdiff_pipeline.metrics import THRESHOLDS_KM, accuracy_column
 from locdiff_pipeline.warehouse import Warehouse
@@ -19,7 +15,7 @@ DATABASE = "locdiff.duckdb"
 REPORTS = "reports"
 
 # table name -> number of hive partition keys in its folder layout
-VIEWS = {"images": 1, "rejected": 1, "embeddings": 1, "shdd": 2, "predictions": 2}
+VIEWS = {"images": 1, "rejected": 1, "embeddings": 1, "shdd": 2, "predictions": 2, "prediction_samples": 2}
 
 
 def accuracy_sql(source: str = "predictions") -> str:
@@ -28,7 +24,9 @@ def accuracy_sql(source: str = "predictions") -> str:
 SELECT dataset, split, method, model_version, encoder, bool_and(encoder_pretrained) AS encoder_pretrained,
     count(*) AS count,
     {accuracies},
-    median(error_km) AS median_km
+    median(error_km) AS median_km,
+    avg(CASE WHEN region_km IS NULL OR isnan(region_km) THEN NULL WHEN error_km <= region_km THEN 1.0 ELSE 0.0 END) AS region_coverage,
+    median(CASE WHEN isnan(region_km) THEN NULL ELSE region_km END) AS median_region_km
 FROM {source}
 GROUP BY ALL
 ORDER BY dataset, split, model_version, method
@@ -72,11 +70,11 @@ def accuracy_table(warehouse: Warehouse, dataset: str | None = None, model_versi
 
 
 def markdown_table(rows: list[dict], note: str | None = None) -> str:
-    header = ["dataset", "split", "method", "model", "n", *[f"{t} km" for t in THRESHOLDS_KM], "median km"]
+    header = ["dataset", "split", "method", "model", "n", *[f"{t} km" for t in THRESHOLDS_KM], "median km", "in 90% region"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         accuracies = [f"{100 * r[accuracy_column(t)]:.1f}%" for t in THRESHOLDS_KM]
-        lines.append("| " + " | ".join([r["dataset"], r["split"], r["method"], f"v{r['model_version']}", str(r["count"]), *accuracies, f"{r['median_km']:.0f}"]) + " |")
+        lines.append("| " + " | ".join([r["dataset"], r["split"], r["method"], f"v{r['model_version']}", str(r["count"]), *accuracies, f"{r['median_km']:.0f}", _coverage(r)]) + " |")
     if note:
         lines.append(f"\n> {note}")
     return "\n".join(lines)
@@ -84,60 +82,16 @@ def markdown_table(rows: list[dict], note: str | None = None) -> str:
 
 def text_table(rows: list[dict]) -> str:
     """The same table for a terminal."""
-    header = f"{'dataset':<12} {'split':<6} {'method':<14} {'model':>5} {'n':>5} " + " ".join(f"{str(t) + 'km':>7}" for t in THRESHOLDS_KM) + f" {'median km':>10}"
+    header = f"{'dataset':<12} {'split':<6} {'method':<20} {'model':>5} {'n':>5} " + " ".join(f"{str(t) + 'km':>7}" for t in THRESHOLDS_KM) + f" {'median km':>10} {'in 90% region':>14}"
     lines = [header, "-" * len(header)]
     for r in rows:
         accuracies = " ".join(f"{100 * r[accuracy_column(t)]:>6.1f}%" for t in THRESHOLDS_KM)
-        lines.append(f"{r['dataset']:<12} {r['split']:<6} {r['method']:<14} {'v' + str(r['model_version']):>5} {r['count']:>5} {accuracies} {r['median_km']:>10.0f}")
+        lines.append(f"{r['dataset']:<12} {r['split']:<6} {r['method']:<20} {'v' + str(r['model_version']):>5} {r['count']:>5} {accuracies} {r['median_km']:>10.0f} {_coverage(r):>14}")
     return "\n".join(lines)
 
 
-def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
-    """Share of predictions within d km, for every method, on a log distance axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
-    grid = np.logspace(0, np.log10(20040), 300)
-    for method, errors in sorted(errors_by_method.items()):
-        errors = np.sort(errors)
-        axis.plot(grid, np.searchsorted(errors, grid, side="right") / len(errors), label=method)
-    for threshold in THRESHOLDS_KM:
-        axis.axvline(threshold, color="grey", lw=0.6, ls=":")
-    axis.set(xscale="log", xlabel="great-circle error (km)", ylabel="share of images within", title=title, ylim=(0, 1))
-    axis.legend(loc="upper left", fontsize=8)
-    return _png(figure)
-
-
-def error_map_png(true_lat: np.ndarray, true_lon: np.ndarray, errors_km: np.ndarray, title: str, background: Path | None = None) -> bytes:
-    """True locations on the Blue Marble map, coloured by the log of their error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(9, 4.8), dpi=110)
-    if background is not None and background.is_file():
-        from PIL import Image
-
-        with Image.open(background) as image:
-            axis.imshow(np.asarray(image.convert("RGB").resize((1080, 540))), extent=(-180, 180, -90, 90), alpha=0.8)
-    points = axis.scatter(true_lon, true_lat, c=np.log10(np.maximum(errors_km, 1.0)), cmap="plasma", s=9, vmin=0, vmax=np.log10(20000), edgecolors="none")
-    bar = figure.colorbar(points, ax=axis, shrink=0.8)
-    bar.set_ticks([0, 1, np.log10(200), np.log10(750), np.log10(2500), 4])
-    bar.set_ticklabels(["1", "10", "200", "750", "2500", "10000"])
-    bar.set_label("error (km)")
-    axis.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="longitude", ylabel="latitude", title=title)
-    return _png(figure)
-
-
-def _png(figure) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+def _coverage(row: dict) -> str:
+    """'93.0% (r~812 km)' for methods with confidence regions, '' for the others."""
+    if row.get("region_coverage") is None:
+        return ""
+    return f"{100 * row['region_coverage']:.1f}% (r~{row['median_region_km']:.0f} km)"

@@ -12,6 +12,7 @@ from dagster import ConfigurableResource
 
 from locdiff_pipeline.config import LocDiffConfig
 from locdiff_pipeline.datasets import PRESETS, DatasetSpec
+from locdiff_pipeline.evaluation import MethodSettings
 from locdiff_pipeline.default_dataset import DefaultDatasetRecipe, write_default_dataset
 from locdiff_pipeline.image_encoder import EncoderSpec
 from locdiff_pipeline.paths import project_root
@@ -93,7 +94,6 @@ class TrainingResource(ConfigurableResource):
     representation: str = "shdd"
     timesteps: int = 1000
     sample_steps: int = 50
-    samples_per_view: int = 1
     seed: int = 0
     device: str = "auto"
 
@@ -117,3 +117,21 @@ class TrainingResource(ConfigurableResource):
 
     def degrees(self) -> list[int]:
         return sorted({*self.shdd_degrees, self.L})
+
+
+class EvaluationResource(ConfigurableResource):
+    """How the benchmark split is predicted: LocDiff sampling, the baselines and the uncertainty regions.
+
+    Unset baseline hyper-parameters (knn_k, cells) are chosen on the validation split."""
+
+    split: str = "test"
+    samples_per_view: int = 1
+    knn_k: int | None = None
+    cells: int | None = None
+    regression_steps: int = 1500
+    hybrid_radius_km: float = 200.0
+    density_bandwidth_km: float | None = None
+    seed: int = 0
+
+    def settings(self) -> MethodSettings:
+        return MethodSettings(self.knn_k, self.cells, self.regression_steps, self.hybrid_radius_km, self.density_bandwidth_km, self.seed)

@@ -14,7 +14,8 @@ from locdiff_pipeline import metrics, report, shdd, tracking
 from locdiff_pipeline.assets import accuracy_report
 from locdiff_pipeline.checks import ALL_CHECKS
 from locdiff_pipeline.definitions import ALL_ASSETS, defs
-from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.evaluation import METHODS
+from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, TrainingResource, WarehouseResource
 
 COUNT, VIEWS, DEGREES = 300, 4, (4, 10)
 
@@ -25,6 +26,7 @@ def tiny_resources(root) -> dict:
         "dataset": DatasetResource(bundled_count=COUNT),
         "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=VIEWS),
         "training": TrainingResource(L=10, shdd_degrees=list(DEGREES), steps=60, batch_size=64, hidden_dims=[64, 32], timesteps=50, sample_steps=5),
+        "evaluation": EvaluationResource(samples_per_view=2, regression_steps=100),
     }
 
 
@@ -54,8 +56,11 @@ def test_every_stage_wrote_its_rows(pipeline):
     embeddings = _table(root, "embeddings")
     assert embeddings.num_rows == COUNT + splits["test"] * (VIEWS - 1)
     predictions = _table(root, "predictions")
-    assert predictions.num_rows == splits["test"]
-    assert set(predictions["method"].to_pylist()) == {"locdiff"}
+    assert predictions.num_rows == splits["test"] * len(METHODS)
+    assert set(predictions["method"].to_pylist()) == set(METHODS)
+    samples = _table(root, "prediction_samples")
+    assert samples.num_rows == splits["test"]
+    assert {len(s) for s in samples["sample_lat"].to_pylist()} == {VIEWS * 2}  # views x samples_per_view
     assert all(e.passed for e in first.get_asset_check_evaluations())
     assert len(first.get_asset_check_evaluations()) == len(ALL_CHECKS)
 
@@ -90,15 +95,25 @@ def test_mlflow_run_and_registered_champion_exist(pipeline):
 def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline):
     root, _, _ = pipeline
     predictions = _table(root, "predictions").to_pandas()
-    expected = metrics.accuracy(predictions["true_lat"], predictions["true_lon"], predictions["pred_lat"], predictions["pred_lon"])
-    (row,) = report.accuracy_table(WarehouseResource(root=str(root)).get(), dataset="bluemarble")
-    for threshold in metrics.THRESHOLDS_KM:
-        assert row[metrics.accuracy_column(threshold)] == pytest.approx(expected[metrics.accuracy_column(threshold)])
-    assert row["median_km"] == pytest.approx(expected["median_km"])
-    assert row["count"] == expected["count"]
+    rows = {r["method"]: r for r in report.accuracy_table(WarehouseResource(root=str(root)).get(), dataset="bluemarble")}
+    assert set(rows) == set(METHODS)
+    for method, group in predictions.groupby("method"):
+        expected = metrics.accuracy(group["true_lat"], group["true_lon"], group["pred_lat"], group["pred_lon"])
+        for threshold in metrics.THRESHOLDS_KM:
+            assert rows[method][metrics.accuracy_column(threshold)] == pytest.approx(expected[metrics.accuracy_column(threshold)])
+        assert rows[method]["median_km"] == pytest.approx(expected["median_km"])
+        assert rows[method]["count"] == expected["count"]
+    locdiff = predictions[predictions["method"] == "locdiff"]
+    assert rows["locdiff"]["region_coverage"] == pytest.approx((locdiff["error_km"] <= locdiff["region_km"]).mean())
+    assert rows["knn"]["region_coverage"] is None
     folder = root / "warehouse" / "reports" / "bluemarble" / "v1"
-    assert (folder / "error_cdf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (folder / "error_map.png").stat().st_size > 10_000
+    for name in ("error_cdf.png", "error_map.png", "calibration.png", "density_maps.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    calibration = json.loads((folder / "calibration.json").read_text())
+    observed = [point["observed"] for point in calibration]
+    assert observed == sorted(observed)  # nested regions: coverage cannot fall as the level rises
+    ninety = next(p["observed"] for p in calibration if p["level"] == 0.9)
+    assert ninety == pytest.approx(rows["locdiff"]["region_coverage"], abs=1e-9)  # samples table reproduces region_km
     assert "NO pretrained weights" in (folder / "accuracy.md").read_text()
 
 

@@ -1,0 +1,111 @@
+"""Every method on one benchmark split, from the same embeddings: LocDiff, LocDiff-H and the baselines.
+
+Produces the rows of the `predictions` table (one per image and method, with LocDiff's spread and 90 %
+confidence-region radius) and of the `prediction_samples` table (every decoded LocDiff sample, for
+density maps and calibration). Dagster-free, so tests and notebooks call it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from locdiff_pipeline import baselines, shdd, uncertainty
+from locdiff_pipeline.embedding_table import load_embeddings
+from locdiff_pipeline.model import LocDiffModel
+from locdiff_pipeline.prediction_table import prediction_rows
+from locdiff_pipeline.train_step import coordinates
+from locdiff_pipeline.warehouse import Warehouse
+
+LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION = "locdiff", "locdiff_h", "knn", "cell_classification", "regression"
+METHODS = (LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION)
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("method", pa.string()),
+        ("sample_lat", pa.list_(pa.float32())),
+        ("sample_lon", pa.list_(pa.float32())),
+        ("bandwidth_km", pa.float64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Baseline and uncertainty settings; None means 'chosen on validation' / 'from L'."""
+
+    knn_k: int | None = None
+    cells: int | None = None
+    regression_steps: int = 1500
+    hybrid_radius_km: float = baselines.HYBRID_RADIUS_KM
+    density_bandwidth_km: float | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SplitPredictions:
+    tables: list[pa.Table]
+    samples: pa.Table
+    chosen: dict[str, str] = field(default_factory=dict)
+    hybrid_fallback_share: float = 0.0
+
+
+def _split_coordinates(coords: dict, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    lat, lon = np.array([coords[i] for i in ids], dtype=float).reshape(-1, 2).T
+    return lat, lon
+
+
+def density_bandwidth_km(model: LocDiffModel, settings: MethodSettings) -> float:
+    """Kernel width of the sample density: as set, else the half-width of an SHDD peak at the model's L
+    (finer structure than that is not representable at degree L)."""
+    return settings.density_bandwidth_km or shdd.default_rho_km(model.config.L)
+
+
+def predict_split(warehouse: Warehouse, dataset: str, split: str, model: LocDiffModel, views: int, samples_per_view: int, settings: MethodSettings) -> SplitPredictions:
+    coords = coordinates(warehouse, dataset)
+    train_ids, train_embeddings = load_embeddings(warehouse, dataset, "train")
+    val_ids, val_embeddings = load_embeddings(warehouse, dataset, "val")
+    ids, embeddings = load_embeddings(warehouse, dataset, split, views=views)
+    if not ids:
+        raise ValueError(f"dataset {dataset!r} has no {split!r} images to predict")
+    gallery = baselines.Gallery(train_embeddings, *_split_coordinates(coords, train_ids))
+    val_lat, val_lon = _split_coordinates(coords, val_ids)
+    true_lat, true_lon = _split_coordinates(coords, ids)
+    encoder = model.encoder
+
+    def rows(method: str, prediction, **extra) -> pa.Table:
+        return prediction_rows(method, split, ids, true_lat, true_lon, prediction.lat, prediction.lon, encoder, **extra)
+
+    locdiff = model.predict_embeddings(embeddings, samples=samples_per_view, seed=settings.seed)
+    bandwidth = density_bandwidth_km(model, settings)
+    region = uncertainty.sample_regions(locdiff.sample_lat, locdiff.sample_lon, locdiff.lat, locdiff.lon, bandwidth, (uncertainty.REGION_LEVEL,))[:, 0]
+    hybrid, fell_back = baselines.locdiff_h(gallery, embeddings, locdiff.lat, locdiff.lon, settings.hybrid_radius_km)
+    k = baselines.fit_knn(gallery, val_embeddings, val_lat, val_lon, settings.knn_k)
+    knn = baselines.knn_predict(gallery, embeddings, k)
+    cells = baselines.fit_cells(gallery, val_embeddings, val_lat, val_lon, settings.cells, settings.seed).predict(embeddings)
+    regression = baselines.fit_regressor(gallery, steps=settings.regression_steps, seed=settings.seed).predict(embeddings)
+    tables = [
+        rows(LOCDIFF, locdiff, spread_km=locdiff.spread_km, region_km=region),
+        rows(LOCDIFF_H, hybrid),
+        rows(KNN, knn, spread_km=knn.spread_km),
+        rows(CELLS, cells),
+        rows(REGRESSION, regression),
+    ]
+    samples = pa.table(
+        {
+            "image_id": ids,
+            "method": [LOCDIFF] * len(ids),
+            "sample_lat": list(locdiff.sample_lat.astype(np.float32)),
+            "sample_lon": list(locdiff.sample_lon.astype(np.float32)),
+            "bandwidth_km": np.full(len(ids), bandwidth),
+        },
+        schema=SAMPLES_SCHEMA,
+    )
+    chosen = {KNN: knn.chosen, CELLS: cells.chosen, LOCDIFF_H: hybrid.chosen, LOCDIFF: f"{views} views x {samples_per_view} samples"}
+    return SplitPredictions(tables, samples, chosen, float(fell_back.mean()))

@@ -1,0 +1,96 @@
+"""Baselines and LocDiff-H on a small learnable problem, against a chance control measured in the test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import clustered_problem
+from locdiff_pipeline import baselines, metrics, sphere
+
+
+@pytest.fixture(scope="module")
+def problem():
+    lat, lon, features = clustered_problem(n=1800, dim=32, seed=3)
+    train, val, test = slice(0, 1200), slice(1200, 1400), slice(1400, 1800)
+    gallery = baselines.Gallery(features[train], lat[train], lon[train])
+    return gallery, (features[val], lat[val], lon[val]), (features[test], lat[test], lon[test])
+
+
+def _acc750(truth, prediction) -> float:
+    _, lat, lon = truth
+    return metrics.accuracy(lat, lon, prediction.lat, prediction.lon)[metrics.accuracy_column(750)]
+
+
+def _chance(gallery, truth) -> float:
+    """A random training location per image: what a method that ignores the image scores."""
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(gallery.lat), len(truth[1]))
+    return _acc750(truth, baselines.MethodPrediction(gallery.lat[pick], gallery.lon[pick]))
+
+
+def test_knn_beats_chance_and_picks_k_on_validation(problem):
+    gallery, val, test = problem
+    k = baselines.fit_knn(gallery, *val)
+    assert k in baselines.KNN_K_CHOICES
+    prediction = baselines.knn_predict(gallery, test[0], k)
+    chance = _chance(gallery, test)
+    assert chance < 0.3
+    assert _acc750(test, prediction) > chance + 0.4
+    assert prediction.spread_km.shape == (len(test[0]),) and np.all(prediction.spread_km >= 0)
+
+
+def test_knn_with_k1_returns_the_nearest_gallery_location_exactly(problem):
+    gallery, _, _ = problem
+    prediction = baselines.knn_predict(gallery, gallery.embeddings[:50], 1)
+    np.testing.assert_allclose(sphere.haversine_km(prediction.lat, prediction.lon, gallery.lat[:50], gallery.lon[:50]), 0, atol=1e-6)
+
+
+def test_cell_classifier_beats_chance_and_predicts_cell_centroids(problem):
+    gallery, val, test = problem
+    classifier = baselines.fit_cells(gallery, *val)
+    prediction = classifier.predict(test[0])
+    assert _acc750(test, prediction) > _chance(gallery, test) + 0.4
+    centroids = set(zip(np.round(classifier.centroids_lat, 9), np.round(classifier.centroids_lon, 9)))
+    assert set(zip(np.round(prediction.lat, 9), np.round(prediction.lon, 9))) <= centroids
+
+
+def test_regression_beats_chance_and_outputs_points_on_the_sphere(problem):
+    gallery, _, test = problem
+    prediction = baselines.fit_regressor(gallery, steps=400).predict(test[0])
+    assert np.all(np.abs(prediction.lat) <= 90) and np.all(np.abs(prediction.lon) <= 180)
+    assert _acc750(test, prediction) > _chance(gallery, test) + 0.3
+
+
+def test_multi_view_input_is_the_normalised_mean_of_views():
+    rng = np.random.default_rng(1)
+    views = rng.normal(size=(4, 5, 8))
+    expected = (views / np.linalg.norm(views, axis=-1, keepdims=True)).mean(axis=1)
+    np.testing.assert_allclose(baselines.normalise(views), expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_locdiff_h_falls_back_to_locdiff_when_the_ring_is_empty(problem):
+    gallery, _, test = problem
+    rng = np.random.default_rng(2)
+    lat, lon = sphere.random_points(len(test[0]), rng)
+    hybrid, fell_back = baselines.locdiff_h(gallery, test[0], lat, lon, radius_km=1e-3)
+    assert fell_back.all()
+    np.testing.assert_array_equal(hybrid.lat, lat)
+    np.testing.assert_array_equal(hybrid.lon, lon)
+
+
+def test_locdiff_h_picks_the_best_match_inside_the_ring(problem):
+    gallery, _, test = problem
+    _, true_lat, true_lon = test
+    # LocDiff predictions 100 km north of the truth: the ring always holds gallery images of that cluster.
+    pred_lat = np.clip(true_lat + 100 / 111.2, -90, 90)
+    hybrid, fell_back = baselines.locdiff_h(gallery, test[0], pred_lat, true_lon, radius_km=200)
+    moved = ~fell_back
+    assert moved.mean() > 0.5
+    assert np.all(sphere.haversine_km(hybrid.lat[moved], hybrid.lon[moved], pred_lat[moved], true_lon[moved]) <= 200 + 1e-6)
+    # the pick is the most similar gallery image among those inside the ring
+    queries = baselines.normalise(test[0])
+    for i in np.flatnonzero(moved)[:20]:
+        inside = sphere.haversine_km(gallery.lat, gallery.lon, np.full(len(gallery.lat), pred_lat[i]), np.full(len(gallery.lat), true_lon[i])) <= 200
+        best = np.flatnonzero(inside)[np.argmax(gallery.embeddings[inside] @ queries[i])]
+        assert (hybrid.lat[i], hybrid.lon[i]) == (gallery.lat[best], gallery.lon[best])
