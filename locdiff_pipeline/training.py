@@ -121,10 +121,11 @@ def train(
         optimizer.step()
         running.append(float(loss.detach()))
         done = step + 1
-        if done % log_every == 0 or done == end:
+        evaluate_now = validation is not None and (done % config.eval_every == 0 or done == config.steps)
+        if done % log_every == 0 or done == end or evaluate_now:
             record = {"step": done, "loss": float(np.mean(running)), "lr": learning_rate}
             running = []
-            if validation is not None and (done % config.eval_every == 0 or done == config.steps):
+            if evaluate_now:
                 record.update({f"val_{k}": v for k, v in evaluate(model, validation).items()})
                 model.net.train()
             history.append(record)
@@ -133,5 +134,8 @@ def train(
         if checkpoint_path is not None and (done % config.checkpoint_every == 0 or done == end):
             _save_state(checkpoint_path, model, optimizer, done)
     model.net.eval()
-    final = evaluate(model, validation) if validation is not None and end == config.steps else None
+    final = None
+    if validation is not None and end == config.steps:
+        last = history[-1] if history and history[-1]["step"] == end else {}
+        final = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_")} or evaluate(model, validation)
     return TrainResult(model, end - start_step, start_step, time.perf_counter() - started, history, final)

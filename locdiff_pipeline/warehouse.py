@@ -79,7 +79,8 @@ class Warehouse:
         final = self.partition_dir(table, **keys)
         staging_root = self.root / STAGING
         staging_root.mkdir(parents=True, exist_ok=True)
-        staging = staging_root / f"{table}-{uuid.uuid4().hex}"
+        _remove_orphans(staging_root)
+        staging = staging_root / f"{table}-{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir()
         writer = PartitionWriter(staging)
         try:
@@ -88,7 +89,7 @@ class Warehouse:
             (staging / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():
-                retired = staging_root / f"retired-{uuid.uuid4().hex}"
+                retired = staging_root / f"retired-{os.getpid()}-{uuid.uuid4().hex}"
                 os.replace(final, retired)
                 os.replace(staging, final)
                 shutil.rmtree(retired, ignore_errors=True)
@@ -99,7 +100,7 @@ class Warehouse:
 
     def clean_staging(self) -> None:
         """Remove what crashed runs left in the staging area (never visible to readers)."""
-        shutil.rmtree(self.root / STAGING, ignore_errors=True)
+        _remove_orphans(self.root / STAGING)
 
     def read(self, table: str, columns: list[str] | None = None, **keys: object) -> pa.Table:
         """Read one partition (all its part files, in order), or raise naming what is missing."""
@@ -119,3 +120,27 @@ class Warehouse:
             raise FileNotFoundError(f"warehouse table {table} has no complete partition {keys or ''} at {path}; materialize it first")
         for file in sorted(path.glob("part-*.parquet")):
             yield from pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def _remove_orphans(staging_root: Path) -> None:
+    """Delete staging folders whose writer process is gone (a crashed or killed run). Folders are
+    named TABLE-PID-UUID, so live writers, including parallel ones, are left alone."""
+    if not staging_root.is_dir():
+        return
+    for folder in staging_root.iterdir():
+        try:
+            pid = int(folder.name.rsplit("-", 2)[-2])
+        except (IndexError, ValueError):
+            continue
+        if not _process_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
