@@ -26,7 +26,7 @@ class LocDiffConfig:
     embed_dim: int = 512
     hidden_dims: tuple[int, ...] = (512, 256, 128)
     time_dim: int = 128
-    siren_w0: float = 30.0
+    siren_w0: float = 1.0  # SIREN frequency; 30 (image-coordinate SIRENs) ignored the condition here: docs/results.md
     cond_dropout: float = 0.1
     # diffusion
     timesteps: int = 1000

@@ -69,6 +69,10 @@ class CSUNet(nn.Module):
         self.time_dim = time_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.null_condition = nn.Parameter(torch.zeros(cond_dim))
+        # Image embeddings share a large common direction (frozen CLIP features are far from centred);
+        # standardising each dimension with training statistics lets the blocks see what differs.
+        self.register_buffer("cond_mean", torch.zeros(cond_dim))
+        self.register_buffer("cond_std", torch.ones(cond_dim))
         dims = [data_dim, *hidden_dims]
         self.down = nn.ModuleList(CSirenBlock(dims[i], dims[i + 1], cond_dim, time_dim, w0, is_first=i == 0) for i in range(len(hidden_dims)))
         self.middle = CSirenBlock(hidden_dims[-1], hidden_dims[-1], cond_dim, time_dim, w0)
@@ -78,7 +82,14 @@ class CSUNet(nn.Module):
         self.up = nn.ModuleList(CSirenBlock(i + s, o, cond_dim, time_dim, w0) for i, s, o in zip(up_in, skips, up_out))
         self.out = nn.Linear(hidden_dims[0], data_dim)
 
+    @torch.no_grad()
+    def set_condition_statistics(self, embeddings: torch.Tensor) -> None:
+        """Fix the standardisation of the condition from the training embeddings (N, cond_dim)."""
+        self.cond_mean.copy_(embeddings.mean(dim=0))
+        self.cond_std.copy_(embeddings.std(dim=0).clamp(min=1e-6))
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        cond = (cond - self.cond_mean.to(cond.dtype)) / self.cond_std.to(cond.dtype)
         if drop is not None:
             cond = torch.where(drop[:, None], self.null_condition.to(cond.dtype).expand_as(cond), cond)
         time = self.time_mlp(timestep_embedding(t, self.time_dim))

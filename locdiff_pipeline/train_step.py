@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from locdiff_pipeline import metrics, tracking
+from locdiff_pipeline import distributed, metrics, tracking
+from locdiff_pipeline.devices import resolve_device
 from locdiff_pipeline.config import LocDiffConfig
 from locdiff_pipeline.image_encoder import encoder_note
 from locdiff_pipeline.embedding_table import EMBEDDINGS_TABLE, load_embeddings
@@ -62,7 +63,9 @@ def training_data(warehouse: Warehouse, dataset: str, config: LocDiffConfig) -> 
     return embeddings, targets, Validation(val_embeddings, val_lat, val_lon)
 
 
-def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig, *, log=None, force: bool = False) -> TrainedModel:
+def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig, *, log=None, force: bool = False) -> TrainedModel | None:
+    """Train (or reuse the finished run of the same inputs), log to MLflow and register. Under torchrun
+    every rank calls this; rank 0 returns the TrainedModel, the other ranks None."""
     embeddings_manifest = warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset)
     shdd_manifest = warehouse.manifest(SHDD_TABLE, dataset=dataset, L=config.L)
     if embeddings_manifest is None or (config.representation == "shdd" and shdd_manifest is None):
@@ -72,18 +75,24 @@ def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig
     checkpoint_dir = warehouse.root / CHECKPOINTS / key
     import mlflow
 
+    world = distributed.current_world()
+    distributed.init(world, resolve_device(config.device))
     tracking.configure(root=warehouse.root.parent)
-    experiment_id = tracking.ensure_experiment(warehouse.root.parent)
-    previous = None if force else tracking.find_finished_run(key)
+    experiment_id = tracking.ensure_experiment(warehouse.root.parent) if world.is_main else None
+    previous = None if force or not world.is_main else tracking.find_finished_run(key)
+    previous = distributed.broadcast_from_main(previous, world)  # every rank takes the same branch
     if previous is not None:
         client = mlflow.MlflowClient()
         champion_version, _ = tracking.champion_score(client)
         validation = {k.removeprefix("val_"): v for k, v in previous["metrics"].items() if k.startswith("val_")}
         return TrainedModel(previous["version"], previous["run_id"], checkpoint_dir / "model", validation, False, champion_version, True, encoder)
-    _fail_stale_runs(key)
     embeddings, targets, validation = training_data(warehouse, dataset, config)
     if embeddings.shape[1] != config.embed_dim:
         raise ValueError(f"config.embed_dim={config.embed_dim} but the {encoder['label']} embeddings have {embeddings.shape[1]} dimensions")
+    if not world.is_main:  # a DDP worker: trains its share; rank 0 logs, checkpoints and registers
+        train(config, embeddings, targets, checkpoint_dir=checkpoint_dir, encoder=encoder, log_every=max(1, config.steps // 50))
+        return None
+    _fail_stale_runs(key)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"locdiff-{dataset}-L{config.L}") as run:
         mlflow.set_tags(
             {

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from locdiff_pipeline import metrics
+from locdiff_pipeline import distributed, metrics
 from locdiff_pipeline.config import LocDiffConfig
 from locdiff_pipeline.devices import resolve_device, seed_everything, step_generator
 from locdiff_pipeline.model import LocDiffModel
@@ -83,7 +83,8 @@ def train(
     (as a crash would), for tests of resuming.
     """
     started = time.perf_counter()
-    device = resolve_device(config.device)
+    world = distributed.current_world()
+    device = distributed.init(world, resolve_device(config.device))
     seed_everything(config.seed)
     model = LocDiffModel(config, encoder, device=device)
     if embeddings.shape[0] != targets.shape[0] or embeddings.shape[0] == 0:
@@ -102,7 +103,10 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
     cond_all = torch.tensor(np.asarray(embeddings, dtype=np.float32), device=device)
+    if start_step == 0:
+        model.net.set_condition_statistics(cond_all)
     x0_all = torch.tensor(np.asarray(targets, dtype=np.float32), device=device) * model.space.scale
+    trainable = distributed.wrap(model.net, world, device)
     history: list[dict[str, float]] = []
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     model.net.train()
@@ -111,17 +115,17 @@ def train(
         learning_rate = cosine_learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
-        generator = step_generator(config.seed, step, device)
+        generator = step_generator(config.seed + 7919 * world.rank, step, device)  # each rank its own batches
         index = torch.randint(0, x0_all.shape[0], (config.batch_size,), generator=generator, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model.diffusion.training_loss(model.net, x0_all[index], cond_all[index], model.space, generator)
+            loss = model.diffusion.training_loss(trainable, x0_all[index], cond_all[index], model.space, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.net.parameters(), 1.0)
         optimizer.step()
         running.append(float(loss.detach()))
         done = step + 1
-        evaluate_now = validation is not None and (done % config.eval_every == 0 or done == config.steps)
+        evaluate_now = world.is_main and validation is not None and (done % config.eval_every == 0 or done == config.steps)
         if done % log_every == 0 or done == end or evaluate_now:
             record = {"step": done, "loss": float(np.mean(running)), "lr": learning_rate}
             running = []
@@ -129,13 +133,15 @@ def train(
                 record.update({f"val_{k}": v for k, v in evaluate(model, validation).items()})
                 model.net.train()
             history.append(record)
-            if log is not None:
+            if log is not None and world.is_main:
                 log(done, record)
         if checkpoint_path is not None and (done % config.checkpoint_every == 0 or done == end):
-            _save_state(checkpoint_path, model, optimizer, done)
+            if world.is_main:
+                _save_state(checkpoint_path, model, optimizer, done)
+            distributed.barrier(world)
     model.net.eval()
     final = None
-    if validation is not None and end == config.steps:
+    if validation is not None and end == config.steps and world.is_main:
         last = history[-1] if history and history[-1]["step"] == end else {}
         final = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_")} or evaluate(model, validation)
     return TrainResult(model, end - start_step, start_step, time.perf_counter() - started, history, final)

@@ -1,0 +1,69 @@
+"""DDP training under a real `torchrun` (gloo on CPU): ranks stay in sync, rank 0 alone checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from locdiff_pipeline.distributed import current_world
+
+WORKER = textwrap.dedent(
+    """
+    import hashlib, json, os, sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[2])
+    from conftest import clustered_problem
+    from locdiff_pipeline import shdd
+    from locdiff_pipeline.config import LocDiffConfig
+    from locdiff_pipeline.training import Validation, train
+    from locdiff_pipeline.distributed import current_world
+
+    out = sys.argv[1]
+    lat, lon, features = clustered_problem(n=1200, dim=32, seed=5)
+    config = LocDiffConfig(L=6, embed_dim=32, hidden_dims=(64, 32), time_dim=16, batch_size=64, anchors_per_step=256,
+                           timesteps=50, sample_steps=5, steps=40, checkpoint_every=20, eval_every=40, device="cpu")
+    validation = Validation(features[1000:], lat[1000:], lon[1000:])
+    result = train(config, features[:1000], shdd.encode(lat[:1000], lon[:1000], 6).astype(np.float32),
+                   checkpoint_dir=os.path.join(out, "ckpt"), validation=validation, log_every=10)
+    digest = hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in result.model.net.state_dict().values())).hexdigest()
+    world = current_world()
+    with open(os.path.join(out, f"rank{world.rank}.json"), "w") as handle:
+        json.dump({"digest": digest, "world": world.size, "validation": result.validation, "history": len(result.history)}, handle)
+    """
+)
+
+
+def test_a_world_of_one_outside_torchrun():
+    world = current_world()
+    assert (world.rank, world.size, world.is_main, world.distributed) == (0, 1, True, False)
+
+
+def test_torchrun_two_processes_train_in_sync(tmp_path):
+    tests = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(_write(tmp_path)), str(tmp_path), str(tests)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == ranks[1]["world"] == 2
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # DDP kept the replicas identical
+    assert ranks[0]["validation"] is not None and ranks[1]["validation"] is None  # rank 0 alone evaluates
+    assert ranks[0]["history"] > 0 and ranks[1]["history"] > 0
+    assert (tmp_path / "ckpt" / "model" / "weights.pt").is_file() and (tmp_path / "ckpt" / "train_state.pt").is_file()
+
+
+def _write(folder: Path) -> Path:
+    script = folder / "ddp_worker.py"
+    script.write_text(WORKER)
+    return script
