@@ -1,5 +1,9 @@
 """Every method on one benchmark split, from the same embeddings: LocDiff, LocDiff-H and the baselines.
 
+Each method is scored twice: with the test-time protocol (all views; LocDiff takes the spherical
+centre of its per-view predictions, the baselines the normalised mean of the view embeddings) under
+its plain name, and from the plain view alone as NAME/plain.
+
 Produces the rows of the `predictions` table (one per image and method, with LocDiff's spread and 90 %
 confidence-region radius) and of the `prediction_samples` table (every decoded LocDiff sample, for
 density maps and calibration). Dagster-free, so tests and notebooks call it directly.
@@ -20,7 +24,9 @@ from locdiff_pipeline.train_step import coordinates
 from locdiff_pipeline.warehouse import Warehouse
 
 LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION = "locdiff", "locdiff_h", "knn", "cell_classification", "regression"
-METHODS = (LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION)
+PLAIN_SUFFIX = "/plain"
+BASE_METHODS = (LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION)
+METHODS = BASE_METHODS + tuple(m + PLAIN_SUFFIX for m in BASE_METHODS)
 
 SAMPLES_SCHEMA = pa.schema(
     [
@@ -82,21 +88,28 @@ def predict_split(warehouse: Warehouse, dataset: str, split: str, model: LocDiff
     def rows(method: str, prediction, **extra) -> pa.Table:
         return prediction_rows(method, split, ids, true_lat, true_lon, prediction.lat, prediction.lon, encoder, **extra)
 
-    locdiff = model.predict_embeddings(embeddings, samples=samples_per_view, seed=settings.seed)
-    bandwidth = density_bandwidth_km(model, settings)
-    region = uncertainty.sample_regions(locdiff.sample_lat, locdiff.sample_lon, locdiff.lat, locdiff.lon, bandwidth, (uncertainty.REGION_LEVEL,))[:, 0]
-    hybrid, fell_back = baselines.locdiff_h(gallery, embeddings, locdiff.lat, locdiff.lon, settings.hybrid_radius_km)
     k = baselines.fit_knn(gallery, val_embeddings, val_lat, val_lon, settings.knn_k)
-    knn = baselines.knn_predict(gallery, embeddings, k)
-    cells = baselines.fit_cells(gallery, val_embeddings, val_lat, val_lon, settings.cells, settings.seed).predict(embeddings)
-    regression = baselines.fit_regressor(gallery, steps=settings.regression_steps, seed=settings.seed).predict(embeddings)
-    tables = [
-        rows(LOCDIFF, locdiff, spread_km=locdiff.spread_km, region_km=region),
-        rows(LOCDIFF_H, hybrid),
-        rows(KNN, knn, spread_km=knn.spread_km),
-        rows(CELLS, cells),
-        rows(REGRESSION, regression),
-    ]
+    cell_classifier = baselines.fit_cells(gallery, val_embeddings, val_lat, val_lon, settings.cells, settings.seed)
+    regressor = baselines.fit_regressor(gallery, steps=settings.regression_steps, seed=settings.seed)
+    bandwidth = density_bandwidth_km(model, settings)
+
+    def all_methods(inputs: np.ndarray, suffix: str) -> tuple[list[pa.Table], object, np.ndarray]:
+        locdiff = model.predict_embeddings(inputs, samples=samples_per_view, seed=settings.seed)
+        with_samples = locdiff.sample_lat.shape[1] > 1  # one sample has no spread and no region of its own
+        region = uncertainty.sample_regions(locdiff.sample_lat, locdiff.sample_lon, locdiff.lat, locdiff.lon, bandwidth, (uncertainty.REGION_LEVEL,))[:, 0] if with_samples else None
+        hybrid, fell_back = baselines.locdiff_h(gallery, inputs, locdiff.lat, locdiff.lon, settings.hybrid_radius_km)
+        knn = baselines.knn_predict(gallery, inputs, k)
+        tables = [
+            rows(LOCDIFF + suffix, locdiff, spread_km=locdiff.spread_km if with_samples else None, region_km=region),
+            rows(LOCDIFF_H + suffix, hybrid),
+            rows(KNN + suffix, knn, spread_km=knn.spread_km),
+            rows(CELLS + suffix, cell_classifier.predict(inputs)),
+            rows(REGRESSION + suffix, regressor.predict(inputs)),
+        ]
+        return tables, locdiff, fell_back
+
+    tables, locdiff, fell_back = all_methods(embeddings, "")
+    tables += all_methods(embeddings[:, 0], PLAIN_SUFFIX)[0]
     samples = pa.table(
         {
             "image_id": ids,
@@ -107,5 +120,5 @@ def predict_split(warehouse: Warehouse, dataset: str, split: str, model: LocDiff
         },
         schema=SAMPLES_SCHEMA,
     )
-    chosen = {KNN: knn.chosen, CELLS: cells.chosen, LOCDIFF_H: hybrid.chosen, LOCDIFF: f"{views} views x {samples_per_view} samples"}
+    chosen = {KNN: f"k={k}", CELLS: f"cells={len(cell_classifier.centroids_lat)}", LOCDIFF_H: f"radius={settings.hybrid_radius_km:g}km", LOCDIFF: f"{views} views x {samples_per_view} samples"}
     return SplitPredictions(tables, samples, chosen, float(fell_back.mean()))

@@ -165,3 +165,19 @@ def test_definitions_hold_the_graph_schedule_and_checks():
     schedule = repository.get_schedule_def("weekly_retrain")
     assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "locdiff_all"
     assert len(list(repository.asset_checks_defs_by_key)) == len(ALL_CHECKS)
+
+
+def test_the_readme_sql_runs_against_the_warehouse(pipeline):
+    """The README's SQL example, taken from the README itself, answers from this warehouse."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, _, _ = pipeline
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### SQL over the warehouse") :]
+    code = re.search(r'\.venv/bin/python -c "\n(.*?)\n"\n', section, re.S).group(1)
+    completed = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "locdiff_h" in completed.stdout and "lat_band" in completed.stdout
