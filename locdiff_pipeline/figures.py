@@ -35,9 +35,12 @@ def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
     grid = np.logspace(0, np.log10(20040), 300)
+    families = sorted({method.split("/")[0] for method in errors_by_method})
+    colours = {family: plt.get_cmap("tab10")(i % 10) for i, family in enumerate(families)}
     for method, errors in sorted(errors_by_method.items()):
         errors = np.sort(errors)
-        axis.plot(grid, np.searchsorted(errors, grid, side="right") / len(errors), label=method)
+        family, _, variant = method.partition("/")  # NAME/plain: the same colour, dashed
+        axis.plot(grid, np.searchsorted(errors, grid, side="right") / len(errors), label=method, color=colours[family], ls="--" if variant else "-")
     for threshold in THRESHOLDS_KM:
         axis.axvline(threshold, color="grey", lw=0.6, ls=":")
     axis.set(xscale="log", xlabel="great-circle error (km)", ylabel="share of images within", title=title, ylim=(0, 1))

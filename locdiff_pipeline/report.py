@@ -82,11 +82,11 @@ def markdown_table(rows: list[dict], note: str | None = None) -> str:
 
 def text_table(rows: list[dict]) -> str:
     """The same table for a terminal."""
-    header = f"{'dataset':<12} {'split':<6} {'method':<20} {'model':>5} {'n':>5} " + " ".join(f"{str(t) + 'km':>7}" for t in THRESHOLDS_KM) + f" {'median km':>10} {'in 90% region':>14}"
+    header = f"{'dataset':<12} {'split':<6} {'method':<26} {'model':>5} {'n':>5} " + " ".join(f"{str(t) + 'km':>7}" for t in THRESHOLDS_KM) + f" {'median km':>10} {'in 90% region':>14}"
     lines = [header, "-" * len(header)]
     for r in rows:
         accuracies = " ".join(f"{100 * r[accuracy_column(t)]:>6.1f}%" for t in THRESHOLDS_KM)
-        lines.append(f"{r['dataset']:<12} {r['split']:<6} {r['method']:<20} {'v' + str(r['model_version']):>5} {r['count']:>5} {accuracies} {r['median_km']:>10.0f} {_coverage(r):>14}")
+        lines.append(f"{r['dataset']:<12} {r['split']:<6} {r['method']:<26} {'v' + str(r['model_version']):>5} {r['count']:>5} {accuracies} {r['median_km']:>10.0f} {_coverage(r):>14}")
     return "\n".join(lines)
 
 
