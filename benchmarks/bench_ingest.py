@@ -114,7 +114,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     largest = max(args.rows)
     write_dataset(root, largest)
-    print(f"MP16 layout, folder of 8x8 JPEGs, ~1% bad records; each size in a fresh process; references stored (mp16 preset)")
+    print("MP16 layout, folder of 8x8 JPEGs, ~1% bad records; each size in a fresh process; references stored (mp16 preset)")
     print(f"{'rows':>8} {'ingest rows/s':>14} {'baseline rows/s':>16} {'ratio':>6} {'ingest peak RSS MB':>19} {'baseline peak RSS MB':>21}")
     for rows in sorted(args.rows):
         metadata = root / "metadata.csv" if rows == largest else root / f"metadata_{rows}.csv"
