@@ -19,7 +19,7 @@ from locdiff_pipeline.model import LocDiffModel
 from locdiff_pipeline.evaluation import METHODS, predict_split
 from locdiff_pipeline.report_bundle import build_report
 from locdiff_pipeline.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
-from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.shdd_table import build_shdd_table
 from locdiff_pipeline.train_step import train_and_register, write_latest
 from locdiff_pipeline.warehouse import fingerprint
@@ -91,7 +91,7 @@ class ModelRunConfig(Config):
 
 
 @asset(group_name=GROUP, deps=[clip_embeddings, shdd_tables], description="Train LocDiff (CUDA when present), log to MLflow, register a `locdiff` version, promote `champion` if better.")
-def locdiff_model(context: AssetExecutionContext, config: ModelRunConfig, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource) -> MaterializeResult:
+def locdiff_model(context: AssetExecutionContext, config: ModelRunConfig, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource, mlflow: MlflowResource) -> MaterializeResult:
     store = warehouse.get()
     embed_dim = store.manifest("embeddings", dataset=dataset.name)["encoder"]["embed_dim"]
     model_config = training.config(embed_dim)
@@ -100,7 +100,7 @@ def locdiff_model(context: AssetExecutionContext, config: ModelRunConfig, wareho
         if "val_acc_750km" in record or step == model_config.steps:
             context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
 
-    trained = train_and_register(store, dataset.name, model_config, log=log, force=config.force_retrain)
+    trained = train_and_register(store, dataset.name, model_config, log=log, force=config.force_retrain, tracking_uri=mlflow.uri())
     write_latest(store, trained)
     table = "| scale | validation accuracy |\n|---|---|\n" + "\n".join(f"| {k} | {v:.3f} |" for k, v in trained.validation.items() if k.startswith("acc_"))
     return MaterializeResult(

@@ -26,12 +26,12 @@ def _run(args: argparse.Namespace) -> int:
     from locdiff_pipeline import report
     from locdiff_pipeline.checks import ALL_CHECKS
     from locdiff_pipeline.definitions import ALL_ASSETS
-    from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, TrainingResource, WarehouseResource
+    from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
 
     training = TrainingResource(**{k: v for k, v in {"steps": args.steps, "L": args.L, "device": args.device}.items() if v is not None})
     encoder = EncoderResource(**{k: v for k, v in {"model_name": args.encoder, "checkpoint": args.encoder_checkpoint, "test_views": args.test_views}.items() if v is not None})
     dataset = DatasetResource(**({"bundled_count": args.count} if args.count else {}))
-    resources = {"warehouse": WarehouseResource(root=str(root)), "dataset": dataset, "encoder": encoder, "training": training, "evaluation": EvaluationResource()}
+    resources = {"warehouse": WarehouseResource(root=str(root)), "dataset": dataset, "encoder": encoder, "training": training, "evaluation": EvaluationResource(), "mlflow": MlflowResource()}
     started = time.perf_counter()
     result = materialize([*ALL_ASSETS, *ALL_CHECKS], resources=resources, instance=DagsterInstance.get(), raise_on_error=False)
     seconds = time.perf_counter() - started

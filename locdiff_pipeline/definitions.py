@@ -10,7 +10,7 @@ from dagster import AssetSelection, DefaultScheduleStatus, Definitions, Schedule
 
 from locdiff_pipeline.assets import accuracy_report, clip_embeddings, images, locdiff_model, predictions, shdd_tables
 from locdiff_pipeline.checks import ALL_CHECKS
-from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
 
 ALL_ASSETS = [images, clip_embeddings, shdd_tables, locdiff_model, predictions, accuracy_report]
 
@@ -27,7 +27,7 @@ retrain_schedule = ScheduleDefinition(
 
 
 def default_resources() -> dict:
-    return {"warehouse": WarehouseResource(), "dataset": DatasetResource(), "encoder": EncoderResource(), "training": TrainingResource(), "evaluation": EvaluationResource()}
+    return {"warehouse": WarehouseResource(), "dataset": DatasetResource(), "encoder": EncoderResource(), "training": TrainingResource(), "evaluation": EvaluationResource(), "mlflow": MlflowResource()}
 
 
 defs = Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[everything], schedules=[retrain_schedule], resources=default_resources())

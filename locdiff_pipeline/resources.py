@@ -135,3 +135,13 @@ class EvaluationResource(ConfigurableResource):
 
     def settings(self) -> MethodSettings:
         return MethodSettings(self.knn_k, self.cells, self.regression_steps, self.hybrid_radius_km, self.density_bandwidth_km, self.seed)
+
+
+class MlflowResource(ConfigurableResource):
+    """Where runs and the model registry live: this URI, else $MLFLOW_TRACKING_URI, else the project's
+    SQLite backend under mlruns/ (what `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` shows)."""
+
+    tracking_uri: str = ""
+
+    def uri(self) -> str | None:
+        return self.tracking_uri or None

@@ -63,7 +63,7 @@ def training_data(warehouse: Warehouse, dataset: str, config: LocDiffConfig) -> 
     return embeddings, targets, Validation(val_embeddings, val_lat, val_lon)
 
 
-def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig, *, log=None, force: bool = False) -> TrainedModel | None:
+def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig, *, log=None, force: bool = False, tracking_uri: str | None = None) -> TrainedModel | None:
     """Train (or reuse the finished run of the same inputs), log to MLflow and register. Under torchrun
     every rank calls this; rank 0 returns the TrainedModel, the other ranks None."""
     embeddings_manifest = warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset)
@@ -77,7 +77,7 @@ def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig
 
     world = distributed.current_world()
     distributed.init(world, resolve_device(config.device))
-    tracking.configure(root=warehouse.root.parent)
+    tracking.configure(tracking_uri, root=warehouse.root.parent)
     experiment_id = tracking.ensure_experiment(warehouse.root.parent) if world.is_main else None
     previous = None if force or not world.is_main else tracking.find_finished_run(key)
     previous = distributed.broadcast_from_main(previous, world)  # every rank takes the same branch

@@ -15,7 +15,7 @@ from locdiff_pipeline.assets import accuracy_report
 from locdiff_pipeline.checks import ALL_CHECKS
 from locdiff_pipeline.definitions import ALL_ASSETS, defs
 from locdiff_pipeline.evaluation import METHODS
-from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
 
 COUNT, VIEWS, DEGREES = 300, 4, (4, 10)
 
@@ -27,6 +27,7 @@ def tiny_resources(root) -> dict:
         "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=VIEWS),
         "training": TrainingResource(L=10, shdd_degrees=list(DEGREES), steps=60, batch_size=64, hidden_dims=[64, 32], timesteps=50, sample_steps=5),
         "evaluation": EvaluationResource(samples_per_view=2, regression_steps=100),
+        "mlflow": MlflowResource(),
     }
 
 
