@@ -67,3 +67,37 @@ def _write(folder: Path) -> Path:
     script = folder / "ddp_worker.py"
     script.write_text(WORKER)
     return script
+
+
+def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
+    """`torchrun -m locdiff_pipeline.train_ddp` over a materialized warehouse: one MLflow run, one
+    registered version, latest.json for the downstream assets."""
+    from dagster import materialize
+
+    from locdiff_pipeline import tracking
+    from locdiff_pipeline.assets import clip_embeddings, images, shdd_tables
+    from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+
+    resources = {
+        "warehouse": WarehouseResource(root=str(tmp_path)),
+        "dataset": DatasetResource(bundled_count=150),
+        "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=2),
+        "training": TrainingResource(L=4, shdd_degrees=[4]),
+    }
+    assert materialize([images, clip_embeddings, shdd_tables], resources=resources).success
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOCDIFF_HOME": str(tmp_path)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "locdiff_pipeline.train_ddp", "--L", "4", "--steps", "20", "--batch-size", "32", "--hidden", "32", "16", "--device", "cpu"]
+    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "locdiff v1" in completed.stdout and "2 process(es)" in completed.stdout
+    latest = json.loads((tmp_path / "warehouse" / "models" / "latest.json").read_text())
+    assert latest["version"] == 1 and Path(latest["checkpoint"], "weights.pt").is_file()
+    import mlflow
+
+    tracking.configure(root=tmp_path)
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
+    assert [int(v.version) for v in versions] == [1]
+    run = mlflow.get_run(latest["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["L"] == "4"
