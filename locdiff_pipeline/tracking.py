@@ -15,15 +15,28 @@ CHAMPION = "champion"
 VALIDATION_METRIC = "val_score"
 
 
+_last_configured: str | None = None
+_last_from_environment = False
+
+
 def configure(tracking_uri: str | None = None, root: Path | None = None) -> str:
-    """Point MLflow at the given URI, else $MLFLOW_TRACKING_URI, else the project's local backend."""
+    """Point MLflow at the given URI, else $MLFLOW_TRACKING_URI, else the project's local backend.
+
+    mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment, so a value equal to
+    the one this function set last is ours, not the user's, and does not pin later calls to it."""
     import mlflow
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
+    global _last_configured, _last_from_environment
+    from_environment = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_environment == _last_configured and not _last_from_environment:
+        from_environment = None
+    uri = tracking_uri or from_environment or default_tracking_uri(root)
+    _last_from_environment = tracking_uri is None and from_environment is not None
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _last_configured = uri
     return uri
 
 

@@ -182,3 +182,20 @@ def test_the_readme_sql_runs_against_the_warehouse(pipeline):
     completed = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert "locdiff_h" in completed.stdout and "lat_band" in completed.stdout
+
+
+def test_tracking_follows_the_project_not_an_earlier_configuration(tmp_path):
+    """mlflow.set_tracking_uri echoes the URI into MLFLOW_TRACKING_URI; a later project must not inherit it."""
+    first = tracking.configure(root=tmp_path / "a")
+    second = tracking.configure(root=tmp_path / "b")
+    assert first != second and second.endswith(str(tmp_path / "b" / "mlruns" / "mlflow.db"))
+    assert mlflow.get_tracking_uri() == second
+    explicit = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert tracking.configure(explicit, root=tmp_path / "b") == explicit
+
+
+def test_a_user_tracking_uri_in_the_environment_wins_every_time(tmp_path, monkeypatch):
+    users = f"sqlite:///{tmp_path / 'users.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", users)
+    assert tracking.configure(root=tmp_path / "a") == users
+    assert tracking.configure(root=tmp_path / "b") == users
