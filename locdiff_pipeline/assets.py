@@ -5,7 +5,6 @@ images -> clip_embeddings -> shdd_tables -> locdiff_model -> predictions -> accu
 
 
 import base64
-import json
 import time
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
@@ -21,7 +20,7 @@ from locdiff_pipeline.report_bundle import build_report
 from locdiff_pipeline.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
 from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.shdd_table import build_shdd_table
-from locdiff_pipeline.train_step import train_and_register, write_latest
+from locdiff_pipeline.train_step import read_latest, train_and_register, write_latest
 from locdiff_pipeline.warehouse import fingerprint
 
 GROUP = "locdiff"
@@ -123,7 +122,7 @@ def locdiff_model(context: AssetExecutionContext, config: ModelRunConfig, wareho
 def predictions(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource, evaluation: EvaluationResource) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
-    latest = json.loads((store.root / "models" / "latest.json").read_text())
+    latest = read_latest(store)
     version = latest["version"]
     embeddings_manifest = store.manifest("embeddings", dataset=dataset.name)
     views = embeddings_manifest["test_views"]
@@ -153,7 +152,7 @@ def predictions(context: AssetExecutionContext, warehouse: WarehouseResource, da
 @asset(group_name=GROUP, deps=[predictions], description="Every method side by side: accuracy at 1/25/200/750/2500 km and median error (DuckDB over the predictions Parquet), error CDFs, error map, calibration, density maps.")
 def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource) -> MaterializeResult:
     store = warehouse.get()
-    latest = json.loads((store.root / "models" / "latest.json").read_text())
+    latest = read_latest(store)
     note = encoder_note(latest["encoder"])
     bundle = build_report(store, dataset.name, latest["version"], note)
     context.log.info("\n" + reports.text_table(bundle.rows) + f"\n{note}")

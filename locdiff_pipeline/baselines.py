@@ -36,7 +36,6 @@ class MethodPrediction:
     lat: np.ndarray
     lon: np.ndarray
     spread_km: np.ndarray | None = None
-    chosen: str = ""  # the hyper-parameter picked on validation, for the report
 
 
 @dataclass
@@ -63,24 +62,22 @@ def normalise(embeddings: np.ndarray) -> np.ndarray:
     return array / np.maximum(np.linalg.norm(array, axis=-1, keepdims=True), 1e-12)
 
 
-def top_k_similar(gallery: Gallery, queries: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, cosine similarities) of the k most similar gallery rows per query, best first."""
+def top_k_similar(gallery: Gallery, queries: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """Indices of the k most similar gallery rows (cosine) per query, best first."""
     k = min(k, len(gallery.embeddings))
-    indices, scores = [], []
+    indices = []
     for start in range(0, len(queries), block):
         similarity = queries[start : start + block] @ gallery.embeddings.T
         top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(similarity, top, axis=1)
-        order = np.argsort(-top_scores, axis=1)
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1)
         indices.append(np.take_along_axis(top, order, axis=1))
-        scores.append(np.take_along_axis(top_scores, order, axis=1))
-    return np.concatenate(indices), np.concatenate(scores)
+    return np.concatenate(indices)
 
 
 def knn_predict(gallery: Gallery, embeddings: np.ndarray, k: int) -> MethodPrediction:
-    neighbours, _ = top_k_similar(gallery, normalise(embeddings), k)
+    neighbours = top_k_similar(gallery, normalise(embeddings), k)
     lat, lon, spread = sphere.grouped_centre_and_spread(gallery.units[neighbours])
-    return MethodPrediction(lat, lon, spread, f"k={neighbours.shape[1]}")
+    return MethodPrediction(lat, lon, spread)
 
 
 def _pick(candidates: list, predict, validation_embeddings: np.ndarray, val_lat: np.ndarray, val_lon: np.ndarray):
@@ -109,7 +106,7 @@ class CellClassifier:
 
     def predict(self, embeddings: np.ndarray) -> MethodPrediction:
         cell = self.classifier.predict(normalise(embeddings))
-        return MethodPrediction(self.centroids_lat[cell], self.centroids_lon[cell], None, f"cells={len(self.centroids_lat)}")
+        return MethodPrediction(self.centroids_lat[cell], self.centroids_lon[cell])
 
 
 def fit_cell_classifier(gallery: Gallery, cells: int, seed: int = 0) -> CellClassifier:
@@ -165,7 +162,7 @@ class UnitVectorRegressor(torch.nn.Module):
         self.eval()
         units = self(torch.tensor(normalise(embeddings))).double().numpy()
         lat, lon = sphere.from_unit(units)
-        return MethodPrediction(lat, lon, None, "mlp")
+        return MethodPrediction(lat, lon)
 
 
 def fit_regressor(gallery: Gallery, steps: int = 1500, batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0) -> UnitVectorRegressor:
@@ -205,4 +202,4 @@ def locdiff_h(gallery: Gallery, embeddings: np.ndarray, locdiff_lat: np.ndarray,
         rows = np.arange(start, start + len(best))[found]
         lat[rows], lon[rows] = gallery.lat[best[found]], gallery.lon[best[found]]
         fell_back[rows] = False
-    return MethodPrediction(lat, lon, None, f"radius={radius_km:g}km"), fell_back
+    return MethodPrediction(lat, lon), fell_back

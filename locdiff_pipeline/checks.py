@@ -5,7 +5,9 @@ from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
 
 from locdiff_pipeline import report
 from locdiff_pipeline.assets import clip_embeddings, images, predictions, shdd_tables
+from locdiff_pipeline.ingest import IMAGES_TABLE, REJECTED_TABLE
 from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.train_step import read_latest
 
 
 def _scalar(warehouse: WarehouseResource, sql: str):
@@ -29,12 +31,8 @@ def unique_image_ids(warehouse: WarehouseResource, dataset: DatasetResource) -> 
 
 @asset_check(asset=images, description="The share of rejected records stays under the dataset's max_rejected_share.")
 def rejected_share(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
-    accepted, rejected = _scalar(
-        warehouse,
-        f"SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}'), (SELECT count(*) FROM rejected WHERE dataset = '{dataset.name}')"
-        if (warehouse.get().table_dir("rejected") / f"dataset={dataset.name}").exists() and any((warehouse.get().table_dir("rejected") / f"dataset={dataset.name}").glob("*.parquet"))
-        else f"SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}'), 0",
-    )
+    store = warehouse.get()  # both counts from the partitions' manifests: a table with no rejects has no part file to query
+    accepted, rejected = (store.manifest(table, dataset=dataset.name)["rows"] for table in (IMAGES_TABLE, REJECTED_TABLE))
     share = rejected / max(accepted + rejected, 1)
     return AssetCheckResult(
         passed=share <= dataset.max_rejected_share,
@@ -80,10 +78,7 @@ def shdd_rows_match_images(warehouse: WarehouseResource, dataset: DatasetResourc
 
 @asset_check(asset=predictions, description="Every test image has a prediction for every method, with finite coordinates.")
 def predictions_cover_test_images(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
-    import json
-
-    store = warehouse.get()
-    version = json.loads((store.root / "models" / "latest.json").read_text())["version"]
+    version = read_latest(warehouse.get())["version"]
     test_rows, methods, predicted, bad = _scalar(
         warehouse,
         f"""SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}' AND split = 'test'),

@@ -40,9 +40,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"locdiff run failed after {seconds:.0f} s; see the Dagster logs above", file=sys.stderr)
         return 1
     store = WarehouseResource(root=str(root)).get()
-    import json
+    from locdiff_pipeline.train_step import read_latest
 
-    latest = json.loads((store.root / "models" / "latest.json").read_text())
+    latest = read_latest(store)
     rows = report.accuracy_table(store, dataset=dataset.name, model_version=latest["version"])
     from locdiff_pipeline.image_encoder import encoder_note
 

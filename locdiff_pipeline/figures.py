@@ -30,6 +30,7 @@ def _background(axis, background: Path | None, alpha: float = 0.8) -> None:
         with Image.open(background) as image:
             axis.imshow(np.asarray(image.convert("RGB").resize((1080, 540))), extent=(-180, 180, -90, 90), alpha=alpha)
 
+
 def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
     """Share of predictions within d km, for every method, on a log distance axis."""
     plt = _pyplot()
@@ -69,7 +70,6 @@ def _png(figure) -> bytes:
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
-
 
 
 def calibration_png(points: list[tuple[float, float]], title: str) -> bytes:

@@ -34,15 +34,21 @@ def _fetch(warehouse: Warehouse, sql: str) -> list[tuple]:
         return con.sql(sql).fetchall()
 
 
-def calibration_points(warehouse: Warehouse, dataset: str, version: int, split: str = "test") -> list[tuple[float, float]]:
-    """Coverage of LocDiff's regions at CALIBRATION_LEVELS, recomputed from the stored samples."""
-    rows = _fetch(
+def _locdiff_with_samples(warehouse: Warehouse, dataset: str, version: int, split: str, columns: str, order_by: str) -> list[tuple]:
+    """LocDiff's prediction rows (`columns` of `predictions p`) joined with their stored samples; each
+    row ends with sample_lat, sample_lon, bandwidth_km."""
+    return _fetch(
         warehouse,
-        f"""SELECT p.error_km, p.pred_lat, p.pred_lon, s.sample_lat, s.sample_lon, s.bandwidth_km
+        f"""SELECT {columns}, s.sample_lat, s.sample_lon, s.bandwidth_km
         FROM predictions p JOIN prediction_samples s USING (dataset, model_version, image_id, method)
         WHERE p.dataset = '{dataset}' AND p.model_version = {int(version)} AND p.split = '{split}' AND p.method = 'locdiff'
-        ORDER BY p.image_id""",
+        ORDER BY {order_by}""",
     )
+
+
+def calibration_points(warehouse: Warehouse, dataset: str, version: int, split: str = "test") -> list[tuple[float, float]]:
+    """Coverage of LocDiff's regions at CALIBRATION_LEVELS, recomputed from the stored samples."""
+    rows = _locdiff_with_samples(warehouse, dataset, version, split, "p.error_km, p.pred_lat, p.pred_lon", "p.image_id")
     if not rows:
         return []
     errors, pred_lat, pred_lon, sample_lat, sample_lon, bandwidth = zip(*rows)
@@ -52,13 +58,7 @@ def calibration_points(warehouse: Warehouse, dataset: str, version: int, split: 
 
 def density_panels(warehouse: Warehouse, dataset: str, version: int, count: int = DENSITY_MAP_IMAGES, split: str = "test") -> list[dict]:
     """Panels for `count` test images spread over LocDiff's error range (best to worst, evenly)."""
-    rows = _fetch(
-        warehouse,
-        f"""SELECT p.image_id, p.true_lat, p.true_lon, p.pred_lat, p.pred_lon, p.error_km, p.region_km, s.sample_lat, s.sample_lon, s.bandwidth_km
-        FROM predictions p JOIN prediction_samples s USING (dataset, model_version, image_id, method)
-        WHERE p.dataset = '{dataset}' AND p.model_version = {int(version)} AND p.split = '{split}' AND p.method = 'locdiff'
-        ORDER BY p.error_km, p.image_id""",
-    )
+    rows = _locdiff_with_samples(warehouse, dataset, version, split, "p.image_id, p.true_lat, p.true_lon, p.pred_lat, p.pred_lon, p.error_km, p.region_km", "p.error_km, p.image_id")
     picks = sorted({int(round(i)) for i in np.linspace(0, len(rows) - 1, min(count, len(rows)))}) if rows else []
     panels = []
     for index in picks:

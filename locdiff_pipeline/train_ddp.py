@@ -1,7 +1,7 @@
 """Train the LocDiff model on several GPUs (or CPU processes) with PyTorch DDP, from the warehouse.
 
     torchrun --nproc_per_node=4 -m locdiff_pipeline.train_ddp --L 20 --steps 200000 --batch-size 1024
-    dagster asset materialize --select 'predictions accuracy_report' -m locdiff_pipeline.definitions
+    dagster asset materialize --select 'predictions,accuracy_report' -m locdiff_pipeline.definitions
 
 Run from the project root after the upstream assets exist (images, clip_embeddings, shdd_tables). The
 run is logged and registered in MLflow exactly like the `locdiff_model` asset's, and recorded as the

@@ -144,9 +144,20 @@ def _pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("torch", "numpy", "pandas", "mlflow", "open_clip_torch")] + ["locdiff-pipeline"]
 
 
+LATEST = "models/latest.json"
+
+
+def read_latest(warehouse: Warehouse) -> dict:
+    """The model the downstream assets use: version, MLflow run id, checkpoint folder, encoder."""
+    path = warehouse.root / LATEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model recorded at {path}: materialize locdiff_model first")
+    return json.loads(path.read_text())
+
+
 def write_latest(warehouse: Warehouse, model: TrainedModel) -> None:
     """Record the model the downstream assets should use (atomically)."""
-    path = warehouse.root / "models" / "latest.json"
+    path = warehouse.root / LATEST
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps({"version": model.version, "run_id": model.run_id, "checkpoint": str(model.checkpoint), "encoder": model.encoder}, indent=2))

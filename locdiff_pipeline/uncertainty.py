@@ -46,15 +46,11 @@ def sample_density(sample_lat: np.ndarray, sample_lon: np.ndarray, bandwidth_km:
     return masses
 
 
-def region_radius_km(masses: np.ndarray, centre_lat: np.ndarray, centre_lon: np.ndarray, level: float = REGION_LEVEL, anchors: np.ndarray | None = None) -> np.ndarray:
-    """Radius (km) of the smallest cap around each centre holding `level` of its density mass."""
-    if not 0 < level <= 1:
-        raise ValueError(f"level must lie in (0, 1], got {level}")
-    return regions_at_levels(masses, centre_lat, centre_lon, (level,), anchors)[:, 0]
-
-
 def regions_at_levels(masses: np.ndarray, centre_lat: np.ndarray, centre_lon: np.ndarray, levels: tuple[float, ...], anchors: np.ndarray | None = None) -> np.ndarray:
-    """(N, len(levels)) cap radii in km around each centre for each mass level."""
+    """(N, len(levels)) radii in km of the smallest cap around each centre holding each level of the mass."""
+    for level in levels:
+        if not 0 < level <= 1:
+            raise ValueError(f"level must lie in (0, 1], got {level}")
     anchors = density_anchors() if anchors is None else anchors
     centres = sphere.to_unit(centre_lat, centre_lon)
     distances = sphere.EARTH_RADIUS_KM * sphere.angle_between_units(anchors[None, :, :], centres[:, None, :])  # (N, M)

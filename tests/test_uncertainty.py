@@ -63,4 +63,4 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="bandwidth"):
         uncertainty.sample_density(np.zeros((1, 2)), np.zeros((1, 2)), 0)
     with pytest.raises(ValueError, match="level"):
-        uncertainty.region_radius_km(np.ones((1, 10)) / 10, np.zeros(1), np.zeros(1), level=1.5)
+        uncertainty.regions_at_levels(np.ones((1, 10)) / 10, np.zeros(1), np.zeros(1), (0.5, 1.5))
