@@ -30,12 +30,12 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     os.environ["LOCDIFF_HOME"] = str(root)
 
-    from dagster import materialize
-
     from locdiff_pipeline import metrics
-    from locdiff_pipeline.assets import clip_embeddings, images, shdd_tables
+    from locdiff_pipeline.assets import clip_embeddings, image_metadata, images, shdd_tables
+    from locdiff_pipeline.definitions import materialize_all
     from locdiff_pipeline.config import LocDiffConfig
-    from locdiff_pipeline.embedding_table import load_embeddings
+    from locdiff_pipeline import shards
+    from locdiff_pipeline.embedding_table import EMBEDDINGS_TABLE, load_embeddings
     from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
     from locdiff_pipeline.train_step import coordinates, training_data
     from locdiff_pipeline.training import train
@@ -46,10 +46,10 @@ def main() -> None:
         "encoder": EncoderResource(model_name=args.encoder),
         "training": TrainingResource(L=args.L, shdd_degrees=[args.L]),
     }
-    assert materialize([images, clip_embeddings, shdd_tables], resources=resources).success
+    assert materialize_all(resources, selection=[image_metadata, images, clip_embeddings, shdd_tables]).success
     store = resources["warehouse"].get()
     dataset = resources["dataset"].name
-    views = store.manifest("embeddings", dataset=dataset)["test_views"]
+    views = shards.manifest(store, EMBEDDINGS_TABLE, dataset)["test_views"]
     test_ids, test_embeddings = load_embeddings(store, dataset, "test", views=views)
     coords = coordinates(store, dataset)
     true_lat, true_lon = np.array([coords[i] for i in test_ids]).T

@@ -1,19 +1,26 @@
 """Dagster assets: thin glue over the step modules, each cached by its inputs' fingerprint.
 
-images -> clip_embeddings -> shdd_tables -> locdiff_model -> predictions -> accuracy_report
+image_metadata -> images -> clip_embeddings, shdd_tables -> locdiff_model -> predictions -> accuracy_report
+
+images, clip_embeddings and shdd_tables are partitioned by id-hash shard: a run for one shard is a
+bounded unit of work (a backfill launches one run per shard, Dagster's default, so shards run in
+parallel under the run queue, or as pods with the Kubernetes run launcher), and a run over the whole shard
+range (what `locdiff run` and the weekly schedule launch) loops over its shards in one step.
 """
 
 
 import base64
+import functools
 import time
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, StaticPartitionsDefinition, asset
 
 from locdiff_pipeline import report as reports
+from locdiff_pipeline import shards
 from locdiff_pipeline.devices import resolve_device
-from locdiff_pipeline.embedding_table import build_embeddings
-from locdiff_pipeline.image_encoder import encoder_note
-from locdiff_pipeline.ingest import ingest
+from locdiff_pipeline.embedding_table import EMBEDDINGS_TABLE, build_embeddings
+from locdiff_pipeline.image_encoder import ImageEncoder, encoder_note
+from locdiff_pipeline.ingest import IngestReport, ingest_shard, split_metadata
 from locdiff_pipeline.model import LocDiffModel
 from locdiff_pipeline.evaluation import METHODS, predict_split
 from locdiff_pipeline.report_bundle import build_report
@@ -24,19 +31,43 @@ from locdiff_pipeline.train_step import read_latest, train_and_register, write_l
 from locdiff_pipeline.warehouse import fingerprint
 
 GROUP = "locdiff"
+SHARDS = StaticPartitionsDefinition(shards.shard_keys(shards.shard_count()))
 
 
-@asset(group_name=GROUP, description="Dataset ingest (MP16 layout: metadata CSV + images) into warehouse/images, bad records into warehouse/rejected.")
+@asset(group_name=GROUP, description="The metadata CSV split into id-hash shards (and, for tar/msgpack images, an index of where each image lives), streamed once.")
+def image_metadata(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource) -> MaterializeResult:
+    store = warehouse.get()
+    started = time.perf_counter()
+    spec = dataset.spec(store)
+    split = split_metadata(spec, store, SHARDS.get_partition_keys())
+    context.log.info(f"{spec.name}: {split['rows']} records in {len(split['shards'])} shards, cached={split['cached']}")
+    return MaterializeResult(
+        metadata={
+            "dataset": spec.name,
+            "records": split["rows"],
+            "shards": len(split["shards"]),
+            "largest_shard": max(split["rows_per_shard"].values(), default=0),
+            "empty_archives": len(split["empty_archives"]),
+            "cached": split["cached"],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
+
+
+@asset(group_name=GROUP, deps=[image_metadata], partitions_def=SHARDS, description="Dataset ingest, one shard per partition: images into warehouse/images, bad records with their reason into warehouse/rejected.")
 def images(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
     spec = dataset.spec(store)
-    result = ingest(spec, store)
+    result = IngestReport()
+    for shard in context.partition_keys:
+        result.add(ingest_shard(spec, store, shard))
     reasons = "\n".join(f"| {reason} | {count} |" for reason, count in sorted(result.rejected_by_reason.items())) or "| (none) | 0 |"
-    context.log.info(f"{spec.name}: {result.accepted} accepted, {result.rejected} rejected, cached={result.cached}")
+    context.log.info(f"{spec.name} shards {_span(context)}: {result.accepted} accepted, {result.rejected} rejected, cached={result.cached}")
     return MaterializeResult(
         metadata={
             "dataset": spec.name,
+            "shards": _span(context),
             "accepted": result.accepted,
             "rejected": result.rejected,
             "rejected_share": float(result.rejected_share),
@@ -49,40 +80,49 @@ def images(context: AssetExecutionContext, warehouse: WarehouseResource, dataset
     )
 
 
-@asset(group_name=GROUP, deps=[images], description="Frozen open_clip embeddings: plain view for train/val, 16 test-time views for test images.")
+@asset(group_name=GROUP, deps=[images], partitions_def=SHARDS, description="Frozen open_clip embeddings per shard: plain view for train/val, 16 test-time views for test images (batched, on CUDA when present).")
 def clip_embeddings(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, encoder: EncoderResource) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
-    summary = build_embeddings(store, dataset.name, encoder.spec(), test_views=encoder.test_views, device=str(resolve_device(encoder.device)))
-    identity = summary["encoder"]
+    device = str(resolve_device(encoder.device))
+    load = functools.cache(lambda: ImageEncoder(encoder.spec(), device=device))  # loaded once, at the first shard to embed
+    summaries = [build_embeddings(store, dataset.name, shard, encoder.spec(), test_views=encoder.test_views, device=device, load=load) for shard in context.partition_keys]
+    identity = summaries[0]["encoder"]
     context.log.info(encoder_note(identity))
     return MaterializeResult(
         metadata={
-            "rows": summary["rows"],
+            "shards": _span(context),
+            "rows": sum(s["rows"] for s in summaries),
             "encoder": identity["label"],
             "encoder_pretrained": identity["is_pretrained"],
             "encoder_note": encoder_note(identity),
             "embed_dim": identity["embed_dim"],
-            "test_views": summary["test_views"],
-            "cached": summary["cached"],
+            "test_views": summaries[0]["test_views"],
+            "cached": all(s["cached"] for s in summaries),
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
 
 
-@asset(group_name=GROUP, deps=[images], description="SHDD coefficient tables of every location, one partition per degree L.")
+@asset(group_name=GROUP, deps=[images], partitions_def=SHARDS, description="SHDD coefficient tables of every location, per shard and degree L.")
 def shdd_tables(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
-    built = {L: build_shdd_table(store, dataset.name, L) for L in training.degrees()}
+    built = [build_shdd_table(store, dataset.name, shard, L) for shard in context.partition_keys for L in training.degrees()]
     return MaterializeResult(
         metadata={
-            "degrees": MetadataValue.json(sorted(built)),
-            "rows_per_L": MetadataValue.json({str(L): s["rows"] for L, s in built.items()}),
-            "cached": all(s["cached"] for s in built.values()),
+            "shards": _span(context),
+            "degrees": MetadataValue.json(training.degrees()),
+            "rows_per_L": MetadataValue.json({str(L): sum(s["rows"] for s in built if s["L"] == L) for L in training.degrees()}),
+            "cached": all(s["cached"] for s in built),
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
+
+
+def _span(context: AssetExecutionContext) -> str:
+    keys = context.partition_keys
+    return keys[0] if len(keys) == 1 else f"{keys[0]}...{keys[-1]}"
 
 
 class ModelRunConfig(Config):
@@ -92,7 +132,7 @@ class ModelRunConfig(Config):
 @asset(group_name=GROUP, deps=[clip_embeddings, shdd_tables], description="Train LocDiff (CUDA when present), log to MLflow, register a `locdiff` version, promote `champion` if better.")
 def locdiff_model(context: AssetExecutionContext, config: ModelRunConfig, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource, mlflow: MlflowResource) -> MaterializeResult:
     store = warehouse.get()
-    embed_dim = store.manifest("embeddings", dataset=dataset.name)["encoder"]["embed_dim"]
+    embed_dim = shards.manifest(store, EMBEDDINGS_TABLE, dataset.name)["encoder"]["embed_dim"]
     model_config = training.config(embed_dim)
 
     def log(step: int, record: dict) -> None:
@@ -124,7 +164,7 @@ def predictions(context: AssetExecutionContext, warehouse: WarehouseResource, da
     started = time.perf_counter()
     latest = read_latest(store)
     version = latest["version"]
-    embeddings_manifest = store.manifest("embeddings", dataset=dataset.name)
+    embeddings_manifest = shards.manifest(store, EMBEDDINGS_TABLE, dataset.name)
     views = embeddings_manifest["test_views"]
     settings = evaluation.settings()
     key = fingerprint(version, latest["run_id"], embeddings_manifest["fingerprint"], evaluation.split, evaluation.samples_per_view, settings.to_dict(), METHODS)

@@ -1,7 +1,10 @@
-"""Asset checks: data quality guards, answered by DuckDB over the warehouse Parquet."""
+"""Asset checks: data quality guards, answered by DuckDB over the warehouse Parquet.
+
+Checks of the sharded assets look at the shards their run materialized (one, or the whole range).
+"""
 
 
-from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
 from locdiff_pipeline import report
 from locdiff_pipeline.assets import clip_embeddings, images, predictions, shdd_tables
@@ -11,28 +14,32 @@ from locdiff_pipeline.train_step import read_latest
 
 
 def _scalar(warehouse: WarehouseResource, sql: str):
-    store = warehouse.get()
-    report.create_views(store)
-    with report.connect(store) as con:
+    with report.in_memory_views(warehouse.get()) as con:
         return con.sql(sql).fetchall()[0]
 
 
+def _in_shards(context: AssetCheckExecutionContext, dataset: DatasetResource) -> str:
+    """SQL condition: the dataset's rows in the shards this run materialized."""
+    shard_list = ", ".join(f"'{key}'" for key in context.partition_keys)
+    return f"dataset = '{dataset.name}' AND shard IN ({shard_list})"
+
+
 @asset_check(asset=images, description="Every accepted location has finite lat in [-90, 90] and lon in [-180, 180].")
-def coordinates_in_range(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
-    (bad,) = _scalar(warehouse, f"SELECT count(*) FROM images WHERE dataset = '{dataset.name}' AND NOT (lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180)")
+def coordinates_in_range(context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
+    (bad,) = _scalar(warehouse, f"SELECT count(*) FROM images WHERE {_in_shards(context, dataset)} AND NOT (lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180)")
     return AssetCheckResult(passed=bad == 0, metadata={"out_of_range": bad})
 
 
-@asset_check(asset=images, description="Image ids are unique within the dataset.")
+@asset_check(asset=images, description="Image ids are unique within the dataset (all shards: the hash sends every copy of an id to one shard, so this also guards the hash).")
 def unique_image_ids(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
     total, distinct = _scalar(warehouse, f"SELECT count(*), count(DISTINCT image_id) FROM images WHERE dataset = '{dataset.name}'")
     return AssetCheckResult(passed=total == distinct, metadata={"rows": total, "distinct_ids": distinct})
 
 
-@asset_check(asset=images, description="The share of rejected records stays under the dataset's max_rejected_share.")
-def rejected_share(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
-    store = warehouse.get()  # both counts from the partitions' manifests: a table with no rejects has no part file to query
-    accepted, rejected = (store.manifest(table, dataset=dataset.name)["rows"] for table in (IMAGES_TABLE, REJECTED_TABLE))
+@asset_check(asset=images, description="The share of rejected records in the run's shards stays under the dataset's max_rejected_share.")
+def rejected_share(context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
+    store = warehouse.get()  # both counts from the partitions' manifests
+    accepted, rejected = (sum(store.manifest(table, dataset=dataset.name, shard=shard)["rows"] for shard in context.partition_keys) for table in (IMAGES_TABLE, REJECTED_TABLE))
     share = rejected / max(accepted + rejected, 1)
     return AssetCheckResult(
         passed=share <= dataset.max_rejected_share,
@@ -42,36 +49,36 @@ def rejected_share(warehouse: WarehouseResource, dataset: DatasetResource) -> As
 
 
 @asset_check(asset=clip_embeddings, description="No NaN/inf embeddings; every embedding has unit norm.")
-def embeddings_finite_unit_norm(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
+def embeddings_finite_unit_norm(context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
     bad, worst = _scalar(
         warehouse,
         f"""SELECT count(*) FILTER (WHERE NOT isfinite(n) OR abs(n - 1) > 1e-3), coalesce(max(abs(n - 1)), 0)
-            FROM (SELECT sqrt(list_inner_product(embedding, embedding)) AS n FROM embeddings WHERE dataset = '{dataset.name}')""",
+            FROM (SELECT sqrt(list_inner_product(embedding, embedding)) AS n FROM embeddings WHERE {_in_shards(context, dataset)})""",
     )
     return AssetCheckResult(passed=bad == 0, metadata={"bad_rows": bad, "max_norm_deviation": float(worst)})
 
 
 @asset_check(asset=clip_embeddings, description="Embedding rows = images (1 view) + test images x (views - 1).")
-def embedding_rows_match_images(warehouse: WarehouseResource, dataset: DatasetResource, encoder: EncoderResource) -> AssetCheckResult:
+def embedding_rows_match_images(context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, encoder: EncoderResource) -> AssetCheckResult:
+    where = _in_shards(context, dataset)
     images_rows, test_rows, embedding_rows = _scalar(
         warehouse,
-        f"""SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}'),
-                   (SELECT count(*) FROM images WHERE dataset = '{dataset.name}' AND split = 'test'),
-                   (SELECT count(*) FROM embeddings WHERE dataset = '{dataset.name}')""",
+        f"""SELECT (SELECT count(*) FROM images WHERE {where}),
+                   (SELECT count(*) FROM images WHERE {where} AND split = 'test'),
+                   (SELECT count(*) FROM embeddings WHERE {where})""",
     )
     expected = images_rows + test_rows * (encoder.test_views - 1)
     return AssetCheckResult(passed=embedding_rows == expected, metadata={"expected": expected, "found": embedding_rows})
 
 
 @asset_check(asset=shdd_tables, description="Each SHDD table has one row per image, with (L+1)^2 coefficients.")
-def shdd_rows_match_images(warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource) -> AssetCheckResult:
-    store = warehouse.get()
-    report.create_views(store)
+def shdd_rows_match_images(context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource) -> AssetCheckResult:
     found = {}
-    with report.connect(store) as con:
-        (images_rows,) = con.sql(f"SELECT count(*) FROM images WHERE dataset = '{dataset.name}'").fetchall()[0]
+    where = _in_shards(context, dataset)
+    with report.in_memory_views(warehouse.get()) as con:
+        (images_rows,) = con.sql(f"SELECT count(*) FROM images WHERE {where}").fetchall()[0]
         for L in training.degrees():
-            found[str(L)] = con.sql(f"SELECT count(*), coalesce(min(len(coefficients)), 0), coalesce(max(len(coefficients)), 0) FROM shdd WHERE dataset = '{dataset.name}' AND L = {L}").fetchall()[0]
+            found[str(L)] = con.sql(f"SELECT count(*), coalesce(min(len(coefficients)), 0), coalesce(max(len(coefficients)), 0) FROM shdd WHERE {where} AND L = {L}").fetchall()[0]
     passed = all(rows == images_rows and low == high == (int(L) + 1) ** 2 for L, (rows, low, high) in found.items())
     return AssetCheckResult(passed=passed, metadata={"images": images_rows, "rows_per_L": {L: v[0] for L, v in found.items()}})
 

@@ -21,11 +21,10 @@ def _run(args: argparse.Namespace) -> int:
     home = root / ".dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(home))  # runs show up in `dagster dev` started from the same root
-    from dagster import DagsterInstance, materialize
+    from dagster import DagsterInstance
 
     from locdiff_pipeline import report
-    from locdiff_pipeline.checks import ALL_CHECKS
-    from locdiff_pipeline.definitions import ALL_ASSETS
+    from locdiff_pipeline.definitions import materialize_all
     from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
 
     training = TrainingResource(**{k: v for k, v in {"steps": args.steps, "L": args.L, "device": args.device}.items() if v is not None})
@@ -33,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     dataset = DatasetResource(**({"bundled_count": args.count} if args.count else {}))
     resources = {"warehouse": WarehouseResource(root=str(root)), "dataset": dataset, "encoder": encoder, "training": training, "evaluation": EvaluationResource(), "mlflow": MlflowResource()}
     started = time.perf_counter()
-    result = materialize([*ALL_ASSETS, *ALL_CHECKS], resources=resources, instance=DagsterInstance.get(), raise_on_error=False)
+    result = materialize_all(resources, instance=DagsterInstance.get(), raise_on_error=False)
     seconds = time.perf_counter() - started
     failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
     if not result.success:

@@ -15,7 +15,8 @@ DATABASE = "locdiff.duckdb"
 REPORTS = "reports"
 
 # table name -> number of hive partition keys in its folder layout
-VIEWS = {"images": 1, "rejected": 1, "embeddings": 1, "shdd": 2, "predictions": 2, "prediction_samples": 2}
+VIEWS = {"metadata": 2, "image_index": 2, "images": 2, "rejected": 2, "embeddings": 2, "shdd": 3, "predictions": 2, "prediction_samples": 2}
+SHARDED = {"metadata", "image_index", "images", "rejected", "embeddings", "shdd"}  # their `shard` key stays text: '007', not 7
 
 
 def accuracy_sql(source: str = "predictions") -> str:
@@ -40,17 +41,30 @@ def connect(warehouse: Warehouse, read_only: bool = False) -> duckdb.DuckDBPyCon
 
 
 def create_views(warehouse: Warehouse) -> list[str]:
-    """(Re)create one view per materialized table, and the `accuracy` view."""
-    created = []
+    """(Re)create one view per materialized table, and the `accuracy` view, in warehouse/locdiff.duckdb."""
     with connect(warehouse) as con:
-        for table, depth in VIEWS.items():
-            if not any(warehouse.table_dir(table).glob("/".join(["*"] * depth) + "/*.parquet")):
-                continue
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{warehouse.glob(table, depth)}', hive_partitioning = true, union_by_name = true)")
-            created.append(table)
-        if "predictions" in created:
-            con.execute(f"CREATE OR REPLACE VIEW accuracy AS {accuracy_sql()}")
-            created.append("accuracy")
+        return _define_views(con, warehouse)
+
+
+def in_memory_views(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the same views: for readers that run in parallel (asset checks of
+    shards run as separate processes), which must not contend for the database file's write lock."""
+    con = duckdb.connect()
+    _define_views(con, warehouse)
+    return con
+
+
+def _define_views(con: duckdb.DuckDBPyConnection, warehouse: Warehouse) -> list[str]:
+    created = []
+    for table, depth in VIEWS.items():
+        if not any(warehouse.table_dir(table).glob("/".join(["*"] * depth) + "/*.parquet")):
+            continue
+        types = ", hive_types = {'shard': VARCHAR}" if table in SHARDED else ""
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{warehouse.glob(table, depth)}', hive_partitioning = true, union_by_name = true{types})")
+        created.append(table)
+    if "predictions" in created:
+        con.execute(f"CREATE OR REPLACE VIEW accuracy AS {accuracy_sql()}")
+        created.append("accuracy")
     return created
 
 

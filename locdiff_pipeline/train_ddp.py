@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from locdiff_pipeline import distributed
+from locdiff_pipeline import distributed, shards
+from locdiff_pipeline.embedding_table import EMBEDDINGS_TABLE
 from locdiff_pipeline.resources import DatasetResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.train_step import train_and_register, write_latest
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="train even if a finished run of the same inputs exists")
     args = parser.parse_args(argv)
     store = WarehouseResource().get()
-    manifest = store.manifest("embeddings", dataset=args.dataset)
+    manifest = shards.manifest(store, EMBEDDINGS_TABLE, args.dataset)
     if manifest is None:
         raise SystemExit(f"no embeddings for dataset {args.dataset!r} under {store.root}: materialize images, clip_embeddings and shdd_tables first")
     training = TrainingResource(L=args.L, steps=args.steps, batch_size=args.batch_size, hidden_dims=args.hidden, device=args.device)

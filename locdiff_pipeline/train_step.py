@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from locdiff_pipeline import distributed, metrics, tracking
+from locdiff_pipeline import distributed, metrics, shards, tracking
 from locdiff_pipeline.devices import resolve_device
 from locdiff_pipeline.config import LocDiffConfig
 from locdiff_pipeline.image_encoder import encoder_note
@@ -42,7 +42,7 @@ class TrainedModel:
 
 
 def coordinates(warehouse: Warehouse, dataset: str) -> dict[str, tuple[float, float]]:
-    table = warehouse.read(IMAGES_TABLE, columns=["image_id", "lat", "lon"], dataset=dataset)
+    table = shards.read(warehouse, IMAGES_TABLE, dataset, columns=["image_id", "lat", "lon"])
     return dict(zip(table["image_id"].to_pylist(), zip(table["lat"].to_pylist(), table["lon"].to_pylist())))
 
 
@@ -66,8 +66,8 @@ def training_data(warehouse: Warehouse, dataset: str, config: LocDiffConfig) -> 
 def train_and_register(warehouse: Warehouse, dataset: str, config: LocDiffConfig, *, log=None, force: bool = False, tracking_uri: str | None = None) -> TrainedModel | None:
     """Train (or reuse the finished run of the same inputs), log to MLflow and register. Under torchrun
     every rank calls this; rank 0 returns the TrainedModel, the other ranks None."""
-    embeddings_manifest = warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset)
-    shdd_manifest = warehouse.manifest(SHDD_TABLE, dataset=dataset, L=config.L)
+    embeddings_manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, dataset)
+    shdd_manifest = shards.manifest(warehouse, SHDD_TABLE, dataset, L=config.L)
     if embeddings_manifest is None or (config.representation == "shdd" and shdd_manifest is None):
         raise FileNotFoundError(f"embeddings and the L={config.L} SHDD table of {dataset!r} must be materialized first")
     encoder = embeddings_manifest["encoder"]

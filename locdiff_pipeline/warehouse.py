@@ -38,14 +38,23 @@ class PartitionWriter:
         self.staging = staging
         self.parts = 0
         self.rows = 0
+        self.empty_schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
         """Write one part file (skipping empty tables); part files are numbered in write order."""
         if table.num_rows == 0:
+            self.empty_schema = table.schema
             return
         pq.write_table(table, self.staging / f"part-{self.parts:05d}.parquet", compression="zstd")
         self.parts += 1
         self.rows += table.num_rows
+
+    def finish(self) -> None:
+        """A partition that received only empty tables still gets one empty part file, so readers and
+        SQL see its columns."""
+        if self.parts == 0 and self.empty_schema is not None:
+            pq.write_table(self.empty_schema.empty_table(), self.staging / "part-00000.parquet", compression="zstd")
+            self.parts = 1
 
 
 class Warehouse:
@@ -85,6 +94,7 @@ class Warehouse:
         writer = PartitionWriter(staging)
         try:
             yield writer
+            writer.finish()
             body = {**manifest, "rows": writer.rows, "parts": writer.parts}
             (staging / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("LOCDIFF_SHARDS", "2")  # before the definitions load: two shards keep the sharded paths exercised and the runs few
+
 import numpy as np
 import pytest
 

@@ -1,33 +1,75 @@
-"""`dagster asset materialize` headless, as the README documents it, in a fresh project folder."""
+"""`dagster asset materialize` headless, as the README documents it: the metadata split, then every
+shard as its own run, launched at once (what a backfill does), each with Dagster's multiprocess
+executor. The tables must equal those of one single-process run over the whole shard range."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.dataset as ds
+import numpy as np
+import pyarrow as pa
+
+from locdiff_pipeline import shards
+from locdiff_pipeline.assets import image_metadata
+from locdiff_pipeline.definitions import SHARDED_ASSETS, materialize_all
+from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.warehouse import Warehouse
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+DATASET = {"bundled_count": 160}
+ENCODER = {"model_name": "locdiff-tiny-vit", "test_views": 2}
+TRAINING = {"L": 4, "shdd_degrees": [4, 6]}
 
 
-def test_dagster_asset_materialize_runs_the_ingest_asset(tmp_path):
-    home = tmp_path / ".dagster_home"
-    home.mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "LOCDIFF_HOME": str(tmp_path)}
-    config = {"resources": {"dataset": {"config": {"bundled_count": 120}}}}
+def _cli(project: Path, *arguments: str) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(project / ".dagster_home"), "LOCDIFF_HOME": str(project), "OMP_NUM_THREADS": "1"}
+    config = {"resources": {"dataset": {"config": DATASET}, "encoder": {"config": ENCODER}, "training": {"config": TRAINING}}}
     dagster = Path(sys.executable).with_name("dagster")
-    completed = subprocess.run(
-        [str(dagster), "asset", "materialize", "--select", "images", "-m", "locdiff_pipeline.definitions", "--config-json", json.dumps(config)],
-        cwd=REPOSITORY,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    table = ds.dataset(str(tmp_path / "warehouse" / "images"), format="parquet", partitioning="hive").to_table()
-    assert table.num_rows == 120
-    assert "RUN_SUCCESS" in completed.stderr + completed.stdout
+    command = [str(dagster), "asset", "materialize", *arguments, "-m", "locdiff_pipeline.definitions", "--config-json", json.dumps(config)]
+    return subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def _sorted(warehouse: Warehouse, table: str, **keys) -> pa.Table:
+    data = shards.read(warehouse, table, "bluemarble", **keys)
+    data = data.drop_columns([c for c in ("source",) if c in data.column_names])  # absolute paths differ between the two projects
+    order = [("image_id", "ascending")] + ([("view", "ascending")] if "view" in data.column_names else []) + ([("row", "ascending")] if table == "rejected" else [])
+    return data.sort_by(order)
+
+
+def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_single_process_run(tmp_path):
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    for project in (single, parallel):
+        (project / ".dagster_home").mkdir(parents=True)
+    resources = {"warehouse": WarehouseResource(root=str(single)), "dataset": DatasetResource(**DATASET), "encoder": EncoderResource(**ENCODER), "training": TrainingResource(**TRAINING)}
+    assert materialize_all(resources, selection=[image_metadata, *SHARDED_ASSETS]).success  # in-process executor, every shard in one run
+
+    _finish(_cli(parallel, "--select", "image_metadata"))
+    keys = shards.dataset_shards(Warehouse(parallel / "warehouse"), "bluemarble")
+    assert len(keys) > 1
+    launched = [_cli(parallel, "--select", "images,clip_embeddings,shdd_tables", "--partition", key) for key in keys]  # all at once
+    outputs = [_finish(process) for process in launched]
+    assert all("multiprocess executor" in output and "RUN_SUCCESS" in output for output in outputs)
+    for output in outputs:  # each shard's run checked its own shard, concurrently with the others
+        verdicts = re.findall(r"Asset check '(\w+)' on '\w+' (passed|failed)", output)
+        assert len(verdicts) == 6 and all(verdict == "passed" for _, verdict in verdicts), verdicts
+
+    one, many = Warehouse(single / "warehouse"), Warehouse(parallel / "warehouse")
+    assert shards.dataset_shards(one, "bluemarble") == keys
+    assert _sorted(many, "images").num_rows == DATASET["bundled_count"]
+    for table, keys_of_table in (("images", {}), ("rejected", {}), ("shdd", {"L": 4}), ("shdd", {"L": 6})):
+        assert _sorted(many, table, **keys_of_table).equals(_sorted(one, table, **keys_of_table)), table
+    expected, actual = _sorted(one, "embeddings"), _sorted(many, "embeddings")
+    assert actual.drop_columns(["embedding"]).equals(expected.drop_columns(["embedding"]))
+    vectors = [np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (expected, actual)]
+    np.testing.assert_allclose(vectors[1], vectors[0], atol=1e-5)  # same encoder, same seeded views; only thread counts differ

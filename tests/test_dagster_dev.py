@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-EXPECTED_ASSETS = {"images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions", "accuracy_report"}
+EXPECTED_ASSETS = {"image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions", "accuracy_report"}
 
 
 def _free_port() -> int:

@@ -72,10 +72,9 @@ def _write(folder: Path) -> Path:
 def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
     """`torchrun -m locdiff_pipeline.train_ddp` over a materialized warehouse: one MLflow run, one
     registered version, latest.json for the downstream assets."""
-    from dagster import materialize
-
     from locdiff_pipeline import tracking
-    from locdiff_pipeline.assets import clip_embeddings, images, shdd_tables
+    from locdiff_pipeline.assets import image_metadata
+    from locdiff_pipeline.definitions import SHARDED_ASSETS, materialize_all
     from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
 
     resources = {
@@ -84,7 +83,7 @@ def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
         "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=2),
         "training": TrainingResource(L=4, shdd_degrees=[4]),
     }
-    assert materialize([images, clip_embeddings, shdd_tables], resources=resources).success
+    assert materialize_all(resources, selection=[image_metadata, *SHARDED_ASSETS]).success
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LOCDIFF_HOME": str(tmp_path)}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)

@@ -14,10 +14,15 @@ import pyarrow.compute as pc
 import pytest
 
 from ingest_fixtures import BAD_RECORDS, make_dataset
+from locdiff_pipeline import shards
 from locdiff_pipeline.datasets import DatasetSpec, preset
 from locdiff_pipeline.image_sources import read_reference
 from locdiff_pipeline.ingest import IMAGES_TABLE, REJECTED_TABLE, ingest, reason_kind
 from locdiff_pipeline.warehouse import Warehouse
+
+
+def read(warehouse: Warehouse, table: str):
+    return shards.read(warehouse, table, "toy")
 
 
 @pytest.mark.parametrize("layout", ["folder", "tar", "msgpack"])
@@ -27,7 +32,7 @@ def test_every_layout_keeps_good_records_and_names_each_rejection(tmp_path, layo
     warehouse = Warehouse(tmp_path / "warehouse")
     report = ingest(spec, warehouse)
 
-    images = warehouse.read(IMAGES_TABLE, dataset="toy")
+    images = read(warehouse, IMAGES_TABLE)
     assert sorted(images["image_id"].to_pylist()) == sorted(made["good_ids"])
     assert report.accepted == len(made["good_ids"])
     # extra metadata columns are kept (MP16-Pro's place names)
@@ -37,7 +42,7 @@ def test_every_layout_keeps_good_records_and_names_each_rejection(tmp_path, layo
         data = row["image_bytes"] if row["image_bytes"] is not None else read_reference(row["source"])
         assert data == made["good_bytes"][row["image_id"]]
 
-    rejected = warehouse.read(REJECTED_TABLE, dataset="toy").to_pylist()
+    rejected = read(warehouse, REJECTED_TABLE).to_pylist()
     kinds = {r["image_id"]: reason_kind(r["reason"]) for r in rejected if r["image_id"] in BAD_RECORDS}
     assert kinds == {image_id: expected for image_id, (*_, expected) in BAD_RECORDS.items()}
     by_kind = collections.Counter(reason_kind(r["reason"]) for r in rejected)
@@ -121,12 +126,76 @@ def test_a_run_killed_mid_write_reruns_to_exactly_the_uninterrupted_rows(tmp_pat
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert list(staging.glob("images-*/part-*.parquet")), "the kill landed after the write finished"
-    assert not (crashed.root / IMAGES_TABLE / "dataset=toy").exists()  # no half partition is visible
+    visible = list((crashed.root / IMAGES_TABLE / "dataset=toy").glob("shard=*"))
+    assert all((shard / "_manifest.json").is_file() for shard in visible)  # no half partition is visible
+    assert len(visible) < len(shards.dataset_shards(crashed, "toy"))  # the shard being written is not among them
 
     rerun = ingest(spec, crashed)
     assert not rerun.cached
-    expected = reference.read(IMAGES_TABLE, dataset="toy").drop_columns(["source"]).sort_by("image_id")
-    actual = crashed.read(IMAGES_TABLE, dataset="toy").drop_columns(["source"]).sort_by("image_id")
+    expected = read(reference, IMAGES_TABLE).drop_columns(["source"]).sort_by("image_id")
+    actual = read(crashed, IMAGES_TABLE).drop_columns(["source"]).sort_by("image_id")
     assert actual.equals(expected)
-    assert crashed.read(REJECTED_TABLE, dataset="toy").sort_by("row").drop_columns(["source"]).equals(reference.read(REJECTED_TABLE, dataset="toy").sort_by("row").drop_columns(["source"]))
+    assert read(crashed, REJECTED_TABLE).sort_by("row").drop_columns(["source"]).equals(read(reference, REJECTED_TABLE).sort_by("row").drop_columns(["source"]))
     assert not any(staging.iterdir())  # the killed run's staging folder was cleared
+
+
+@pytest.mark.parametrize("layout", ["folder", "tar", "msgpack"])
+def test_the_shard_count_changes_where_rows_live_but_not_which_rows(tmp_path, layout):
+    made = make_dataset(tmp_path / "data", layout, good=60)
+    spec = DatasetSpec("toy", made["metadata"], made["images"], layout, store_bytes=layout == "folder", batch_rows=7)
+    one, many = Warehouse(tmp_path / "one"), Warehouse(tmp_path / "many")
+    ingest(spec, one, shards.shard_keys(1))
+    ingest(spec, many, shards.shard_keys(5))
+
+    def canonical(warehouse: Warehouse, table: str, key: str):
+        return read(warehouse, table).sort_by([(key, "ascending"), ("reason" if table == REJECTED_TABLE else key, "ascending")])
+
+    assert canonical(many, IMAGES_TABLE, "image_id").equals(canonical(one, IMAGES_TABLE, "image_id"))
+    assert canonical(many, REJECTED_TABLE, "row").equals(canonical(one, REJECTED_TABLE, "row"))
+    images = read(many, IMAGES_TABLE)
+    for shard in shards.dataset_shards(many, "toy"):  # every row sits in the shard its id hashes to
+        ids = many.read(IMAGES_TABLE, columns=["image_id"], dataset="toy", shard=shard)["image_id"].to_pylist()
+        assert all(shards.shard_of(i, shards.shard_keys(5)) == shard for i in ids)
+    assert images.num_rows == len(made["good_ids"])
+
+    ingest(spec, many, shards.shard_keys(2))  # fewer shards: the old ones beyond them are gone, nothing counted twice
+    assert sorted(p.name for p in (many.root / IMAGES_TABLE / "dataset=toy").iterdir()) == ["shard=000", "shard=001"]
+    assert canonical(many, IMAGES_TABLE, "image_id").equals(canonical(one, IMAGES_TABLE, "image_id"))
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_archive_references_seek_straight_to_the_member(tmp_path, mode):
+    import io
+    import tarfile
+
+    from ingest_fixtures import jpeg
+    from locdiff_pipeline.image_sources import scan_archive
+
+    archive = tmp_path / ("images.tar" if mode == "w" else "images.tar.gz")
+    members = {f"{i:02d}/{i}.jpg": jpeg(i) for i in range(5)}
+    with tarfile.open(archive, mode) as handle:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            handle.addfile(info, io.BytesIO(data))
+    scanned = dict(scan_archive("tar", archive))
+    assert sorted(scanned) == sorted(members)
+    assert all(read_reference(reference) == members[name] for name, reference in scanned.items())
+    assert read_reference(f"tar:{archive}::03/3.jpg") == members["03/3.jpg"]  # a reference without an offset still reads
+
+
+def test_a_shard_refuses_a_split_made_from_older_metadata(tmp_path):
+    from locdiff_pipeline.ingest import ingest_shard, split_metadata
+
+    made = make_dataset(tmp_path / "data", "folder")
+    spec = DatasetSpec("toy", made["metadata"], made["images"])
+    warehouse = Warehouse(tmp_path / "warehouse")
+    keys = shards.shard_keys(2)
+    split_metadata(spec, warehouse, keys)
+    with open(made["metadata"], "a") as handle:
+        handle.write("late/added.jpg,1,1,late\n")
+    with pytest.raises(RuntimeError, match="stale.*materialize image_metadata first"):
+        ingest_shard(spec, warehouse, keys[0])
+    with pytest.raises(FileNotFoundError, match="no metadata shard '007'"):
+        ingest_shard(spec, warehouse, "007")
+    assert not (warehouse.root / IMAGES_TABLE).exists()

@@ -8,12 +8,12 @@ import mlflow
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, build_schedule_context, materialize
 
 from locdiff_pipeline import metrics, report, shdd, tracking
 from locdiff_pipeline.assets import accuracy_report
 from locdiff_pipeline.checks import ALL_CHECKS
-from locdiff_pipeline.definitions import ALL_ASSETS, defs
+from locdiff_pipeline.definitions import defs, materialize_all
 from locdiff_pipeline.evaluation import METHODS
 from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
 
@@ -39,7 +39,7 @@ def _metadata(result, key: str) -> dict:
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     instance = DagsterInstance.ephemeral()
-    first = materialize([*ALL_ASSETS, *ALL_CHECKS], resources=tiny_resources(root), instance=instance)
+    first = materialize_all(tiny_resources(root), instance=instance)
     assert first.success
     return root, instance, first
 
@@ -70,7 +70,7 @@ def test_shdd_tables_equal_the_encoder_on_ingested_coordinates(pipeline):
     root, _, _ = pipeline
     images = _table(root, "images").to_pandas().set_index("image_id")
     for L in DEGREES:
-        table = ds.dataset(str(root / "warehouse" / "shdd" / "dataset=bluemarble" / f"L={L}"), format="parquet").to_table()
+        table = ds.dataset(str(root / "warehouse" / "shdd" / "dataset=bluemarble" / f"L={L}"), format="parquet", partitioning="hive").to_table()
         coefficients = np.stack(table["coefficients"].to_numpy(zero_copy_only=False))
         rows = images.loc[table["image_id"].to_pylist()]
         expected = shdd.encode(rows["lat"].to_numpy(), rows["lon"].to_numpy(), L)
@@ -120,7 +120,7 @@ def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline
 
 def test_rematerializing_one_asset_leaves_its_upstream_alone(pipeline):
     root, instance, _ = pipeline
-    images_manifest = root / "warehouse" / "images" / "dataset=bluemarble" / "_manifest.json"
+    images_manifest = root / "warehouse" / "images" / "dataset=bluemarble" / "shard=000" / "_manifest.json"
     before = images_manifest.stat().st_mtime_ns
     only = materialize([accuracy_report], resources=tiny_resources(root), instance=instance)
     assert only.success
@@ -130,9 +130,9 @@ def test_rematerializing_one_asset_leaves_its_upstream_alone(pipeline):
 
 def test_second_run_of_the_graph_is_served_from_cache(pipeline):
     root, instance, _ = pipeline
-    second = materialize([*ALL_ASSETS, *ALL_CHECKS], resources=tiny_resources(root), instance=instance)
+    second = materialize_all(tiny_resources(root), instance=instance)
     assert second.success
-    for key in ("images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions"):
+    for key in ("image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions"):
         assert _metadata(second, key)["cached"].value is True, key
     tracking.configure(root=root)
     assert [int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")] == [1]
@@ -162,9 +162,12 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
 def test_definitions_hold_the_graph_schedule_and_checks():
     repository = defs.get_repository_def()
     keys = {key.path[-1] for key in repository.asset_graph.get_all_asset_keys()}
-    assert keys == {"images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions", "accuracy_report"}
+    assert keys == {"image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions", "accuracy_report"}
     schedule = repository.get_schedule_def("weekly_retrain")
     assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "locdiff_all"
+    request = schedule.evaluate_tick(build_schedule_context()).run_requests[0]  # the weekly run covers every shard
+    shard_keys = repository.asset_graph.get(AssetKey("images")).partitions_def.get_partition_keys()
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (shard_keys[0], shard_keys[-1])
     assert len(list(repository.asset_checks_defs_by_key)) == len(ALL_CHECKS)
 
 
