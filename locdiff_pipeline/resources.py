@@ -46,7 +46,7 @@ class DatasetResource(ConfigurableResource):
     default_split: str = "train"
     val_share: float = 0.0
     store_bytes: bool = True
-    bundled_count: int = 3000
+    bundled_count: int = int(os.environ.get("LOCDIFF_BUNDLED_COUNT", "3000"))
     max_rejected_share: float = 0.05
 
     def spec(self, warehouse: Warehouse) -> DatasetSpec:
