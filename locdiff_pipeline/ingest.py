@@ -160,12 +160,13 @@ def _split_archive_index(spec: DatasetSpec, warehouse: Warehouse, keys: list[str
 
 def _csv_column_batches(path: str, width: int, batch_rows: int) -> Iterator[list[tuple[str, ...]]]:
     """The CSV's data rows as column tuples, `batch_rows` rows at a time. Python's csv module keeps memory
-    flat at any file size (pyarrow's streaming CSV reader was measured growing ~0.8 MB of RSS per MB read);
-    a short row is padded with empty fields, so its record is rejected by name instead of failing the file."""
+    flat at any file size (pyarrow's streaming CSV reader was measured growing ~0.8 MB of RSS per MB read).
+    Blank lines are skipped; a short row is padded with empty fields, so its record is rejected by name
+    (e.g. 'lon missing') instead of failing the file."""
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        reader = csv.reader(handle)
-        next(reader, None)  # the header, read and checked by _metadata_header
-        while rows := list(itertools.islice(reader, batch_rows)):
+        records = (row for row in csv.reader(handle) if row)
+        next(records, None)  # the header, read and checked by _metadata_header
+        while rows := list(itertools.islice(records, batch_rows)):
             yield list(zip(*(row[:width] + [""] * (width - len(row)) for row in rows)))
 
 

@@ -199,3 +199,17 @@ def test_a_shard_refuses_a_split_made_from_older_metadata(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metadata shard '007'"):
         ingest_shard(spec, warehouse, "007")
     assert not (warehouse.root / IMAGES_TABLE).exists()
+
+
+def test_short_rows_are_rejected_by_name_and_blank_lines_skipped(tmp_path):
+    made = make_dataset(tmp_path / "data", "folder", good=6, extra_column=False)
+    good = made["good_ids"]
+    with open(made["metadata"], "a") as handle:
+        handle.write(f"\n{good[0]}_short,12.5\n\n")  # a blank line, a row with no LON field, another blank line
+    warehouse = Warehouse(tmp_path / "warehouse")
+    report = ingest(DatasetSpec("toy", made["metadata"], made["images"]), warehouse)
+    rejected = {r["image_id"]: r for r in read(warehouse, REJECTED_TABLE).to_pylist()}
+    assert rejected[f"{good[0]}_short"]["reason"] == "lon missing"
+    assert rejected[f"{good[0]}_short"]["row"] == max(r["row"] for r in rejected.values())  # numbered as the last record
+    assert report.accepted == len(good)
+    assert [r["reason"] for r in rejected.values()].count("missing id") == 1  # the fixture's one, not the blank lines
