@@ -230,15 +230,13 @@ def ingest(spec: DatasetSpec, warehouse: Warehouse, keys: list[str] | None = Non
 
 def _metadata_batches(warehouse: Warehouse, dataset: str, shard: str, batch_rows: int):
     """The shard's metadata records in CSV row order, streamed in bounded batches."""
-    path = warehouse.partition_dir(shards.METADATA_TABLE, dataset=dataset) / f"shard={shard}" / shards.SHARD_FILE
-    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+    yield from pq.ParquetFile(shards.shard_file(warehouse, shards.METADATA_TABLE, dataset, shard)).iter_batches(batch_size=batch_rows)
 
 
 def _index_of_shard(warehouse: Warehouse, dataset: str, shard: str) -> dict[str, str]:
     """id -> reference for the shard's images; the first archive record of an id wins, as archives are scanned in order."""
     index: dict[str, str] = {}
-    path = warehouse.partition_dir(INDEX_TABLE, dataset=dataset) / f"shard={shard}" / shards.SHARD_FILE
-    table = pq.read_table(path)
+    table = pq.read_table(shards.shard_file(warehouse, INDEX_TABLE, dataset, shard))
     for image_id, reference in zip(table["image_id"].to_pylist(), table["reference"].to_pylist()):
         index.setdefault(image_id, reference)
     return index

@@ -6,6 +6,8 @@ the user's own DuckDB session (README), against the views in warehouse/locdiff.d
 
 from __future__ import annotations
 
+import glob
+
 import duckdb
 
 from locdiff_pipeline.metrics import THRESHOLDS_KM, accuracy_column
@@ -57,10 +59,11 @@ def in_memory_views(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
 def _define_views(con: duckdb.DuckDBPyConnection, warehouse: Warehouse) -> list[str]:
     created = []
     for table, depth in VIEWS.items():
-        if not any(warehouse.table_dir(table).glob("/".join(["*"] * depth) + "/*.parquet")):
+        part_files = warehouse.glob(table, depth)
+        if next(glob.iglob(part_files), None) is None:
             continue
         types = ", hive_types = {'shard': VARCHAR}" if table in SHARDED else ""
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{warehouse.glob(table, depth)}', hive_partitioning = true, union_by_name = true{types})")
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{part_files}', hive_partitioning = true, union_by_name = true{types})")
         created.append(table)
     if "predictions" in created:
         con.execute(f"CREATE OR REPLACE VIEW accuracy AS {accuracy_sql()}")

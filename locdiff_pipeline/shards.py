@@ -42,13 +42,23 @@ def shard_keys(count: int) -> list[str]:
     return [f"{i:0{width}d}" for i in range(count)]
 
 
+def _shard_index(image_id: str, count: int) -> int:
+    """crc32 of the id's UTF-8 bytes modulo the shard count: stable across runs and machines."""
+    return zlib.crc32(image_id.encode()) % count
+
+
 def shard_indices(image_ids: list[str], count: int) -> np.ndarray:
-    """The shard index of each id: crc32 of its UTF-8 bytes modulo the shard count (stable across runs and machines)."""
-    return np.fromiter((zlib.crc32(i.encode()) % count for i in image_ids), dtype=np.int64, count=len(image_ids))
+    """The shard index of each id."""
+    return np.fromiter((_shard_index(i, count) for i in image_ids), dtype=np.int64, count=len(image_ids))
 
 
 def shard_of(image_id: str, keys: list[str]) -> str:
-    return keys[zlib.crc32(image_id.encode()) % len(keys)]
+    return keys[_shard_index(image_id, len(keys))]
+
+
+def shard_file(warehouse: Warehouse, table: str, dataset: str, shard: str) -> Path:
+    """One shard's file inside a table that ShardedParquet wrote (metadata, image_index)."""
+    return warehouse.partition_dir(table, dataset=dataset) / f"shard={shard}" / SHARD_FILE
 
 
 def dataset_shards(warehouse: Warehouse, dataset: str) -> list[str]:
@@ -90,10 +100,9 @@ class ShardedParquet:
         order = np.argsort(shard_index, kind="stable")
         sorted_index = shard_index[order]
         bounds = np.flatnonzero(np.diff(sorted_index)) + 1
-        for chunk in np.split(np.arange(len(order)), bounds):
-            if len(chunk):
-                shard = int(sorted_index[chunk[0]])
-                self.pending.setdefault(shard, []).append(table.take(pa.array(order[chunk])))
+        for start, rows in zip([0, *bounds], np.split(order, bounds)):
+            if len(rows):
+                self.pending.setdefault(int(sorted_index[start]), []).append(table.take(pa.array(rows)))
         self.buffered += table.num_rows
         if self.buffered >= self.buffer_rows:
             self.flush()
