@@ -30,15 +30,16 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     os.environ["LOCDIFF_HOME"] = str(root)
 
-    from locdiff_pipeline import metrics
-    from locdiff_pipeline.assets import clip_embeddings, image_metadata, images, shdd_tables
-    from locdiff_pipeline.definitions import materialize_all
-    from locdiff_pipeline.config import LocDiffConfig
-    from locdiff_pipeline import shards
-    from locdiff_pipeline.embedding_table import EMBEDDINGS_TABLE, load_embeddings
-    from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
-    from locdiff_pipeline.train_step import coordinates, training_data
-    from locdiff_pipeline.training import train
+    from locdiff_pipeline.data import shards
+    from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
+    from locdiff_pipeline.defs.assets.ingest import image_metadata, images
+    from locdiff_pipeline.defs.jobs import materialize_all
+    from locdiff_pipeline.defs.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+    from locdiff_pipeline.method import metrics
+    from locdiff_pipeline.method.config import LocDiffConfig
+    from locdiff_pipeline.method.training import train
+    from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
+    from locdiff_pipeline.steps.locdiff_model import coordinates, training_data
 
     resources = {
         "warehouse": WarehouseResource(root=str(root)),
@@ -61,7 +62,11 @@ def main() -> None:
         "raw xyz + MSE": base.with_(representation="xyz", loss="mse"),
     }
     print(f"{len(test_ids)} test images x {views} views, encoder {args.encoder}, L={args.L}, {args.steps} steps each")
-    header = f"{'variant, test protocol':<34} " + " ".join(f"{str(t) + 'km':>8}" for t in metrics.THRESHOLDS_KM) + f" {'median km':>10} {'train s':>8}"
+    header = (
+        f"{'variant, test protocol':<34} "
+        + " ".join(f"{str(t) + 'km':>8}" for t in metrics.THRESHOLDS_KM)
+        + f" {'median km':>10} {'train s':>8}"
+    )
     lines = [header, "-" * len(header)]
     for name, config in variants.items():
         embeddings, targets, _ = training_data(store, dataset, config)
@@ -72,7 +77,11 @@ def main() -> None:
             prediction = result.model.predict_embeddings(inputs)
             scores = metrics.accuracy(true_lat, true_lon, prediction.lat, prediction.lon)
             label = f"{name}, {protocol}"
-            lines.append(f"{label:<34} " + " ".join(f"{100 * scores[metrics.accuracy_column(t)]:>7.1f}%" for t in metrics.THRESHOLDS_KM) + f" {scores['median_km']:>10.0f} {seconds:>8.0f}")
+            lines.append(
+                f"{label:<34} "
+                + " ".join(f"{100 * scores[metrics.accuracy_column(t)]:>7.1f}%" for t in metrics.THRESHOLDS_KM)
+                + f" {scores['median_km']:>10.0f} {seconds:>8.0f}"
+            )
             print(lines[-1], flush=True)
     print("\n".join(["", *lines]))
 

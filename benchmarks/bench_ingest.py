@@ -1,6 +1,7 @@
 """Ingest throughput and peak memory on a generated MP16-layout dataset, as the row count grows.
 
-    python benchmarks/bench_ingest.py [--rows 50000 100000 200000] [--shard-rows 25000] [--root /tmp/locdiff-bench-ingest]
+    python benchmarks/bench_ingest.py [--rows 50000 100000 200000] [--shard-rows 25000] \
+        [--root /tmp/locdiff-bench-ingest]
 
 Writes one MP16-layout dataset (metadata CSV with IMG_ID, LAT, LON + a folder tree of tiny JPEGs, 1 %
 bad records of mixed kinds) for the largest count, and metadata files holding its first N rows for the
@@ -38,10 +39,10 @@ WORKER = textwrap.dedent(
     mode, metadata, images, warehouse, shard = sys.argv[1:6]
     started = time.perf_counter()
     if mode in ("split", "shard"):
-        from locdiff_pipeline import shards
-        from locdiff_pipeline.datasets import preset
-        from locdiff_pipeline.ingest import ingest_shard, split_metadata
-        from locdiff_pipeline.warehouse import Warehouse
+        from locdiff_pipeline.data import shards
+        from locdiff_pipeline.data.datasets import preset
+        from locdiff_pipeline.data.ingest import ingest_shard, split_metadata
+        from locdiff_pipeline.data.warehouse import Warehouse
         spec = preset("mp16", metadata, images, name="mp16bench")
         imported = time.perf_counter()
         if mode == "split":
@@ -61,7 +62,8 @@ WORKER = textwrap.dedent(
                     path.read_bytes()
                 rows += 1
     seconds = time.perf_counter() - imported
-    print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": peak_rss_mb}))
     """
 )
 
@@ -120,17 +122,24 @@ def write_metadata_only(path: Path, rows: int) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["IMG_ID", "LAT", "LON"])
-        writer.writerows([f"{i % 100:02d}/{(i // 100) % 100:02d}/{i:08d}.jpg", f"{lat[i]:.6f}", f"{lon[i]:.6f}"] for i in range(rows))
+        writer.writerows(
+            [f"{i % 100:02d}/{(i // 100) % 100:02d}/{i:08d}.jpg", f"{lat[i]:.6f}", f"{lon[i]:.6f}"] for i in range(rows)
+        )
 
 
 def run(mode: str, metadata: Path, images: Path, warehouse: Path, shard: str = "") -> dict:
-    result = subprocess.run([sys.executable, "-c", WORKER, mode, str(metadata), str(images), str(warehouse), shard], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER, mode, str(metadata), str(images), str(warehouse), shard],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def ingest_in_steps(metadata: Path, images: Path, warehouse: Path, shard_count: int) -> dict:
     """The split, then each shard in its own process; total rows and seconds, and the peak RSS of each kind of step."""
-    from locdiff_pipeline import shards
+    from locdiff_pipeline.data import shards
 
     split = run("split", metadata, images, warehouse, str(shard_count))
     per_shard = [run("shard", metadata, images, warehouse, key) for key in shards.shard_keys(shard_count)]
@@ -154,8 +163,14 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     largest = max(args.rows)
     write_dataset(root, largest)
-    print(f"MP16 layout, folder of 8x8 JPEGs, ~1% bad records; references stored (mp16 preset); {args.shard_rows:,} rows per shard; every step in a fresh process")
-    print(f"{'rows':>8} {'shards':>6} {'ingest rows/s':>14} {'baseline rows/s':>16} {'ratio':>6} {'split peak RSS MB':>18} {'shard peak RSS MB':>18} {'baseline RSS MB':>16}")
+    print(
+        f"MP16 layout, folder of 8x8 JPEGs, ~1% bad records; references stored (mp16 preset); "
+        f"{args.shard_rows:,} rows per shard; every step in a fresh process"
+    )
+    print(
+        f"{'rows':>8} {'shards':>6} {'ingest rows/s':>14} {'baseline rows/s':>16} {'ratio':>6} "
+        f"{'split peak RSS MB':>18} {'shard peak RSS MB':>18} {'baseline RSS MB':>16}"
+    )
     for rows in sorted(args.rows):
         metadata = root / "metadata.csv" if rows == largest else root / f"metadata_{rows}.csv"
         if rows != largest:
@@ -165,7 +180,12 @@ def main() -> None:
         floor = run("baseline", metadata, root / "images", root / "warehouse")
         assert ingest["rows"] == floor["rows"] == rows, (ingest, floor)
         ingest_rate, floor_rate = rows / ingest["seconds"], rows / floor["seconds"]
-        print(f"{rows:>8} {shard_count:>6} {ingest_rate:>14,.0f} {floor_rate:>16,.0f} {ingest_rate / floor_rate:>6.2f} {ingest['split_rss']:>18.0f} {ingest['shard_rss']:>18.0f} {floor['peak_rss_mb']:>16.0f}", flush=True)
+        print(
+            f"{rows:>8} {shard_count:>6} {ingest_rate:>14,.0f} {floor_rate:>16,.0f} "
+            f"{ingest_rate / floor_rate:>6.2f} {ingest['split_rss']:>18.0f} {ingest['shard_rss']:>18.0f} "
+            f"{floor['peak_rss_mb']:>16.0f}",
+            flush=True,
+        )
     if args.split_rows:
         print(f"\nmetadata split alone, {args.split_shards} shards, metadata-only CSV, fresh process each")
         print(f"{'rows':>10} {'split rows/s':>13} {'split peak RSS MB':>18}")

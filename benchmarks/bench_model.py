@@ -17,11 +17,11 @@ import time
 import numpy as np
 import torch
 
-from locdiff_pipeline import shdd, sphere
-from locdiff_pipeline.config import LocDiffConfig
-from locdiff_pipeline.devices import resolve_device
-from locdiff_pipeline.model import LocDiffModel
-from locdiff_pipeline.training import train
+from locdiff_pipeline.method import shdd, sphere
+from locdiff_pipeline.method.config import LocDiffConfig
+from locdiff_pipeline.method.devices import resolve_device
+from locdiff_pipeline.method.model import LocDiffModel
+from locdiff_pipeline.method.training import train
 
 
 def _sync(device: torch.device) -> None:
@@ -64,10 +64,17 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=4096)
     parser.add_argument("--device", default="all", help="cpu, cuda, auto, or all (cpu and, when present, cuda)")
     args = parser.parse_args()
-    devices = ["cpu", "cuda"] if args.device == "all" and torch.cuda.is_available() else (["cpu"] if args.device == "all" else [args.device])
+    devices = (
+        ["cpu", "cuda"]
+        if args.device == "all" and torch.cuda.is_available()
+        else (["cpu"] if args.device == "all" else [args.device])
+    )
     rng = np.random.default_rng(0)
     lat, lon = sphere.random_points(args.train_rows, rng)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads" + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU")
+    )
     print(f"{'device':<8} {'what':<44} {'rate':>12} {'baseline':>12} {'ratio':>7}")
     for name in devices:
         device = resolve_device(name)
@@ -77,10 +84,16 @@ def main() -> None:
         targets = shdd.encode(lat, lon, config.L).astype(np.float32)
         kl = training_steps_per_second(config, embeddings, targets, args.steps)
         mse = training_steps_per_second(config.with_(loss="mse"), embeddings, targets, args.steps)
-        print(f"{device.type:<8} {'train steps/s, KL loss (baseline: MSE loss)':<44} {kl:>12.2f} {mse:>12.2f} {kl / mse:>7.2f}")
+        print(
+            f"{device.type:<8} {'train steps/s, KL loss (baseline: MSE loss)':<44} {kl:>12.2f} {mse:>12.2f} "
+            f"{kl / mse:>7.2f}"
+        )
         model = LocDiffModel(config, device=device)
         full, sampling = inference_images_per_second(model, args.images, args.views)
-        print(f"{device.type:<8} {f'images/s, {args.views} views (baseline: sampling only)':<44} {full:>12.2f} {sampling:>12.2f} {full / sampling:>7.2f}")
+        print(
+            f"{device.type:<8} {f'images/s, {args.views} views (baseline: sampling only)':<44} {full:>12.2f} "
+            f"{sampling:>12.2f} {full / sampling:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

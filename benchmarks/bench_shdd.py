@@ -17,7 +17,7 @@ import numpy as np
 import scipy.special
 import torch
 
-from locdiff_pipeline import shdd, sphere
+from locdiff_pipeline.method import shdd, sphere
 
 
 def naive_encode(lat: np.ndarray, lon: np.ndarray, L: int) -> np.ndarray:
@@ -81,7 +81,10 @@ def main() -> None:
     parser.add_argument("--decode-degrees", type=int, nargs="+", default=[20, 40])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
-    print(f"\nEncode: {args.points:,} points (float32, streamed in chunks) vs naive scipy per point ({args.naive_points} points)")
+    print(
+        f"\nEncode: {args.points:,} points (float32, streamed in chunks) vs naive scipy per point "
+        f"({args.naive_points} points)"
+    )
     print(f"{'L':>4} {'coeffs':>7} {'shdd points/s':>15} {'naive points/s':>15} {'ratio':>8}")
     for L in args.degrees:
         fast = encode_throughput(L, args.points)

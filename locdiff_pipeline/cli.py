@@ -1,8 +1,8 @@
 """`locdiff` command line: run the pipeline, predict image locations, print the accuracy report.
 
-    locdiff run                      materialize every asset on the bundled data, print the accuracy table
-    locdiff predict --model models:/locdiff@champion IMAGE [IMAGE ...]
-    locdiff report                   the accuracy table of the latest run (DuckDB over the warehouse)
+locdiff run                      materialize every asset on the bundled data, print the accuracy table
+locdiff predict --model models:/locdiff@champion IMAGE [IMAGE ...]
+locdiff report                   the accuracy table of the latest run (DuckDB over the warehouse)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from locdiff_pipeline.paths import project_root
+    from locdiff_pipeline.data.paths import project_root
 
     root = project_root()
     home = root / ".dagster_home"
@@ -23,14 +23,40 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(home))  # runs show up in `dagster dev` started from the same root
     from dagster import DagsterInstance
 
-    from locdiff_pipeline import report
-    from locdiff_pipeline.definitions import materialize_all
-    from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
+    from locdiff_pipeline.defs.jobs import materialize_all
+    from locdiff_pipeline.defs.resources import (
+        DatasetResource,
+        EncoderResource,
+        EvaluationResource,
+        MlflowResource,
+        TrainingResource,
+        WarehouseResource,
+    )
+    from locdiff_pipeline.steps import report_sql
 
-    training = TrainingResource(**{k: v for k, v in {"steps": args.steps, "L": args.L, "device": args.device}.items() if v is not None})
-    encoder = EncoderResource(**{k: v for k, v in {"model_name": args.encoder, "checkpoint": args.encoder_checkpoint, "test_views": args.test_views}.items() if v is not None})
+    training = TrainingResource(
+        **{k: v for k, v in {"steps": args.steps, "L": args.L, "device": args.device}.items() if v is not None}
+    )
+    encoder = EncoderResource(
+        **{
+            k: v
+            for k, v in {
+                "model_name": args.encoder,
+                "checkpoint": args.encoder_checkpoint,
+                "test_views": args.test_views,
+            }.items()
+            if v is not None
+        }
+    )
     dataset = DatasetResource(**({"bundled_count": args.count} if args.count else {}))
-    resources = {"warehouse": WarehouseResource(root=str(root)), "dataset": dataset, "encoder": encoder, "training": training, "evaluation": EvaluationResource(), "mlflow": MlflowResource()}
+    resources = {
+        "warehouse": WarehouseResource(root=str(root)),
+        "dataset": dataset,
+        "encoder": encoder,
+        "training": training,
+        "evaluation": EvaluationResource(),
+        "mlflow": MlflowResource(),
+    }
     started = time.perf_counter()
     result = materialize_all(resources, instance=DagsterInstance.get(), raise_on_error=False)
     seconds = time.perf_counter() - started
@@ -39,17 +65,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"locdiff run failed after {seconds:.0f} s; see the Dagster logs above", file=sys.stderr)
         return 1
     store = WarehouseResource(root=str(root)).get()
-    from locdiff_pipeline.train_step import read_latest
+    from locdiff_pipeline.steps.locdiff_model import read_latest
 
     latest = read_latest(store)
-    rows = report.accuracy_table(store, dataset=dataset.name, model_version=latest["version"])
-    from locdiff_pipeline.image_encoder import encoder_note
+    rows = report_sql.accuracy_table(store, dataset=dataset.name, model_version=latest["version"])
+    from locdiff_pipeline.data.image_encoder import encoder_note
 
     print()
-    print(report.text_table(rows))
+    print(report_sql.text_table(rows))
     print(f"# {encoder_note(latest['encoder'])}")
     print(f"# model locdiff v{latest['version']} (MLflow run {latest['run_id']}); wall time {seconds:.0f} s")
-    print(f"# report, plots: {store.root / report.REPORTS / dataset.name / ('v' + str(latest['version']))}")
+    print(f"# report, plots: {store.root / report_sql.REPORTS / dataset.name / ('v' + str(latest['version']))}")
     if failed_checks:
         print(f"asset checks failed: {', '.join(failed_checks)}", file=sys.stderr)
         return 1
@@ -59,31 +85,41 @@ def _run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from locdiff_pipeline.predict import predict, to_csv
 
-    result = predict(args.images, args.model, views=args.views, samples=args.samples, seed=args.seed, encoder_checkpoint=args.encoder_checkpoint, device=args.device)
+    result = predict(
+        args.images,
+        args.model,
+        views=args.views,
+        samples=args.samples,
+        seed=args.seed,
+        encoder_checkpoint=args.encoder_checkpoint,
+        device=args.device,
+    )
     sys.stdout.write(to_csv(result))
-    for image, reason in result.errors.items():
+    for reason in result.errors.values():
         print(f"error: {reason}", file=sys.stderr)
     return 1 if result.errors else 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from locdiff_pipeline import report
-    from locdiff_pipeline.paths import warehouse_dir
-    from locdiff_pipeline.warehouse import Warehouse
+    from locdiff_pipeline.data.paths import warehouse_dir
+    from locdiff_pipeline.data.warehouse import Warehouse
+    from locdiff_pipeline.steps import report_sql
 
     store = Warehouse(warehouse_dir())
-    rows = report.accuracy_table(store, dataset=args.dataset)
+    rows = report_sql.accuracy_table(store, dataset=args.dataset)
     if not rows:
         print("no predictions in the warehouse yet: run `locdiff run` first", file=sys.stderr)
         return 1
-    print(report.text_table(rows))
+    print(report_sql.text_table(rows))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locdiff", description="LocDiff image geolocation pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="materialize every asset (bundled data by default) and print the accuracy table")
+    run = commands.add_parser(
+        "run", help="materialize every asset (bundled data by default) and print the accuracy table"
+    )
     run.add_argument("--steps", type=int, help="training steps (default 3000)")
     run.add_argument("--L", type=int, help="SHDD degree to train on (default 20)")
     run.add_argument("--device", help="auto, cpu, cuda (default auto)")
@@ -93,11 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--count", type=int, help="how many bundled locations to use (default 3000)")
     run.set_defaults(handler=_run)
     pred = commands.add_parser("predict", help="predict the location of image files; CSV on stdout")
-    pred.add_argument("--model", required=True, help="checkpoint folder or MLflow reference, e.g. models:/locdiff@champion")
+    pred.add_argument(
+        "--model", required=True, help="checkpoint folder or MLflow reference, e.g. models:/locdiff@champion"
+    )
     pred.add_argument("--views", type=int, default=16)
     pred.add_argument("--samples", type=int, default=1)
     pred.add_argument("--seed", type=int, default=0)
-    pred.add_argument("--encoder-checkpoint", help="the encoder checkpoint file, when the model was trained on real weights")
+    pred.add_argument(
+        "--encoder-checkpoint", help="the encoder checkpoint file, when the model was trained on real weights"
+    )
     pred.add_argument("--device", default=None)
     pred.add_argument("images", nargs="+", type=Path)
     pred.set_defaults(handler=_predict)

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from locdiff_pipeline.image_encoder import EncoderSpec, ImageEncoder
-from locdiff_pipeline.image_io import ImageDecodeError, read_image_file
-from locdiff_pipeline.model import LocDiffModel
+from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
+from locdiff_pipeline.data.image_io import ImageDecodeError, read_image_file
+from locdiff_pipeline.method.model import LocDiffModel
 
 
 @dataclass
@@ -37,12 +36,14 @@ def resolve_model(reference: str) -> Path:
     if "://" not in reference and ":/" not in reference:
         path = Path(reference)
         if not path.exists():
-            raise FileNotFoundError(f"model {reference!r} is neither a checkpoint folder nor an MLflow reference (models:/NAME@ALIAS)")
+            raise FileNotFoundError(
+                f"model {reference!r} is neither a checkpoint folder nor an MLflow reference (models:/NAME@ALIAS)"
+            )
         return path
-    from locdiff_pipeline import tracking
+    from locdiff_pipeline.tracking import registry
 
-    tracking.configure()
-    return tracking.download_checkpoint(reference)
+    registry.configure()
+    return registry.download_checkpoint(reference)
 
 
 def encoder_for(model: LocDiffModel, checkpoint: str | None, device) -> ImageEncoder:
@@ -51,14 +52,30 @@ def encoder_for(model: LocDiffModel, checkpoint: str | None, device) -> ImageEnc
     if not recorded:
         raise ValueError("the model records no image encoder; it cannot embed images")
     if recorded.get("is_pretrained") and checkpoint is None:
-        raise ValueError(f"the model was trained on {recorded['label']}: pass that encoder checkpoint (--encoder-checkpoint PATH)")
-    encoder = ImageEncoder(EncoderSpec(recorded["model_name"], checkpoint if recorded.get("is_pretrained") else None, int(recorded.get("seed", 0))), device=device)
+        raise ValueError(
+            f"the model was trained on {recorded['label']}: pass that encoder checkpoint (--encoder-checkpoint PATH)"
+        )
+    encoder = ImageEncoder(
+        EncoderSpec(
+            recorded["model_name"], checkpoint if recorded.get("is_pretrained") else None, int(recorded.get("seed", 0))
+        ),
+        device=device,
+    )
     if encoder.identity.label != recorded["label"]:
         raise ValueError(f"encoder {encoder.identity.label} does not match the model's {recorded['label']}")
     return encoder
 
 
-def predict(images: list[str | Path], model: str, *, views: int = 16, samples: int = 1, seed: int = 0, encoder_checkpoint: str | None = None, device: str | None = None) -> PredictResult:
+def predict(
+    images: list[str | Path],
+    model: str,
+    *,
+    views: int = 16,
+    samples: int = 1,
+    seed: int = 0,
+    encoder_checkpoint: str | None = None,
+    device: str | None = None,
+) -> PredictResult:
     """Predict (lat, lon, spread_km) for each readable image; unreadable ones are reported in `errors`."""
     if views < 1 or samples < 1:
         raise ValueError(f"views and samples must be at least 1, got {views} and {samples}")
@@ -76,7 +93,11 @@ def predict(images: list[str | Path], model: str, *, views: int = 16, samples: i
         embeddings = encoder.embed_views(readable, [Path(n).name for n in names], views)
         prediction = loaded.predict_embeddings(embeddings, samples=samples, seed=seed)
         for i, name in enumerate(names):
-            result.predictions.append(ImagePrediction(name, float(prediction.lat[i]), float(prediction.lon[i]), float(prediction.spread_km[i])))
+            result.predictions.append(
+                ImagePrediction(
+                    name, float(prediction.lat[i]), float(prediction.lon[i]), float(prediction.spread_km[i])
+                )
+            )
     return result
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("LOCDIFF_SHARDS", "2")  # before the definitions load: two shards keep the sharded paths exercised and the runs few
+os.environ.setdefault(
+    "LOCDIFF_SHARDS", "2"
+)  # before the definitions load: two shards keep the sharded paths exercised and the runs few
 
 import numpy as np
 import pytest
 
-from locdiff_pipeline import shdd, sphere
+from locdiff_pipeline.method import shdd, sphere
 
 
 @pytest.fixture(autouse=True)

@@ -84,4 +84,9 @@ def make_dataset(root: Path, layout: str, good: int = 40, shards: int = 2, extra
         location = str(root / "shards" / "*.msg")
     else:
         raise ValueError(layout)
-    return {"metadata": str(root / "metadata.csv"), "images": location, "good_ids": good_ids, "good_bytes": {i: images[i] for i in good_ids}}
+    return {
+        "metadata": str(root / "metadata.csv"),
+        "images": location,
+        "good_ids": good_ids,
+        "good_bytes": {i: images[i] for i in good_ids},
+    }

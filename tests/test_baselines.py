@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import clustered_problem
-from locdiff_pipeline import baselines, metrics, sphere
+
+from locdiff_pipeline.method import baselines, metrics, sphere
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,9 @@ def test_knn_beats_chance_and_picks_k_on_validation(problem):
 def test_knn_with_k1_returns_the_nearest_gallery_location_exactly(problem):
     gallery, _, _ = problem
     prediction = baselines.knn_predict(gallery, gallery.embeddings[:50], 1)
-    np.testing.assert_allclose(sphere.haversine_km(prediction.lat, prediction.lon, gallery.lat[:50], gallery.lon[:50]), 0, atol=1e-6)
+    np.testing.assert_allclose(
+        sphere.haversine_km(prediction.lat, prediction.lon, gallery.lat[:50], gallery.lon[:50]), 0, atol=1e-6
+    )
 
 
 def test_cell_classifier_beats_chance_and_predicts_cell_centroids(problem):
@@ -66,7 +68,9 @@ def test_multi_view_input_is_the_normalised_mean_of_views():
     rng = np.random.default_rng(1)
     views = rng.normal(size=(4, 5, 8))
     expected = (views / np.linalg.norm(views, axis=-1, keepdims=True)).mean(axis=1)
-    np.testing.assert_allclose(baselines.normalise(views), expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(
+        baselines.normalise(views), expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6
+    )
 
 
 def test_locdiff_h_falls_back_to_locdiff_when_the_ring_is_empty(problem):
@@ -87,10 +91,17 @@ def test_locdiff_h_picks_the_best_match_inside_the_ring(problem):
     hybrid, fell_back = baselines.locdiff_h(gallery, test[0], pred_lat, true_lon, radius_km=200)
     moved = ~fell_back
     assert moved.mean() > 0.5
-    assert np.all(sphere.haversine_km(hybrid.lat[moved], hybrid.lon[moved], pred_lat[moved], true_lon[moved]) <= 200 + 1e-6)
+    assert np.all(
+        sphere.haversine_km(hybrid.lat[moved], hybrid.lon[moved], pred_lat[moved], true_lon[moved]) <= 200 + 1e-6
+    )
     # the pick is the most similar gallery image among those inside the ring
     queries = baselines.normalise(test[0])
     for i in np.flatnonzero(moved)[:20]:
-        inside = sphere.haversine_km(gallery.lat, gallery.lon, np.full(len(gallery.lat), pred_lat[i]), np.full(len(gallery.lat), true_lon[i])) <= 200
+        inside = (
+            sphere.haversine_km(
+                gallery.lat, gallery.lon, np.full(len(gallery.lat), pred_lat[i]), np.full(len(gallery.lat), true_lon[i])
+            )
+            <= 200
+        )
         best = np.flatnonzero(inside)[np.argmax(gallery.embeddings[inside] @ queries[i])]
         assert (hybrid.lat[i], hybrid.lon[i]) == (gallery.lat[best], gallery.lon[best])

@@ -7,20 +7,37 @@ import subprocess
 import sys
 from pathlib import Path
 
-from locdiff_pipeline.evaluation import METHODS
+from locdiff_pipeline.steps.predictions import METHODS
 
 
 def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
     locdiff = Path(sys.executable).with_name("locdiff")
     env = {**os.environ, "LOCDIFF_HOME": str(tmp_path)}
     env.pop("DAGSTER_HOME", None)
-    arguments = [str(locdiff), "run", "--count", "300", "--encoder", "locdiff-tiny-vit", "--test-views", "4", "--steps", "40", "--L", "10"]
+    arguments = [
+        str(locdiff),
+        "run",
+        "--count",
+        "300",
+        "--encoder",
+        "locdiff-tiny-vit",
+        "--test-views",
+        "4",
+        "--steps",
+        "40",
+        "--L",
+        "10",
+    ]
     first = subprocess.run(arguments, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-4000:]
     table = [line.split() for line in first.stdout.splitlines() if line.startswith("bluemarble")]
     assert sorted(row[2] for row in table) == sorted(METHODS)
     assert "NO pretrained weights" in first.stdout
     assert (tmp_path / "mlruns" / "mlflow.db").is_file() and (tmp_path / ".dagster_home").is_dir()
-    report = subprocess.run([str(locdiff), "report"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    report = subprocess.run(
+        [str(locdiff), "report"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert report.returncode == 0, report.stderr[-2000:]
-    assert [line.split()[2] for line in report.stdout.splitlines() if line.startswith("bluemarble")] == [row[2] for row in table]
+    assert [line.split()[2] for line in report.stdout.splitlines() if line.startswith("bluemarble")] == [
+        row[2] for row in table
+    ]

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from locdiff_pipeline import shards
-from locdiff_pipeline.assets import image_metadata
-from locdiff_pipeline.definitions import SHARDED_ASSETS, materialize_all
-from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
-from locdiff_pipeline.warehouse import Warehouse
+from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.warehouse import Warehouse
+from locdiff_pipeline.defs.assets.ingest import image_metadata
+from locdiff_pipeline.defs.jobs import SHARDED_ASSETS, materialize_all
+from locdiff_pipeline.defs.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DATASET = {"bundled_count": 160}
@@ -27,11 +27,29 @@ TRAINING = {"L": 4, "shdd_degrees": [4, 6]}
 
 
 def _cli(project: Path, *arguments: str) -> subprocess.Popen:
-    env = {**os.environ, "DAGSTER_HOME": str(project / ".dagster_home"), "LOCDIFF_HOME": str(project), "OMP_NUM_THREADS": "1"}
-    config = {"resources": {"dataset": {"config": DATASET}, "encoder": {"config": ENCODER}, "training": {"config": TRAINING}}}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(project / ".dagster_home"),
+        "LOCDIFF_HOME": str(project),
+        "OMP_NUM_THREADS": "1",
+    }
+    config = {
+        "resources": {"dataset": {"config": DATASET}, "encoder": {"config": ENCODER}, "training": {"config": TRAINING}}
+    }
     dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "asset", "materialize", *arguments, "-m", "locdiff_pipeline.definitions", "--config-json", json.dumps(config)]
-    return subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [
+        str(dagster),
+        "asset",
+        "materialize",
+        *arguments,
+        "-m",
+        "locdiff_pipeline.definitions",
+        "--config-json",
+        json.dumps(config),
+    ]
+    return subprocess.Popen(
+        command, cwd=REPOSITORY, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _finish(process: subprocess.Popen) -> str:
@@ -42,8 +60,14 @@ def _finish(process: subprocess.Popen) -> str:
 
 def _sorted(warehouse: Warehouse, table: str, **keys) -> pa.Table:
     data = shards.read(warehouse, table, "bluemarble", **keys)
-    data = data.drop_columns([c for c in ("source",) if c in data.column_names])  # absolute paths differ between the two projects
-    order = [("image_id", "ascending")] + ([("view", "ascending")] if "view" in data.column_names else []) + ([("row", "ascending")] if table == "rejected" else [])
+    data = data.drop_columns(
+        [c for c in ("source",) if c in data.column_names]
+    )  # absolute paths differ between the two projects
+    order = (
+        [("image_id", "ascending")]
+        + ([("view", "ascending")] if "view" in data.column_names else [])
+        + ([("row", "ascending")] if table == "rejected" else [])
+    )
     return data.sort_by(order)
 
 
@@ -51,13 +75,22 @@ def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_sin
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     for project in (single, parallel):
         (project / ".dagster_home").mkdir(parents=True)
-    resources = {"warehouse": WarehouseResource(root=str(single)), "dataset": DatasetResource(**DATASET), "encoder": EncoderResource(**ENCODER), "training": TrainingResource(**TRAINING)}
-    assert materialize_all(resources, selection=[image_metadata, *SHARDED_ASSETS]).success  # in-process executor, every shard in one run
+    resources = {
+        "warehouse": WarehouseResource(root=str(single)),
+        "dataset": DatasetResource(**DATASET),
+        "encoder": EncoderResource(**ENCODER),
+        "training": TrainingResource(**TRAINING),
+    }
+    assert materialize_all(
+        resources, selection=[image_metadata, *SHARDED_ASSETS]
+    ).success  # in-process executor, every shard in one run
 
     _finish(_cli(parallel, "--select", "image_metadata"))
     keys = shards.dataset_shards(Warehouse(parallel / "warehouse"), "bluemarble")
     assert len(keys) > 1
-    launched = [_cli(parallel, "--select", "images,clip_embeddings,shdd_tables", "--partition", key) for key in keys]  # all at once
+    launched = [
+        _cli(parallel, "--select", "images,clip_embeddings,shdd_tables", "--partition", key) for key in keys
+    ]  # all at once
     outputs = [_finish(process) for process in launched]
     assert all("multiprocess executor" in output and "RUN_SUCCESS" in output for output in outputs)
     for output in outputs:  # each shard's run checked its own shard, concurrently with the others
@@ -72,4 +105,6 @@ def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_sin
     expected, actual = _sorted(one, "embeddings"), _sorted(many, "embeddings")
     assert actual.drop_columns(["embedding"]).equals(expected.drop_columns(["embedding"]))
     vectors = [np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (expected, actual)]
-    np.testing.assert_allclose(vectors[1], vectors[0], atol=1e-5)  # same encoder, same seeded views; only thread counts differ
+    np.testing.assert_allclose(
+        vectors[1], vectors[0], atol=1e-5
+    )  # same encoder, same seeded views; only thread counts differ

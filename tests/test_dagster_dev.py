@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-EXPECTED_ASSETS = {"image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions", "accuracy_report"}
+EXPECTED_ASSETS = {
+    "image_metadata",
+    "images",
+    "clip_embeddings",
+    "shdd_tables",
+    "locdiff_model",
+    "predictions",
+    "accuracy_report",
+}
 
 
 def _free_port() -> int:
@@ -25,7 +33,11 @@ def _free_port() -> int:
 
 
 def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
@@ -36,7 +48,15 @@ def dagster_dev(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     # a small configuration through the resources' environment variables, for the backfill test
-    env = {**os.environ, "DAGSTER_HOME": str(home), "LOCDIFF_HOME": str(tmp_path), "LOCDIFF_BUNDLED_COUNT": "160", "LOCDIFF_STEPS": "30", "LOCDIFF_ENCODER": "locdiff-tiny-vit", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "LOCDIFF_HOME": str(tmp_path),
+        "LOCDIFF_BUNDLED_COUNT": "160",
+        "LOCDIFF_STEPS": "30",
+        "LOCDIFF_ENCODER": "locdiff-tiny-vit",
+        "OMP_NUM_THREADS": "1",
+    }
     dagster = Path(sys.executable).with_name("dagster")
     process = subprocess.Popen(
         [str(dagster), "dev", "-w", str(REPOSITORY / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
@@ -65,12 +85,19 @@ def test_dagster_dev_serves_the_asset_graph_and_stops_by_pid(dagster_dev):
         except OSError as error:
             last_error = error
         time.sleep(1)
-    assert answer is not None and answer.get("data"), f"dagster dev never answered ({last_error}); log:\n{log.read_text()[-3000:]}"
-    nodes = {tuple(n["assetKey"]["path"])[-1]: {tuple(d["path"])[-1] for d in n["dependencyKeys"]} for n in answer["data"]["assetNodes"]}
+    assert answer is not None and answer.get("data"), (
+        f"dagster dev never answered ({last_error}); log:\n{log.read_text()[-3000:]}"
+    )
+    nodes = {
+        tuple(n["assetKey"]["path"])[-1]: {tuple(d["path"])[-1] for d in n["dependencyKeys"]}
+        for n in answer["data"]["assetNodes"]
+    }
     assert set(nodes) == EXPECTED_ASSETS
     assert nodes["predictions"] == {"locdiff_model", "clip_embeddings"}
     assert nodes["clip_embeddings"] == {"images"}
-    schedules = _graphql(port, '{ repositoriesOrError { ... on RepositoryConnection { nodes { schedules { name cronSchedule } } } } }')
+    schedules = _graphql(
+        port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { schedules { name cronSchedule } } } } }"
+    )
     names = {s["name"] for repo in schedules["data"]["repositoriesOrError"]["nodes"] for s in repo["schedules"]}
     assert "weekly_retrain" in names
     os.kill(process.pid, signal.SIGTERM)
@@ -99,25 +126,54 @@ def test_a_backfill_runs_each_shard_as_its_own_run_then_the_downstream_assets(da
     selection = ", ".join('{path: ["%s"]}' % name for name in sorted(EXPECTED_ASSETS))
     launched = _graphql(
         port,
-        'mutation { launchPartitionBackfill(backfillParams: {partitionNames: %s, assetSelection: [%s], fromFailure: false}) '
-        "{ __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }" % (json.dumps(shard_keys), selection),
+        "mutation { launchPartitionBackfill(backfillParams: {partitionNames: %s, assetSelection: [%s], "
+        "fromFailure: false}) "
+        "{ __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"
+        % (json.dumps(shard_keys), selection),
     )["data"]["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     deadline, status = time.monotonic() + 600, None
     while time.monotonic() < deadline and status not in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
         time.sleep(5)
-        status = _graphql(port, '{ partitionBackfillOrError(backfillId: "%s") { ... on PartitionBackfill { status } } }' % launched["backfillId"])["data"]["partitionBackfillOrError"]["status"]
-    runs = _graphql(port, "{ runsOrError { ... on Runs { results { status startTime endTime tags { key value } assetSelection { path } } } } }")["data"]["runsOrError"]["results"]
-    assert status == "COMPLETED_SUCCESS", (status, [(r["status"], r["assetSelection"]) for r in runs], log.read_text()[-3000:])
+        status = _graphql(
+            port,
+            '{ partitionBackfillOrError(backfillId: "%s") { ... on PartitionBackfill { status } } }'
+            % launched["backfillId"],
+        )["data"]["partitionBackfillOrError"]["status"]
+    runs = _graphql(
+        port,
+        "{ runsOrError { ... on Runs { results { status startTime endTime tags { key value } assetSelection { "
+        "path } } } } }",
+    )["data"]["runsOrError"]["results"]
+    assert status == "COMPLETED_SUCCESS", (
+        status,
+        [(r["status"], r["assetSelection"]) for r in runs],
+        log.read_text()[-3000:],
+    )
     assert all(r["status"] == "SUCCESS" for r in runs)
-    by_partition = {next((t["value"] for t in r["tags"] if t["key"] == "dagster/partition"), None): r for r in runs if r["assetSelection"]}
+    by_partition = {
+        next((t["value"] for t in r["tags"] if t["key"] == "dagster/partition"), None): r
+        for r in runs
+        if r["assetSelection"]
+    }
     shard_runs = [by_partition[key] for key in shard_keys]
-    assert all(sorted(a["path"][-1] for a in r["assetSelection"]) == ["clip_embeddings", "images", "shdd_tables"] for r in shard_runs)
-    downstream = [r for r in runs if {"locdiff_model", "predictions", "accuracy_report"} <= {a["path"][-1] for a in r["assetSelection"]}]
+    assert all(
+        sorted(a["path"][-1] for a in r["assetSelection"]) == ["clip_embeddings", "images", "shdd_tables"]
+        for r in shard_runs
+    )
+    downstream = [
+        r
+        for r in runs
+        if {"locdiff_model", "predictions", "accuracy_report"} <= {a["path"][-1] for a in r["assetSelection"]}
+    ]
     assert len(runs) == len(shard_keys) + 2 and len(downstream) == 1
     materialized = []  # training waits for every shard's embeddings and SHDD tables (not for their checks)
     for asset_name in ("clip_embeddings", "shdd_tables"):
-        answer = _graphql(port, '{ assetOrError(assetKey: {path: ["%s"]}) { ... on Asset { assetMaterializations { partition timestamp } } } }' % asset_name)
+        answer = _graphql(
+            port,
+            '{ assetOrError(assetKey: {path: ["%s"]}) { ... on Asset { assetMaterializations { partition '
+            "timestamp } } } }" % asset_name,
+        )
         events = answer["data"]["assetOrError"]["assetMaterializations"]
         assert sorted(e["partition"] for e in events) == sorted(shard_keys)
         materialized += [float(e["timestamp"]) / 1000 for e in events]

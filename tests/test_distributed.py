@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from locdiff_pipeline.distributed import current_world
+from locdiff_pipeline.method.distributed import current_world
 
 WORKER = textwrap.dedent(
     """
@@ -17,10 +17,10 @@ WORKER = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, sys.argv[2])
     from conftest import clustered_problem
-    from locdiff_pipeline import shdd
-    from locdiff_pipeline.config import LocDiffConfig
-    from locdiff_pipeline.training import Validation, train
-    from locdiff_pipeline.distributed import current_world
+    from locdiff_pipeline.method import shdd
+    from locdiff_pipeline.method.config import LocDiffConfig
+    from locdiff_pipeline.method.training import Validation, train
+    from locdiff_pipeline.method.distributed import current_world
 
     out = sys.argv[1]
     lat, lon, features = clustered_problem(n=1200, dim=32, seed=5)
@@ -29,10 +29,13 @@ WORKER = textwrap.dedent(
     validation = Validation(features[1000:], lat[1000:], lon[1000:])
     result = train(config, features[:1000], shdd.encode(lat[:1000], lon[:1000], 6).astype(np.float32),
                    checkpoint_dir=os.path.join(out, "ckpt"), validation=validation, log_every=10)
-    digest = hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in result.model.net.state_dict().values())).hexdigest()
+    weights = b"".join(v.detach().numpy().tobytes() for v in result.model.net.state_dict().values())
+    digest = hashlib.sha256(weights).hexdigest()
     world = current_world()
     with open(os.path.join(out, f"rank{world.rank}.json"), "w") as handle:
-        json.dump({"digest": digest, "world": world.size, "validation": result.validation, "history": len(result.history)}, handle)
+        record = {"digest": digest, "world": world.size, "validation": result.validation}
+        record["history"] = len(result.history)
+        json.dump(record, handle)
     """
 )
 
@@ -48,7 +51,16 @@ def test_torchrun_two_processes_train_in_sync(tmp_path):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(_write(tmp_path)), str(tmp_path), str(tests)],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(_write(tmp_path)),
+            str(tmp_path),
+            str(tests),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -72,10 +84,10 @@ def _write(folder: Path) -> Path:
 def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
     """`torchrun -m locdiff_pipeline.train_ddp` over a materialized warehouse: one MLflow run, one
     registered version, latest.json for the downstream assets."""
-    from locdiff_pipeline import tracking
-    from locdiff_pipeline.assets import image_metadata
-    from locdiff_pipeline.definitions import SHARDED_ASSETS, materialize_all
-    from locdiff_pipeline.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+    from locdiff_pipeline.defs.assets.ingest import image_metadata
+    from locdiff_pipeline.defs.jobs import SHARDED_ASSETS, materialize_all
+    from locdiff_pipeline.defs.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+    from locdiff_pipeline.tracking import registry
 
     resources = {
         "warehouse": WarehouseResource(root=str(tmp_path)),
@@ -87,7 +99,26 @@ def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LOCDIFF_HOME": str(tmp_path)}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "locdiff_pipeline.train_ddp", "--L", "4", "--steps", "20", "--batch-size", "32", "--hidden", "32", "16", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "locdiff_pipeline.train_ddp",
+        "--L",
+        "4",
+        "--steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--hidden",
+        "32",
+        "16",
+        "--device",
+        "cpu",
+    ]
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "locdiff v1" in completed.stdout and "2 process(es)" in completed.stdout
@@ -95,8 +126,8 @@ def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
     assert latest["version"] == 1 and Path(latest["checkpoint"], "weights.pt").is_file()
     import mlflow
 
-    tracking.configure(root=tmp_path)
-    versions = mlflow.MlflowClient().search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
+    registry.configure(root=tmp_path)
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{registry.REGISTERED_MODEL}'")
     assert [int(v.version) for v in versions] == [1]
     run = mlflow.get_run(latest["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["L"] == "4"

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from locdiff_pipeline.config import LocDiffConfig
-from locdiff_pipeline.default_dataset import BLUE_MARBLE, render_window
-from locdiff_pipeline.image_encoder import SEEDED_INIT_NOTE, EncoderSpec, ImageEncoder
-from locdiff_pipeline.model import LocDiffModel
+from locdiff_pipeline.data.default_dataset import BLUE_MARBLE, render_window
+from locdiff_pipeline.data.image_encoder import SEEDED_INIT_NOTE, EncoderSpec, ImageEncoder
+from locdiff_pipeline.method.config import LocDiffConfig
+from locdiff_pipeline.method.model import LocDiffModel
 
 TINY_ENCODER = "locdiff-tiny-vit"
 
@@ -58,12 +58,24 @@ def test_checkpoint_path_loads_real_weights_through_the_user_code_path(tmp_path,
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "locdiff_pipeline.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "locdiff_pipeline.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
     encoder = ImageEncoder(EncoderSpec(TINY_ENCODER))
-    model = LocDiffModel(LocDiffConfig(L=6, embed_dim=encoder.identity.embed_dim, hidden_dims=(32,), time_dim=16, timesteps=20, sample_steps=4), encoder.identity.to_dict())
+    model = LocDiffModel(
+        LocDiffConfig(
+            L=6, embed_dim=encoder.identity.embed_dim, hidden_dims=(32,), time_dim=16, timesteps=20, sample_steps=4
+        ),
+        encoder.identity.to_dict(),
+    )
     model.save(tmp_path / "model")
     good = []
     for i, (lat, lon) in enumerate([(48.0, 2.0), (-1.0, 36.0), (64.0, -20.0)]):
@@ -73,11 +85,24 @@ def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(good[0].read_bytes()[:200])  # a truncated JPEG
     missing = tmp_path / "missing.jpg"
-    done = _run_cli("predict", "--model", str(tmp_path / "model"), "--views", "3", str(good[0]), str(corrupt), str(missing), *map(str, good[1:]), cwd=tmp_path)
+    done = _run_cli(
+        "predict",
+        "--model",
+        str(tmp_path / "model"),
+        "--views",
+        "3",
+        str(good[0]),
+        str(corrupt),
+        str(missing),
+        *map(str, good[1:]),
+        cwd=tmp_path,
+    )
     assert done.returncode == 1, done.stderr
     comments = [line for line in done.stdout.splitlines() if line.startswith("#")]
     assert any(SEEDED_INIT_NOTE in line for line in comments)
-    rows = list(csv.DictReader(io.StringIO("\n".join(line for line in done.stdout.splitlines() if not line.startswith("#")))))
+    rows = list(
+        csv.DictReader(io.StringIO("\n".join(line for line in done.stdout.splitlines() if not line.startswith("#"))))
+    )
     assert [r["image"] for r in rows] == [str(p) for p in good]
     for row in rows:
         assert -90 <= float(row["lat"]) <= 90 and -180 <= float(row["lon"]) <= 180 and float(row["spread_km"]) >= 0

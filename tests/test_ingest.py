@@ -12,13 +12,13 @@ import time
 
 import pyarrow.compute as pc
 import pytest
-
 from ingest_fixtures import BAD_RECORDS, make_dataset
-from locdiff_pipeline import shards
-from locdiff_pipeline.datasets import DatasetSpec, preset
-from locdiff_pipeline.image_sources import read_reference
-from locdiff_pipeline.ingest import IMAGES_TABLE, REJECTED_TABLE, ingest, reason_kind
-from locdiff_pipeline.warehouse import Warehouse
+
+from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.datasets import DatasetSpec, preset
+from locdiff_pipeline.data.image_sources import read_reference
+from locdiff_pipeline.data.ingest import IMAGES_TABLE, REJECTED_TABLE, ingest, reason_kind
+from locdiff_pipeline.data.warehouse import Warehouse
 
 
 def read(warehouse: Warehouse, table: str):
@@ -95,9 +95,9 @@ def test_unchanged_input_is_served_from_cache_and_changed_input_is_reingested(tm
 KILLABLE_INGEST = textwrap.dedent(
     """
     import sys, time
-    import locdiff_pipeline.ingest as ingest_module
-    from locdiff_pipeline.datasets import DatasetSpec
-    from locdiff_pipeline.warehouse import Warehouse
+    import locdiff_pipeline.data.ingest as ingest_module
+    from locdiff_pipeline.data.datasets import DatasetSpec
+    from locdiff_pipeline.data.warehouse import Warehouse
 
     original = ingest_module._images_table
     def slow_images_table(rows, extra):
@@ -117,7 +117,9 @@ def test_a_run_killed_mid_write_reruns_to_exactly_the_uninterrupted_rows(tmp_pat
     ingest(spec, reference)
 
     crashed = Warehouse(tmp_path / "crashed")
-    process = subprocess.Popen([sys.executable, "-c", KILLABLE_INGEST, made["metadata"], made["images"], str(crashed.root)])
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE_INGEST, made["metadata"], made["images"], str(crashed.root)]
+    )
     staging = crashed.root / "_staging"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(staging.glob("images-*/part-*.parquet"))) < 3:
@@ -135,7 +137,12 @@ def test_a_run_killed_mid_write_reruns_to_exactly_the_uninterrupted_rows(tmp_pat
     expected = read(reference, IMAGES_TABLE).drop_columns(["source"]).sort_by("image_id")
     actual = read(crashed, IMAGES_TABLE).drop_columns(["source"]).sort_by("image_id")
     assert actual.equals(expected)
-    assert read(crashed, REJECTED_TABLE).sort_by("row").drop_columns(["source"]).equals(read(reference, REJECTED_TABLE).sort_by("row").drop_columns(["source"]))
+    assert (
+        read(crashed, REJECTED_TABLE)
+        .sort_by("row")
+        .drop_columns(["source"])
+        .equals(read(reference, REJECTED_TABLE).sort_by("row").drop_columns(["source"]))
+    )
     assert not any(staging.iterdir())  # the killed run's staging folder was cleared
 
 
@@ -148,7 +155,9 @@ def test_the_shard_count_changes_where_rows_live_but_not_which_rows(tmp_path, la
     ingest(spec, many, shards.shard_keys(5))
 
     def canonical(warehouse: Warehouse, table: str, key: str):
-        return read(warehouse, table).sort_by([(key, "ascending"), ("reason" if table == REJECTED_TABLE else key, "ascending")])
+        return read(warehouse, table).sort_by(
+            [(key, "ascending"), ("reason" if table == REJECTED_TABLE else key, "ascending")]
+        )
 
     assert canonical(many, IMAGES_TABLE, "image_id").equals(canonical(one, IMAGES_TABLE, "image_id"))
     assert canonical(many, REJECTED_TABLE, "row").equals(canonical(one, REJECTED_TABLE, "row"))
@@ -169,7 +178,8 @@ def test_archive_references_seek_straight_to_the_member(tmp_path, mode):
     import tarfile
 
     from ingest_fixtures import jpeg
-    from locdiff_pipeline.image_sources import scan_archive
+
+    from locdiff_pipeline.data.image_sources import scan_archive
 
     archive = tmp_path / ("images.tar" if mode == "w" else "images.tar.gz")
     members = {f"{i:02d}/{i}.jpg": jpeg(i) for i in range(5)}
@@ -181,11 +191,13 @@ def test_archive_references_seek_straight_to_the_member(tmp_path, mode):
     scanned = dict(scan_archive("tar", archive))
     assert sorted(scanned) == sorted(members)
     assert all(read_reference(reference) == members[name] for name, reference in scanned.items())
-    assert read_reference(f"tar:{archive}::03/3.jpg") == members["03/3.jpg"]  # a reference without an offset still reads
+    assert (
+        read_reference(f"tar:{archive}::03/3.jpg") == members["03/3.jpg"]
+    )  # a reference without an offset still reads
 
 
 def test_a_shard_refuses_a_split_made_from_older_metadata(tmp_path):
-    from locdiff_pipeline.ingest import ingest_shard, split_metadata
+    from locdiff_pipeline.data.ingest import ingest_shard, split_metadata
 
     made = make_dataset(tmp_path / "data", "folder")
     spec = DatasetSpec("toy", made["metadata"], made["images"])
@@ -210,6 +222,8 @@ def test_short_rows_are_rejected_by_name_and_blank_lines_skipped(tmp_path):
     report = ingest(DatasetSpec("toy", made["metadata"], made["images"]), warehouse)
     rejected = {r["image_id"]: r for r in read(warehouse, REJECTED_TABLE).to_pylist()}
     assert rejected[f"{good[0]}_short"]["reason"] == "lon missing"
-    assert rejected[f"{good[0]}_short"]["row"] == max(r["row"] for r in rejected.values())  # numbered as the last record
+    assert rejected[f"{good[0]}_short"]["row"] == max(
+        r["row"] for r in rejected.values()
+    )  # numbered as the last record
     assert report.accepted == len(good)
     assert [r["reason"] for r in rejected.values()].count("missing id") == 1  # the fixture's one, not the blank lines

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from locdiff_pipeline import metrics, sphere
+from locdiff_pipeline.method import metrics, sphere
 
 
 def test_accuracy_from_errors_known_answer():

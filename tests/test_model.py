@@ -5,15 +5,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import clustered_problem
-from locdiff_pipeline import shdd
-from locdiff_pipeline.config import LocDiffConfig
-from locdiff_pipeline.denoiser import CSUNet, SirenLayer, timestep_embedding
-from locdiff_pipeline.model import LocDiffModel
-from locdiff_pipeline.training import Validation, train
 
-TINY = dict(L=10, embed_dim=32, hidden_dims=(128, 64), time_dim=32, batch_size=128, anchors_per_step=1024, timesteps=100, sample_steps=10, eval_every=10**9, checkpoint_every=100)
+from locdiff_pipeline.method import shdd
+from locdiff_pipeline.method.config import LocDiffConfig
+from locdiff_pipeline.method.denoiser import CSUNet, SirenLayer, timestep_embedding
+from locdiff_pipeline.method.model import LocDiffModel
+from locdiff_pipeline.method.training import Validation, train
+
+TINY = dict(
+    L=10,
+    embed_dim=32,
+    hidden_dims=(128, 64),
+    time_dim=32,
+    batch_size=128,
+    anchors_per_step=1024,
+    timesteps=100,
+    sample_steps=10,
+    eval_every=10**9,
+    checkpoint_every=100,
+)
 
 
 def test_csunet_shapes_and_siren_init():
@@ -39,7 +50,12 @@ def test_null_condition_replaces_dropped_rows():
 
 
 def _split(features, lat, lon, n_train=2500):
-    return features[:n_train], lat[:n_train], lon[:n_train], Validation(features[n_train:], lat[n_train:], lon[n_train:])
+    return (
+        features[:n_train],
+        lat[:n_train],
+        lon[:n_train],
+        Validation(features[n_train:], lat[n_train:], lon[n_train:]),
+    )
 
 
 @pytest.mark.parametrize("loss", ["kl", "mse"])
@@ -69,7 +85,9 @@ def test_xyz_ablation_trains_and_decodes():
 def test_save_load_round_trip_gives_identical_predictions(tmp_path):
     lat, lon, features = clustered_problem(n=600)
     config = LocDiffConfig(**TINY, steps=30)
-    result = train(config, features, shdd.encode(lat, lon, config.L, dtype=np.float32), encoder={"label": "x@seeded-init-0"})
+    result = train(
+        config, features, shdd.encode(lat, lon, config.L, dtype=np.float32), encoder={"label": "x@seeded-init-0"}
+    )
     result.model.save(tmp_path / "ckpt")
     loaded = LocDiffModel.load(tmp_path / "ckpt")
     assert loaded.config == config and loaded.encoder == {"label": "x@seeded-init-0"}

@@ -10,12 +10,22 @@ import pyarrow.dataset as ds
 import pytest
 from dagster import AssetKey, DagsterInstance, build_schedule_context, materialize
 
-from locdiff_pipeline import metrics, report, shdd, tracking
-from locdiff_pipeline.assets import accuracy_report
-from locdiff_pipeline.checks import ALL_CHECKS
-from locdiff_pipeline.definitions import defs, materialize_all
-from locdiff_pipeline.evaluation import METHODS
-from locdiff_pipeline.resources import DatasetResource, EncoderResource, EvaluationResource, MlflowResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.definitions import defs
+from locdiff_pipeline.defs.assets.evaluation import accuracy_report
+from locdiff_pipeline.defs.checks import ALL_CHECKS
+from locdiff_pipeline.defs.jobs import materialize_all
+from locdiff_pipeline.defs.resources import (
+    DatasetResource,
+    EncoderResource,
+    EvaluationResource,
+    MlflowResource,
+    TrainingResource,
+    WarehouseResource,
+)
+from locdiff_pipeline.method import metrics, shdd
+from locdiff_pipeline.steps import report_sql
+from locdiff_pipeline.steps.predictions import METHODS
+from locdiff_pipeline.tracking import registry
 
 COUNT, VIEWS, DEGREES = 300, 4, (4, 10)
 
@@ -25,14 +35,26 @@ def tiny_resources(root) -> dict:
         "warehouse": WarehouseResource(root=str(root)),
         "dataset": DatasetResource(bundled_count=COUNT),
         "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=VIEWS),
-        "training": TrainingResource(L=10, shdd_degrees=list(DEGREES), steps=60, batch_size=64, hidden_dims=[64, 32], timesteps=50, sample_steps=5),
+        "training": TrainingResource(
+            L=10,
+            shdd_degrees=list(DEGREES),
+            steps=60,
+            batch_size=64,
+            hidden_dims=[64, 32],
+            timesteps=50,
+            sample_steps=5,
+        ),
         "evaluation": EvaluationResource(samples_per_view=2, regression_steps=100),
         "mlflow": MlflowResource(),
     }
 
 
 def _metadata(result, key: str) -> dict:
-    return {m.asset_key.path[-1]: m.metadata for m in result.get_asset_materialization_events() for m in [m.event_specific_data.materialization]}[key]
+    return {
+        m.asset_key.path[-1]: m.metadata
+        for m in result.get_asset_materialization_events()
+        for m in [m.event_specific_data.materialization]
+    }[key]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +92,9 @@ def test_shdd_tables_equal_the_encoder_on_ingested_coordinates(pipeline):
     root, _, _ = pipeline
     images = _table(root, "images").to_pandas().set_index("image_id")
     for L in DEGREES:
-        table = ds.dataset(str(root / "warehouse" / "shdd" / "dataset=bluemarble" / f"L={L}"), format="parquet", partitioning="hive").to_table()
+        table = ds.dataset(
+            str(root / "warehouse" / "shdd" / "dataset=bluemarble" / f"L={L}"), format="parquet", partitioning="hive"
+        ).to_table()
         coefficients = np.stack(table["coefficients"].to_numpy(zero_copy_only=False))
         rows = images.loc[table["image_id"].to_pylist()]
         expected = shdd.encode(rows["lat"].to_numpy(), rows["lon"].to_numpy(), L)
@@ -80,9 +104,9 @@ def test_shdd_tables_equal_the_encoder_on_ingested_coordinates(pipeline):
 
 def test_mlflow_run_and_registered_champion_exist(pipeline):
     root, _, first = pipeline
-    tracking.configure(root=root)
+    registry.configure(root=root)
     client = mlflow.MlflowClient()
-    champion = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION)
+    champion = client.get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION)
     assert int(champion.version) == 1
     run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED"
@@ -96,12 +120,16 @@ def test_mlflow_run_and_registered_champion_exist(pipeline):
 def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline):
     root, _, _ = pipeline
     predictions = _table(root, "predictions").to_pandas()
-    rows = {r["method"]: r for r in report.accuracy_table(WarehouseResource(root=str(root)).get(), dataset="bluemarble")}
+    rows = {
+        r["method"]: r for r in report_sql.accuracy_table(WarehouseResource(root=str(root)).get(), dataset="bluemarble")
+    }
     assert set(rows) == set(METHODS)
     for method, group in predictions.groupby("method"):
         expected = metrics.accuracy(group["true_lat"], group["true_lon"], group["pred_lat"], group["pred_lon"])
         for threshold in metrics.THRESHOLDS_KM:
-            assert rows[method][metrics.accuracy_column(threshold)] == pytest.approx(expected[metrics.accuracy_column(threshold)])
+            assert rows[method][metrics.accuracy_column(threshold)] == pytest.approx(
+                expected[metrics.accuracy_column(threshold)]
+            )
         assert rows[method]["median_km"] == pytest.approx(expected["median_km"])
         assert rows[method]["count"] == expected["count"]
     locdiff = predictions[predictions["method"] == "locdiff"]
@@ -134,8 +162,10 @@ def test_second_run_of_the_graph_is_served_from_cache(pipeline):
     assert second.success
     for key in ("image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions"):
         assert _metadata(second, key)["cached"].value is True, key
-    tracking.configure(root=root)
-    assert [int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")] == [1]
+    registry.configure(root=root)
+    assert [
+        int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{registry.REGISTERED_MODEL}'")
+    ] == [1]
     latest = json.loads((root / "warehouse" / "models" / "latest.json").read_text())
     assert latest["version"] == 1
 
@@ -146,28 +176,43 @@ class _ConstantModel(mlflow.pyfunc.PythonModel):
 
 
 def test_champion_moves_only_to_a_better_version(tmp_path):
-    tracking.configure(root=tmp_path)
-    experiment = tracking.ensure_experiment(tmp_path)
+    registry.configure(root=tmp_path)
+    experiment = registry.ensure_experiment(tmp_path)
     outcomes = []
     for score in (0.5, 0.3, 0.7):
         with mlflow.start_run(experiment_id=experiment) as run:
-            mlflow.log_metric(tracking.VALIDATION_METRIC, score)
+            mlflow.log_metric(registry.VALIDATION_METRIC, score)
             info = mlflow.pyfunc.log_model(name="model", python_model=_ConstantModel(), pip_requirements=[])
-        outcomes.append(tracking.register_and_promote(info.model_uri, run.info.run_id, score))
-    assert [(o.version, o.promoted, o.champion_version) for o in outcomes] == [(1, True, 1), (2, False, 1), (3, True, 3)]
-    version, score = tracking.champion_score(mlflow.MlflowClient())
+        outcomes.append(registry.register_and_promote(info.model_uri, run.info.run_id, score))
+    assert [(o.version, o.promoted, o.champion_version) for o in outcomes] == [
+        (1, True, 1),
+        (2, False, 1),
+        (3, True, 3),
+    ]
+    version, score = registry.champion_score(mlflow.MlflowClient())
     assert (version, score) == (3, 0.7)
 
 
 def test_definitions_hold_the_graph_schedule_and_checks():
     repository = defs.get_repository_def()
     keys = {key.path[-1] for key in repository.asset_graph.get_all_asset_keys()}
-    assert keys == {"image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions", "accuracy_report"}
+    assert keys == {
+        "image_metadata",
+        "images",
+        "clip_embeddings",
+        "shdd_tables",
+        "locdiff_model",
+        "predictions",
+        "accuracy_report",
+    }
     schedule = repository.get_schedule_def("weekly_retrain")
     assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "locdiff_all"
     request = schedule.evaluate_tick(build_schedule_context()).run_requests[0]  # the weekly run covers every shard
     shard_keys = repository.asset_graph.get(AssetKey("images")).partitions_def.get_partition_keys()
-    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (shard_keys[0], shard_keys[-1])
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
+        shard_keys[0],
+        shard_keys[-1],
+    )
     assert len(list(repository.asset_checks_defs_by_key)) == len(ALL_CHECKS)
 
 
@@ -189,16 +234,16 @@ def test_the_readme_sql_runs_against_the_warehouse(pipeline):
 
 def test_tracking_follows_the_project_not_an_earlier_configuration(tmp_path):
     """mlflow.set_tracking_uri echoes the URI into MLFLOW_TRACKING_URI; a later project must not inherit it."""
-    first = tracking.configure(root=tmp_path / "a")
-    second = tracking.configure(root=tmp_path / "b")
+    first = registry.configure(root=tmp_path / "a")
+    second = registry.configure(root=tmp_path / "b")
     assert first != second and second.endswith(str(tmp_path / "b" / "mlruns" / "mlflow.db"))
     assert mlflow.get_tracking_uri() == second
     explicit = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    assert tracking.configure(explicit, root=tmp_path / "b") == explicit
+    assert registry.configure(explicit, root=tmp_path / "b") == explicit
 
 
 def test_a_user_tracking_uri_in_the_environment_wins_every_time(tmp_path, monkeypatch):
     users = f"sqlite:///{tmp_path / 'users.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", users)
-    assert tracking.configure(root=tmp_path / "a") == users
-    assert tracking.configure(root=tmp_path / "b") == users
+    assert registry.configure(root=tmp_path / "a") == users
+    assert registry.configure(root=tmp_path / "b") == users

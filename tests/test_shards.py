@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from locdiff_pipeline import shards
-from locdiff_pipeline.warehouse import Warehouse
+from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.warehouse import Warehouse
 
 
 def test_keys_and_assignment_are_stable_and_agree():
@@ -36,7 +36,9 @@ def test_the_sharded_writer_keeps_row_order_and_never_holds_a_full_buffer(tmp_pa
     values = np.arange(95)
     for start in range(0, 95, 4):
         chunk = values[start : start + 4]
-        writer.add(pa.table({"n": chunk}, schema=schema), np.where(chunk % 5 == 0, 2, chunk % 2))  # shard 2: multiples of 5
+        writer.add(
+            pa.table({"n": chunk}, schema=schema), np.where(chunk % 5 == 0, 2, chunk % 2)
+        )  # shard 2: multiples of 5
         assert writer.buffered < 10
     rows = writer.close()
     read = {key: pq.read_table(tmp_path / f"shard={key}" / shards.SHARD_FILE)["n"].to_pylist() for key in rows}
@@ -45,12 +47,16 @@ def test_the_sharded_writer_keeps_row_order_and_never_holds_a_full_buffer(tmp_pa
     assert sum(rows.values()) == 95 and rows == {k: len(v) for k, v in read.items()}
     empty = shards.ShardedParquet(tmp_path / "empty", schema, shards.shard_keys(2), buffer_rows=10)
     assert empty.close() == {"000": 0, "001": 0}
-    assert pq.read_table(tmp_path / "empty" / "shard=001" / shards.SHARD_FILE).schema == schema  # an empty shard still has its columns
+    assert (
+        pq.read_table(tmp_path / "empty" / "shard=001" / shards.SHARD_FILE).schema == schema
+    )  # an empty shard still has its columns
 
 
 def test_the_all_shards_manifest_needs_every_shard_and_follows_each_one(tmp_path):
     warehouse = Warehouse(tmp_path)
-    with warehouse.write_partition(shards.METADATA_TABLE, {"fingerprint": "split", "shards": ["000", "001"]}, dataset="toy"):
+    with warehouse.write_partition(
+        shards.METADATA_TABLE, {"fingerprint": "split", "shards": ["000", "001"]}, dataset="toy"
+    ):
         pass
 
     def write(shard: str, fingerprint: str, rows: int) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from numpy.polynomial import legendre
 
-from locdiff_pipeline import shdd, sphere
+from locdiff_pipeline.method import shdd, sphere
 
 
 def _addition_theorem(cos_angle: np.ndarray, L: int) -> np.ndarray:

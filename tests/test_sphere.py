@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from locdiff_pipeline import sphere
+from locdiff_pipeline.method import sphere
 
 
 def test_haversine_known_answers():
@@ -45,7 +45,9 @@ def test_spherical_centre_is_the_great_circle_midpoint_across_the_antimeridian()
     assert abs(lon) == pytest.approx(180.0)
     assert lat > 10.0  # a great circle bulges poleward of the parallel
     d1, d2 = sphere.haversine_km([lat, lat], [lon, lon], [10.0, 10.0], [179.0, -179.0])
-    assert d1 == pytest.approx(d2) and d1 + d2 == pytest.approx(sphere.haversine_km([10.0], [179.0], [10.0], [-179.0])[0])
+    assert d1 == pytest.approx(d2) and d1 + d2 == pytest.approx(
+        sphere.haversine_km([10.0], [179.0], [10.0], [-179.0])[0]
+    )
 
 
 def test_spherical_centre_rejects_antipodes():

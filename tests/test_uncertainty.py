@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from locdiff_pipeline import sphere, uncertainty
+from locdiff_pipeline.method import sphere, uncertainty
 
 
 def test_density_is_a_probability_over_the_anchors():
@@ -25,7 +25,9 @@ def test_region_of_one_point_is_the_rayleigh_radius(bandwidth_km):
     has radius sigma * sqrt(-2 ln(1 - q))."""
     lat, lon = np.array([[37.0] * 4]), np.array([[-20.0] * 4])
     masses = uncertainty.sample_density(lat, lon, bandwidth_km, anchors=uncertainty.density_anchors(200_000))
-    radius = uncertainty.regions_at_levels(masses, np.array([37.0]), np.array([-20.0]), (0.5, 0.9), anchors=uncertainty.density_anchors(200_000))[0]
+    radius = uncertainty.regions_at_levels(
+        masses, np.array([37.0]), np.array([-20.0]), (0.5, 0.9), anchors=uncertainty.density_anchors(200_000)
+    )[0]
     expected = [bandwidth_km * math.sqrt(-2 * math.log(1 - q)) for q in (0.5, 0.9)]
     np.testing.assert_allclose(radius, expected, rtol=0.08)
 
@@ -48,7 +50,9 @@ def test_calibration_is_nominal_when_truth_and_samples_share_a_distribution():
     n, s, sigma_deg = 200, 64, 3.0
     centre_lat, centre_lon = rng.uniform(-60, 60, n), rng.uniform(-170, 170, n)
     sample_lat = centre_lat[:, None] + rng.normal(0, sigma_deg, (n, s))
-    sample_lon = sphere.wrap_longitude(centre_lon[:, None] + rng.normal(0, sigma_deg, (n, s)) / np.cos(np.radians(centre_lat))[:, None])
+    sample_lon = sphere.wrap_longitude(
+        centre_lon[:, None] + rng.normal(0, sigma_deg, (n, s)) / np.cos(np.radians(centre_lat))[:, None]
+    )
     true_lat = centre_lat + rng.normal(0, sigma_deg, n)
     true_lon = sphere.wrap_longitude(centre_lon + rng.normal(0, sigma_deg, n) / np.cos(np.radians(centre_lat)))
     radii = uncertainty.sample_regions(sample_lat, sample_lon, centre_lat, centre_lon, bandwidth_km=60)

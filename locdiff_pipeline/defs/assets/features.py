@@ -1,0 +1,84 @@
+"""Features stage: frozen image-encoder embeddings and SHDD coefficient tables, per shard."""
+
+import functools
+import time
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from locdiff_pipeline.data.image_encoder import ImageEncoder, encoder_note
+from locdiff_pipeline.defs.assets.ingest import images
+from locdiff_pipeline.defs.partitions import SHARDS, span
+from locdiff_pipeline.defs.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.method.devices import resolve_device
+from locdiff_pipeline.steps.clip_embeddings import build_embeddings
+from locdiff_pipeline.steps.shdd_tables import build_shdd_table
+
+GROUP = "features"
+
+
+@asset(
+    group_name=GROUP,
+    deps=[images],
+    partitions_def=SHARDS,
+    description=(
+        "Frozen open_clip embeddings per shard: plain view for train/val, 16 test-time views for test images "
+        "(batched, on CUDA when present)."
+    ),
+)
+def clip_embeddings(
+    context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, encoder: EncoderResource
+) -> MaterializeResult:
+    store = warehouse.get()
+    started = time.perf_counter()
+    device = str(resolve_device(encoder.device))
+    load = functools.cache(
+        lambda: ImageEncoder(encoder.spec(), device=device)
+    )  # loaded once, at the first shard to embed
+    summaries = [
+        build_embeddings(
+            store, dataset.name, shard, encoder.spec(), test_views=encoder.test_views, device=device, load=load
+        )
+        for shard in context.partition_keys
+    ]
+    identity = summaries[0]["encoder"]
+    context.log.info(encoder_note(identity))
+    return MaterializeResult(
+        metadata={
+            "shards": span(context.partition_keys),
+            "rows": sum(s["rows"] for s in summaries),
+            "encoder": identity["label"],
+            "encoder_pretrained": identity["is_pretrained"],
+            "encoder_note": encoder_note(identity),
+            "embed_dim": identity["embed_dim"],
+            "test_views": summaries[0]["test_views"],
+            "cached": all(s["cached"] for s in summaries),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
+
+
+@asset(
+    group_name=GROUP,
+    deps=[images],
+    partitions_def=SHARDS,
+    description="SHDD coefficient tables of every location, per shard and degree L.",
+)
+def shdd_tables(
+    context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource
+) -> MaterializeResult:
+    store = warehouse.get()
+    started = time.perf_counter()
+    built = [
+        build_shdd_table(store, dataset.name, shard, L) for shard in context.partition_keys for L in training.degrees()
+    ]
+    return MaterializeResult(
+        metadata={
+            "shards": span(context.partition_keys),
+            "degrees": MetadataValue.json(training.degrees()),
+            "rows_per_L": MetadataValue.json(
+                {str(L): sum(s["rows"] for s in built if s["L"] == L) for L in training.degrees()}
+            ),
+            "cached": all(s["cached"] for s in built),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )

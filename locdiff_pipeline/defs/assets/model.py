@@ -1,0 +1,63 @@
+"""Model stage: train LocDiff, log it to MLflow and register it."""
+
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.image_encoder import encoder_note
+from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
+from locdiff_pipeline.defs.resources import DatasetResource, MlflowResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.method.devices import resolve_device
+from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
+from locdiff_pipeline.steps.locdiff_model import train_and_register, write_latest
+
+GROUP = "model"
+
+
+class ModelRunConfig(Config):
+    force_retrain: bool = False
+
+
+@asset(
+    group_name=GROUP,
+    deps=[clip_embeddings, shdd_tables],
+    description=(
+        "Train LocDiff (CUDA when present), log to MLflow, register a `locdiff` version, promote `champion` if better."
+    ),
+)
+def locdiff_model(
+    context: AssetExecutionContext,
+    config: ModelRunConfig,
+    warehouse: WarehouseResource,
+    dataset: DatasetResource,
+    training: TrainingResource,
+    mlflow: MlflowResource,
+) -> MaterializeResult:
+    store = warehouse.get()
+    embed_dim = shards.manifest(store, EMBEDDINGS_TABLE, dataset.name)["encoder"]["embed_dim"]
+    model_config = training.config(embed_dim)
+
+    def log(step: int, record: dict) -> None:
+        if "val_acc_750km" in record or step == model_config.steps:
+            context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
+
+    trained = train_and_register(
+        store, dataset.name, model_config, log=log, force=config.force_retrain, tracking_uri=mlflow.uri()
+    )
+    write_latest(store, trained)
+    table = "| scale | validation accuracy |\n|---|---|\n" + "\n".join(
+        f"| {k} | {v:.3f} |" for k, v in trained.validation.items() if k.startswith("acc_")
+    )
+    return MaterializeResult(
+        metadata={
+            "model_version": trained.version,
+            "mlflow_run_id": trained.run_id,
+            "promoted_to_champion": trained.promoted,
+            "champion_version": trained.champion_version if trained.champion_version is not None else -1,
+            "validation": MetadataValue.md(table),
+            "val_median_km": float(trained.validation.get("median_km", float("nan"))),
+            "device": str(resolve_device(model_config.device)),
+            "cached": trained.cached,
+            "train_seconds": round(trained.seconds, 1),
+            "encoder_note": encoder_note(trained.encoder),
+        }
+    )

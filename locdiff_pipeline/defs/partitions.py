@@ -1,0 +1,26 @@
+"""Partitions of the graph: id-hash shards for ingest, embeddings and SHDD tables.
+
+The shard count is read once when the definitions load ($LOCDIFF_SHARDS), so every process of a
+deployment (UI, daemon, run workers) must see the same value.
+"""
+
+from dagster import StaticPartitionsDefinition
+
+from locdiff_pipeline.data import shards
+
+SHARDS = StaticPartitionsDefinition(shards.shard_keys(shards.shard_count()))
+
+# Dagster's run tags for a run over a range of partitions (what "materialize all shards in one run" sets).
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def all_shards_tags() -> dict[str, str]:
+    """Run tags that make one run cover every shard (the sharded assets loop over them in one step each)."""
+    keys = SHARDS.get_partition_keys()
+    return {PARTITION_RANGE_START_TAG: keys[0], PARTITION_RANGE_END_TAG: keys[-1]}
+
+
+def span(keys: list[str]) -> str:
+    """'001', or '000...003' for a run over a range of shards (for logs and metadata)."""
+    return keys[0] if len(keys) == 1 else f"{keys[0]}...{keys[-1]}"

@@ -1,0 +1,244 @@
+"""Baselines on the same frozen image embeddings, and LocDiff-H.
+
+The three families the paper compares against, each fitted on the training embeddings and tuned on
+the validation split (never on test):
+
+- kNN retrieval (the GeoCLIP family): cosine nearest training images, prediction = spherical centre
+  of the top-k locations.
+- cell classification (PlaNet / PIGEON): a cluster partition of the training locations, a
+  multinomial logistic classifier over cells, prediction = the winning cell's centroid.
+- direct regression (the naive family): an MLP from embedding to a unit vector, normalised.
+
+LocDiff-H refines a LocDiff prediction with the retrieval gallery: the best-matching gallery image
+within 200 km of it, or LocDiff's own prediction when that ring is empty.
+
+Multi-view inputs (N, V, D) are reduced to the normalised mean of their views: every method sees
+all test-time views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from locdiff_pipeline.method import metrics, sphere
+
+KNN_K_CHOICES = (1, 3, 5, 10, 20)
+CELL_COUNT_CHOICES = (16, 32, 64, 128, 256)
+MIN_IMAGES_PER_CELL = 10
+HYBRID_RADIUS_KM = 200.0
+
+
+@dataclass
+class MethodPrediction:
+    lat: np.ndarray
+    lon: np.ndarray
+    spread_km: np.ndarray | None = None
+
+
+@dataclass
+class Gallery:
+    """Training images: unit-norm embeddings and their locations (the retrieval database)."""
+
+    embeddings: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.embeddings = normalise(self.embeddings)
+        self.units = sphere.to_unit(self.lat, self.lon)
+
+
+def normalise(embeddings: np.ndarray) -> np.ndarray:
+    """Unit-norm rows; (N, V, D) multi-view input becomes the normalised mean of its views."""
+    array = np.asarray(embeddings, dtype=np.float32)
+    if array.ndim == 3:
+        array = array / np.linalg.norm(array, axis=-1, keepdims=True)
+        array = array.mean(axis=1)
+    if array.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D) or (N, views, D), got {array.shape}")
+    return array / np.maximum(np.linalg.norm(array, axis=-1, keepdims=True), 1e-12)
+
+
+def top_k_similar(gallery: Gallery, queries: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
+    """Indices of the k most similar gallery rows (cosine) per query, best first."""
+    k = min(k, len(gallery.embeddings))
+    indices = []
+    for start in range(0, len(queries), block):
+        similarity = queries[start : start + block] @ gallery.embeddings.T
+        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1)
+        indices.append(np.take_along_axis(top, order, axis=1))
+    return np.concatenate(indices)
+
+
+def knn_predict(gallery: Gallery, embeddings: np.ndarray, k: int) -> MethodPrediction:
+    neighbours = top_k_similar(gallery, normalise(embeddings), k)
+    lat, lon, spread = sphere.grouped_centre_and_spread(gallery.units[neighbours])
+    return MethodPrediction(lat, lon, spread)
+
+
+def _pick(candidates: list, predict, validation_embeddings: np.ndarray, val_lat: np.ndarray, val_lon: np.ndarray):
+    """The candidate whose prediction scores best on validation (mean of the five accuracies)."""
+    scored = []
+    for candidate in candidates:
+        prediction = predict(candidate, validation_embeddings)
+        scored.append(
+            (
+                metrics.validation_score(metrics.accuracy(val_lat, val_lon, prediction.lat, prediction.lon)),
+                -len(scored),
+                candidate,
+            )
+        )
+    return max(scored)[2]
+
+
+def fit_knn(
+    gallery: Gallery, val_embeddings: np.ndarray, val_lat: np.ndarray, val_lon: np.ndarray, k: int | None = None
+) -> int:
+    """k for kNN retrieval: as given, else the best of KNN_K_CHOICES on validation."""
+    if k is not None:
+        return k
+    return _pick(
+        [c for c in KNN_K_CHOICES if c <= len(gallery.lat)],
+        lambda c, e: knn_predict(gallery, e, c),
+        val_embeddings,
+        val_lat,
+        val_lon,
+    )
+
+
+@dataclass
+class CellClassifier:
+    """Cells = spherical k-means clusters of training locations; a logistic classifier over them."""
+
+    centroids_lat: np.ndarray
+    centroids_lon: np.ndarray
+    classifier: object
+
+    def predict(self, embeddings: np.ndarray) -> MethodPrediction:
+        cell = self.classifier.predict(normalise(embeddings))
+        return MethodPrediction(self.centroids_lat[cell], self.centroids_lon[cell])
+
+
+def fit_cell_classifier(gallery: Gallery, cells: int, seed: int = 0) -> CellClassifier:
+    """Partition the training locations into `cells` clusters (k-means on unit vectors, so distances
+    are chords on the sphere) and fit a multinomial logistic regression from embedding to cell. The
+    cell's prediction is the spherical centre of its training locations."""
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+
+    cells = max(1, min(cells, len(gallery.lat)))
+    labels = KMeans(n_clusters=cells, n_init=4, random_state=seed).fit_predict(gallery.units)
+    present = np.unique(labels)
+    centre_lat, centre_lon = np.empty(cells), np.empty(cells)
+    for cell in present:
+        centre_lat[cell], centre_lon[cell] = sphere.spherical_centre(
+            gallery.lat[labels == cell], gallery.lon[labels == cell]
+        )
+    if len(present) == 1:
+        classifier = _ConstantClassifier(int(present[0]))
+    else:
+        classifier = LogisticRegression(C=10.0, max_iter=500, random_state=seed).fit(gallery.embeddings, labels)
+    return CellClassifier(centre_lat, centre_lon, classifier)
+
+
+class _ConstantClassifier:
+    def __init__(self, label: int):
+        self.label = label
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), self.label)
+
+
+def fit_cells(
+    gallery: Gallery,
+    val_embeddings: np.ndarray,
+    val_lat: np.ndarray,
+    val_lon: np.ndarray,
+    cells: int | None = None,
+    seed: int = 0,
+) -> CellClassifier:
+    """A cell classifier with the given cell count, else the best of CELL_COUNT_CHOICES on validation
+    (counts that leave fewer than MIN_IMAGES_PER_CELL training images per cell are skipped)."""
+    if cells is not None:
+        return fit_cell_classifier(gallery, cells, seed)
+    choices = [c for c in CELL_COUNT_CHOICES if c * MIN_IMAGES_PER_CELL <= len(gallery.lat)] or [
+        max(1, len(gallery.lat) // MIN_IMAGES_PER_CELL)
+    ]
+    fitted = {c: fit_cell_classifier(gallery, c, seed) for c in choices}
+    return fitted[_pick(choices, lambda c, e: fitted[c].predict(e), val_embeddings, val_lat, val_lon)]
+
+
+class UnitVectorRegressor(torch.nn.Module):
+    """MLP from embedding to a point on the sphere (output normalised to unit length)."""
+
+    def __init__(self, embed_dim: int, hidden: int = 512):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(embed_dim, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, 3),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.net(x), dim=-1)
+
+    @torch.no_grad()
+    def predict(self, embeddings: np.ndarray) -> MethodPrediction:
+        self.eval()
+        units = self(torch.tensor(normalise(embeddings))).double().numpy()
+        lat, lon = sphere.from_unit(units)
+        return MethodPrediction(lat, lon)
+
+
+def fit_regressor(
+    gallery: Gallery, steps: int = 1500, batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0
+) -> UnitVectorRegressor:
+    """Train the regressor to minimise the great-circle angle to the true location."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = UnitVectorRegressor(gallery.embeddings.shape[1])
+    x = torch.tensor(gallery.embeddings)
+    y = torch.tensor(gallery.units, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
+        cosine = (model(x[index]) * y[index]).sum(-1).clamp(-1 + 1e-6, 1 - 1e-6)
+        loss = torch.acos(cosine).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def locdiff_h(
+    gallery: Gallery,
+    embeddings: np.ndarray,
+    locdiff_lat: np.ndarray,
+    locdiff_lon: np.ndarray,
+    radius_km: float = HYBRID_RADIUS_KM,
+) -> tuple[MethodPrediction, np.ndarray]:
+    """LocDiff-H: the most similar gallery image within radius_km of LocDiff's prediction; where that
+    ring holds no gallery image, LocDiff's prediction itself. Returns the prediction and a boolean
+    mask of the images that fell back."""
+    queries = normalise(embeddings)
+    centres = sphere.to_unit(locdiff_lat, locdiff_lon)
+    cos_radius = np.cos(radius_km / sphere.EARTH_RADIUS_KM)
+    lat, lon = np.array(locdiff_lat, dtype=float), np.array(locdiff_lon, dtype=float)
+    fell_back = np.ones(len(queries), dtype=bool)
+    for start in range(0, len(queries), 1024):
+        stop = start + 1024
+        inside = centres[start:stop] @ gallery.units.T >= cos_radius
+        similarity = np.where(inside, queries[start:stop] @ gallery.embeddings.T, -np.inf)
+        best = similarity.argmax(axis=1)
+        found = inside.any(axis=1)
+        rows = np.arange(start, start + len(best))[found]
+        lat[rows], lon[rows] = gallery.lat[best[found]], gallery.lon[best[found]]
+        fell_back[rows] = False
+    return MethodPrediction(lat, lon), fell_back

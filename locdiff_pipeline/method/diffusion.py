@@ -1,0 +1,96 @@
+"""Gaussian diffusion (DDPM forward process) with x0- or noise-prediction, and a DDIM/DDPM sampler.
+
+One sampler serves both: DDIM with eta=0 on a subsequence of timesteps (fast, deterministic), and
+ancestral DDPM, which is DDIM with eta=1 over every timestep.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from locdiff_pipeline.method.config import LocDiffConfig
+
+
+def beta_schedule(kind: str, timesteps: int) -> np.ndarray:
+    """Betas for the forward process: 'cosine' (Nichol & Dhariwal) or 'linear' (Ho et al.)."""
+    if kind == "linear":
+        return np.linspace(1e-4, 0.02, timesteps, dtype=np.float64)
+    steps = np.arange(timesteps + 1, dtype=np.float64) / timesteps
+    alphas_cumprod = np.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    return np.clip(1.0 - alphas_cumprod[1:] / alphas_cumprod[:-1], 0.0, 0.999)
+
+
+class GaussianDiffusion:
+    def __init__(self, config: LocDiffConfig):
+        self.config = config
+        self.timesteps = config.timesteps
+        self.alphas_cumprod = torch.tensor(
+            np.cumprod(1.0 - beta_schedule(config.schedule, config.timesteps)), dtype=torch.float64
+        )
+
+    def _abar(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return self.alphas_cumprod.to(device)[t].float()[:, None]
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        abar = self._abar(t, x0.device)
+        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+
+    def predict_x0(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The clean-vector estimate from the network output, under either parameterisation."""
+        if self.config.prediction == "x0":
+            return output
+        abar = self._abar(t, x_t.device)
+        return (x_t - (1.0 - abar).sqrt() * output) / abar.sqrt().clamp(min=1e-3)
+
+    def training_loss(
+        self, net, x0_scaled: torch.Tensor, cond: torch.Tensor, space, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Noise x0 at a random timestep, denoise, and score the clean estimate in the target space."""
+        n, device = x0_scaled.shape[0], x0_scaled.device
+        t = torch.randint(0, self.timesteps, (n,), generator=generator, device=device)
+        noise = torch.randn(x0_scaled.shape, generator=generator, device=device)
+        drop = torch.rand(n, generator=generator, device=device) < self.config.cond_dropout
+        x_t = self.q_sample(x0_scaled, t, noise)
+        output = net(x_t, cond, t, drop)
+        loss = space.loss(self.predict_x0(output, x_t, t) / space.scale, x0_scaled / space.scale, generator)
+        if self.config.prediction == "eps":
+            loss = loss + torch.mean((output - noise) ** 2)
+        return loss
+
+    @torch.no_grad()
+    def sample(self, net, cond: torch.Tensor, dim: int, generator: torch.Generator) -> torch.Tensor:
+        """Generate clean (scaled) vectors for each condition row, by DDIM or ancestral DDPM."""
+        config, device, n = self.config, cond.device, cond.shape[0]
+        if config.sampler == "ddpm":
+            times, eta = list(range(self.timesteps - 1, -1, -1)), 1.0
+        else:
+            count = min(config.sample_steps, self.timesteps)
+            times, eta = sorted({int(round(x)) for x in np.linspace(0, self.timesteps - 1, count)}, reverse=True), 0.0
+        x = torch.randn((n, dim), generator=generator, device=device)
+        abar_all = self.alphas_cumprod.to(device).float()
+        guided = config.guidance_scale != 1.0
+        x0 = x
+        for i, step in enumerate(times):
+            t = torch.full((n,), step, device=device, dtype=torch.long)
+            output = net(x, cond, t)
+            if guided:
+                unconditional = net(x, cond, t, torch.ones(n, dtype=torch.bool, device=device))
+                output = unconditional + config.guidance_scale * (output - unconditional)
+            x0 = self.predict_x0(output, x, t)
+            abar = abar_all[step]
+            abar_prev = abar_all[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0, device=device)
+            eps = net_output_to_eps(x, x0, abar)
+            sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).clamp(min=0).sqrt()
+            x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+            if eta > 0 and i + 1 < len(times):
+                x = x + sigma * torch.randn(x.shape, generator=generator, device=device)
+        return x0
+
+
+def net_output_to_eps(x_t: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The noise implied by a noisy vector and a clean estimate."""
+    return (x_t - abar.sqrt() * x0) / (1.0 - abar).sqrt()

@@ -1,0 +1,140 @@
+"""LocDiffModel: a trained denoiser with its config and encoder identity; predicts and checkpoints.
+
+A checkpoint is a folder: `config.json` (hyper-parameters, the image encoder the model expects, free
+metadata) and `weights.pt` (a plain state dict, loaded with weights_only=True, so loading a checkpoint
+never runs code from it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from locdiff_pipeline.method import sphere
+from locdiff_pipeline.method.config import LocDiffConfig
+from locdiff_pipeline.method.denoiser import CSUNet
+from locdiff_pipeline.method.devices import resolve_device, step_generator
+from locdiff_pipeline.method.diffusion import GaussianDiffusion
+from locdiff_pipeline.method.target_space import target_space
+
+CHECKPOINT_FORMAT = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass
+class Prediction:
+    """Per image: the spherical centre of all per-view, per-sample predictions, and their spread."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    spread_km: np.ndarray
+    sample_lat: np.ndarray  # (N, views * samples): every individual prediction, for uncertainty maps
+    sample_lon: np.ndarray
+
+
+class LocDiffModel:
+    def __init__(
+        self,
+        config: LocDiffConfig,
+        encoder: dict | None = None,
+        device: str | torch.device | None = None,
+        metadata: dict | None = None,
+    ):
+        self.config = config
+        self.encoder = dict(encoder or {})
+        self.metadata = dict(metadata or {})
+        self.device = resolve_device(config.device) if device is None else torch.device(device)
+        self.space = target_space(config)
+        self.diffusion = GaussianDiffusion(config)
+        self.net = CSUNet(self.space.dim, config.embed_dim, config.hidden_dims, config.time_dim, config.siren_w0).to(
+            self.device
+        )
+
+    def _check_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        array = np.asarray(embeddings, dtype=np.float32)
+        if array.ndim == 2:
+            array = array[:, None, :]
+        if array.ndim != 3 or array.shape[-1] != self.config.embed_dim:
+            raise ValueError(
+                f"embeddings must be (N, D) or (N, views, D) with D={self.config.embed_dim}, got {array.shape}"
+            )
+        if not np.all(np.isfinite(array)):
+            raise ValueError("embeddings contain NaN or inf")
+        return array
+
+    @torch.no_grad()
+    def sample_vectors(self, embeddings: np.ndarray, seed: int = 0, batch_size: int = 4096) -> torch.Tensor:
+        """Generated (unscaled) target-space vectors, one per embedding row (N, D) -> (N, dim)."""
+        self.net.eval()
+        cond_all = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        out = []
+        for i in range(0, cond_all.shape[0], batch_size):
+            cond = cond_all[i : i + batch_size].to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                vectors = self.diffusion.sample(self.net, cond, self.space.dim, step_generator(seed, i, self.device))
+            out.append(vectors.float() / self.space.scale)
+        return torch.cat(out) if out else torch.zeros((0, self.space.dim), device=self.device)
+
+    def predict_embeddings(self, embeddings: np.ndarray, samples: int = 1, seed: int = 0) -> Prediction:
+        """Predict from (N, D) or (N, views, D) embeddings: each view sampled `samples` times, decoded,
+        and the image's prediction is the spherical centre of all of them; spread_km is their RMS distance
+        from it (a per-image confidence)."""
+        array = self._check_embeddings(embeddings)
+        n, views, dim = array.shape
+        flat = np.repeat(array.reshape(n * views, dim), samples, axis=0)
+        lat, lon = self.space.decode(self.sample_vectors(flat, seed=seed))
+        units = sphere.to_unit(lat, lon).reshape(n, views * samples, 3)
+        c_lat, c_lon, spread = sphere.grouped_centre_and_spread(units)
+        return Prediction(c_lat, c_lon, spread, lat.reshape(n, -1), lon.reshape(n, -1))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the checkpoint folder atomically (a crash never leaves a half-written checkpoint)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        document = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "encoder": self.encoder,
+            "metadata": self.metadata,
+        }
+        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+        torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, staging / WEIGHTS_FILE)
+        if directory.exists():
+            retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, retired)
+            os.replace(staging, directory)
+            _remove_tree(retired)
+        else:
+            os.replace(staging, directory)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device | None = None) -> LocDiffModel:
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a LocDiff checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        document = json.loads(config_path.read_text())
+        if document.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{directory}: unsupported checkpoint format {document.get('format')!r}")
+        config = LocDiffConfig.from_dict(document["config"])
+        model = cls(
+            config, document.get("encoder"), device=device or resolve_device("auto"), metadata=document.get("metadata")
+        )
+        model.net.load_state_dict(torch.load(weights_path, map_location=model.device, weights_only=True))
+        model.net.eval()
+        return model
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

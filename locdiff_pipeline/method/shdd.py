@@ -1,0 +1,344 @@
+"""SHDD: spherical-harmonics coefficients of a Dirac delta, the one home of that math.
+
+A location p becomes SHDD_L(p) = [Y_lm(p)] for l <= L, an (L+1)^2 vector of real orthonormal
+spherical harmonics (column l*l + l + m for m = -l..l). Any such vector e is a function on the
+sphere, F_e(x) = <e, SHDD_L(x)>; the decoder finds where F_e has the most mass, and the KL loss
+compares two of them as distributions over anchor points.
+
+There is one implementation of the harmonics, in torch: the numpy API runs it in float64 on the CPU
+(tables, tests), the model runs it in float32 on whatever device holds its tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+from locdiff_pipeline.method import sphere
+
+_CHUNK_POINTS = 4096
+_DEFAULT_ANCHOR_COUNT = 20000
+_REFINE_GRID = 7
+
+
+def num_coefficients(L: int) -> int:
+    """Length (L+1)^2 of an SHDD vector of degree L."""
+    check_degree(L)
+    return (L + 1) ** 2
+
+
+def check_degree(L: int) -> None:
+    """Raise ValueError unless L is a non-negative integer."""
+    if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 0:
+        raise ValueError(f"L must be a non-negative integer, got {L!r}")
+
+
+def degree_of(num_coeffs: int) -> int:
+    """The L of an SHDD vector of the given length, or ValueError if it is not a square."""
+    L = math.isqrt(num_coeffs) - 1
+    if num_coeffs < 1 or (L + 1) ** 2 != num_coeffs:
+        raise ValueError(f"an SHDD vector has (L+1)^2 entries; {num_coeffs} is not a perfect square")
+    return L
+
+
+def peak_height(L: int) -> float:
+    """F at the delta's own location: sum_l (2l+1)/(4 pi) = (L+1)^2 / (4 pi)."""
+    return num_coefficients(L) / (4.0 * math.pi)
+
+
+def peak_width_km(L: int) -> float:
+    """Distance from the peak of F to its first zero, about 2.405 / (L + 1/2) radians (Mehler-Heine)."""
+    check_degree(L)
+    return sphere.EARTH_RADIUS_KM * min(math.pi, 2.405 / (L + 0.5))
+
+
+def default_rho_km(L: int) -> float:
+    """Default decoder smoothing radius: half the peak width, stable yet sharp enough for degree L."""
+    return 0.5 * peak_width_km(L)
+
+
+def default_tau(L: int) -> float:
+    """Default KL temperature, relative to the peak height.
+
+    The target softmax(F / (tau * peak)) puts exp(1/tau) times more weight at the peak than at the
+    first zero; the peak's cap covers about 1/(L+1)^2 of the sphere, so exp(1/tau) ~ 20 (L+1)^2
+    concentrates the target within about the peak's width for every L.
+    """
+    return 1.0 / math.log(20.0 * num_coefficients(L))
+
+
+@functools.lru_cache(maxsize=64)
+def _recurrence_tables(L: int, dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
+    """Coefficients of the fully normalised associated-Legendre recurrence and column maps for degree L."""
+    l = np.arange(L + 1, dtype=np.float64)[:, None]
+    m = np.arange(L + 1, dtype=np.float64)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.sqrt((4.0 * l**2 - 1.0) / (l**2 - m**2))
+        b = np.sqrt(((l - 1.0) ** 2 - m**2) / (4.0 * (l - 1.0) ** 2 - 1.0))
+    valid = m <= l - 2  # the three-term recurrence is used only for m <= l - 2
+    a, b = np.where(valid, a, 0.0), np.where(valid, b, 0.0)
+    abs_m, trig = [], []
+    for degree in range(L + 1):
+        for order in range(-degree, degree + 1):
+            abs_m.append(abs(order))
+            trig.append(0 if order == 0 else (order if order > 0 else L + abs(order)))
+    degree_of_column = np.repeat(np.arange(L + 1), 2 * np.arange(L + 1) + 1)
+    as_tensor = functools.partial(torch.as_tensor, device=device)
+    return {
+        "a": as_tensor(a, dtype=dtype),
+        "b": as_tensor(b, dtype=dtype),
+        "abs_m": as_tensor(np.asarray(abs_m), dtype=torch.long),
+        "trig": as_tensor(np.asarray(trig), dtype=torch.long),
+        "degree": as_tensor(degree_of_column, dtype=torch.long),
+        "orders": as_tensor(np.arange(L + 1), dtype=dtype),
+    }
+
+
+def _harmonics(z: torch.Tensor, s: torch.Tensor, phi: torch.Tensor, L: int, out: torch.Tensor) -> None:
+    """Real orthonormal Y_lm for points given by z = cos(colatitude), s = sin(colatitude) >= 0, phi.
+
+    Stable recurrence on fully normalised associated Legendre functions P̄_l^m (no factorials, so no
+    overflow for large L), vectorised over points and over m for each degree. Writes into `out`
+    (N, (L+1)^2) so large tables are never copied.
+    """
+    tables = _recurrence_tables(L, z.dtype, str(z.device))
+    n = z.shape[0]
+    prev2 = torch.zeros((n, L + 1), dtype=z.dtype, device=z.device)
+    prev1 = torch.zeros_like(prev2)
+    prev1[:, 0] = 1.0 / math.sqrt(4.0 * math.pi)
+    out[:, 0] = prev1[:, 0]
+    zc = z[:, None]
+    for l in range(1, L + 1):
+        cur = torch.empty_like(prev1)  # columns above l are never read
+        if l >= 2:
+            cur[:, : l - 1] = tables["a"][l, : l - 1] * (
+                zc * prev1[:, : l - 1] - tables["b"][l, : l - 1] * prev2[:, : l - 1]
+            )
+        cur[:, l - 1] = math.sqrt(2.0 * l + 1.0) * z * prev1[:, l - 1]
+        cur[:, l] = math.sqrt((2.0 * l + 1.0) / (2.0 * l)) * s * prev1[:, l - 1]
+        out[:, l * l : (l + 1) ** 2] = cur[:, tables["abs_m"][l * l : (l + 1) ** 2]]
+        prev2, prev1 = prev1, cur
+    angles = phi[:, None] * tables["orders"][None, :]
+    root2 = math.sqrt(2.0)
+    trig = torch.cat(
+        [torch.ones_like(phi)[:, None], root2 * torch.cos(angles[:, 1:]), root2 * torch.sin(angles[:, 1:])], dim=1
+    )
+    out.mul_(trig[:, tables["trig"]])
+
+
+def _harmonics_chunked(z: torch.Tensor, s: torch.Tensor, phi: torch.Tensor, L: int) -> torch.Tensor:
+    """_harmonics over bounded chunks of points, so temporaries stay cache-sized for large inputs."""
+    out = torch.empty((z.shape[0], (L + 1) ** 2), dtype=z.dtype, device=z.device)
+    for i in range(0, z.shape[0], _CHUNK_POINTS):
+        j = i + _CHUNK_POINTS
+        _harmonics(z[i:j], s[i:j], phi[i:j], L, out[i:j])
+    return out
+
+
+def encode_torch(lat: torch.Tensor, lon: torch.Tensor, L: int, *, validate: bool = True) -> torch.Tensor:
+    """SHDD_L of points given as degree tensors, on their device and in their floating dtype: (N, (L+1)^2).
+
+    validate=False skips the range/finiteness checks (a host round trip) for points the code made itself.
+    """
+    check_degree(L)
+    if validate:
+        sphere.validate_coordinates(lat.detach().cpu().numpy(), lon.detach().cpu().numpy())
+    if not torch.is_floating_point(lat):
+        lat, lon = lat.double(), lon.double()
+    lat_r, lon_r = torch.deg2rad(lat.reshape(-1)), torch.deg2rad(lon.reshape(-1).to(lat.dtype))
+    return _harmonics_chunked(torch.sin(lat_r), torch.cos(lat_r), lon_r, L)
+
+
+def encode_units_torch(units: torch.Tensor, L: int) -> torch.Tensor:
+    """SHDD_L of unit vectors (N, 3), on their device and dtype."""
+    z = units[:, 2].clamp(-1.0, 1.0)
+    s = torch.hypot(units[:, 0], units[:, 1])
+    return _harmonics_chunked(z, s, torch.atan2(units[:, 1], units[:, 0]), L)
+
+
+def encode(lat: ArrayLike, lon: ArrayLike, L: int, *, dtype: type = np.float64) -> np.ndarray:
+    """SHDD_L(p) for each point (degrees, any array-like): an (N, (L+1)^2) numpy array.
+
+    Raises ValueError for coordinates out of range, NaN/inf, mismatched shapes or L < 0.
+    """
+    check_degree(L)
+    lat_arr, lon_arr = sphere.validate_coordinates(lat, lon)
+    table = encode_torch(torch.tensor(lat_arr), torch.tensor(lon_arr), L, validate=False)
+    return table.numpy().astype(dtype, copy=False)
+
+
+def cap_smoothing_weights(L: int, rho_km: float) -> np.ndarray:
+    """Per-degree factors that replace F by its mean over a spherical cap of radius rho (Funk-Hecke).
+
+    lambda_l = (P_{l-1}(c) - P_{l+1}(c)) / ((2l+1)(1-c)), c = cos(rho), lambda_0 = 1.
+    """
+    check_degree(L)
+    if not np.isfinite(rho_km) or rho_km < 0:
+        raise ValueError(f"rho must be a finite, non-negative distance in km, got {rho_km!r}")
+    rho = min(rho_km / sphere.EARTH_RADIUS_KM, math.pi)
+    weights = np.ones(L + 1)
+    if rho == 0.0:
+        return weights
+    c = math.cos(rho)
+    legendre = np.empty(L + 2)
+    legendre[0], legendre[1] = 1.0, c
+    for n in range(1, L + 1):
+        legendre[n + 1] = ((2 * n + 1) * c * legendre[n] - n * legendre[n - 1]) / (n + 1)
+    l = np.arange(1, L + 1)
+    weights[1:] = (legendre[l - 1] - legendre[l + 1]) / ((2 * l + 1) * (1.0 - c))
+    return weights
+
+
+@dataclass(frozen=True)
+class AnchorSet:
+    """Anchor points and their SHDD table B (M x (L+1)^2): F_e at every anchor is e @ B.T."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    table: torch.Tensor
+    L: int
+
+    @property
+    def spacing_rad(self) -> float:
+        """Typical angular distance between neighbouring anchors."""
+        return sphere.mean_spacing_rad(len(self.lat))
+
+
+def anchor_table(
+    lat: ArrayLike, lon: ArrayLike, L: int, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> AnchorSet:
+    """Build the anchor table for the given points in one vectorised computation."""
+    lat_arr, lon_arr = sphere.validate_coordinates(lat, lon)
+    table = encode_torch(torch.tensor(lat_arr), torch.tensor(lon_arr), L, validate=False)
+    return AnchorSet(lat=lat_arr, lon=lon_arr, table=table.to(device=device, dtype=dtype), L=L)
+
+
+@functools.lru_cache(maxsize=16)
+def fibonacci_anchors(count: int, L: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> AnchorSet:
+    """Anchor set on a Fibonacci lattice of `count` points (cached: it is reused by every decode)."""
+    lat, lon = sphere.fibonacci_lattice(count)
+    return anchor_table(lat, lon, L, dtype=dtype, device=device)
+
+
+def _tangent_basis(units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two unit vectors orthogonal to each u and to each other (well defined at the poles too)."""
+    helper = torch.zeros_like(units)
+    near_pole = units[:, 2].abs() > 0.9
+    helper[~near_pole, 2] = 1.0
+    helper[near_pole, 0] = 1.0
+    e1 = torch.nn.functional.normalize(torch.linalg.cross(helper, units, dim=-1), dim=-1)
+    e2 = torch.linalg.cross(units, e1, dim=-1)
+    return e1, e2
+
+
+def _anchor_argmax(smoothed: torch.Tensor, anchors: AnchorSet) -> torch.Tensor:
+    """Unit vector of the best anchor for each row, computed in blocks so B x M never sits in memory."""
+    table = anchors.table.to(device=smoothed.device, dtype=smoothed.dtype)
+    units = torch.as_tensor(sphere.to_unit(anchors.lat, anchors.lon), dtype=smoothed.dtype, device=smoothed.device)
+    block = max(1, (1 << 25) // max(1, table.shape[0]))
+    best = [torch.argmax(smoothed[i : i + block] @ table.T, dim=1) for i in range(0, smoothed.shape[0], block)]
+    return units[torch.cat(best)]
+
+
+def _refine(smoothed: torch.Tensor, units: torch.Tensor, radius: float, steps: int, L: int) -> torch.Tensor:
+    """Local grid search around each current maximum, shrinking the grid each step."""
+    offsets = torch.linspace(-1.0, 1.0, _REFINE_GRID, dtype=units.dtype, device=units.device)
+    grid_a, grid_b = torch.meshgrid(offsets, offsets, indexing="ij")
+    grid_a, grid_b = grid_a.reshape(-1), grid_b.reshape(-1)
+    n, g = units.shape[0], grid_a.shape[0]
+    for _ in range(steps):
+        e1, e2 = _tangent_basis(units)
+        candidates = units[:, None, :] + radius * (
+            grid_a[None, :, None] * e1[:, None, :] + grid_b[None, :, None] * e2[:, None, :]
+        )
+        candidates = torch.nn.functional.normalize(candidates, dim=-1)
+        values = (encode_units_torch(candidates.reshape(n * g, 3), L).reshape(n, g, -1) * smoothed[:, None, :]).sum(-1)
+        units = candidates[torch.arange(n, device=units.device), torch.argmax(values, dim=1)]
+        radius /= 2.5  # grid spacing is radius/3: the true peak lies within the next, smaller grid
+    return units
+
+
+def decode_units_torch(
+    coeffs: torch.Tensor,
+    L: int,
+    *,
+    rho_km: float | None = None,
+    anchors: AnchorSet | None = None,
+    refine_steps: int = 7,
+) -> torch.Tensor:
+    """Mode-seeking decode on the coefficients' device: unit vectors (B, 3) where F_e has most mass."""
+    if coeffs.ndim != 2 or coeffs.shape[1] != num_coefficients(L):
+        raise ValueError(
+            f"coefficients must have shape (B, {num_coefficients(L)}) for L={L}, got {tuple(coeffs.shape)}"
+        )
+    if not torch.isfinite(coeffs).all():
+        raise ValueError("coefficients contain NaN or inf")
+    if anchors is None:
+        anchors = fibonacci_anchors(max(_DEFAULT_ANCHOR_COUNT, 8 * num_coefficients(L)), L, device=str(coeffs.device))
+    if anchors.L != L:
+        raise ValueError(f"anchor table is for L={anchors.L}, coefficients are for L={L}")
+    rho = default_rho_km(L) if rho_km is None else rho_km
+    tables = _recurrence_tables(L, coeffs.dtype, str(coeffs.device))
+    weights = torch.as_tensor(cap_smoothing_weights(L, rho), dtype=coeffs.dtype, device=coeffs.device)
+    smoothed = coeffs * weights[tables["degree"]]
+    units = _anchor_argmax(smoothed, anchors)
+    return _refine(smoothed, units, anchors.spacing_rad, refine_steps, L)
+
+
+def decode(
+    coeffs: ArrayLike | torch.Tensor,
+    L: int,
+    *,
+    rho: float | None = None,
+    anchors: AnchorSet | None = None,
+    refine_steps: int = 7,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode SHDD vectors (B, (L+1)^2) to (lat, lon) degree arrays by mode search.
+
+    Smooths F_e over a cap of radius rho km (default: half the peak width of degree L), takes the best
+    anchor (default: a Fibonacci lattice fine enough for L), then refines on shrinking local grids
+    so accuracy is not limited by anchor spacing. Torch input is decoded on its own device.
+    """
+    check_degree(L)
+    tensor = coeffs if isinstance(coeffs, torch.Tensor) else torch.as_tensor(np.asarray(coeffs, dtype=np.float64))
+    if tensor.ndim == 1:
+        tensor = tensor[None, :]
+    if not torch.is_floating_point(tensor):
+        tensor = tensor.double()
+    with torch.no_grad():
+        units = decode_units_torch(tensor, L, rho_km=rho, anchors=anchors, refine_steps=refine_steps)
+    return sphere.from_unit(units.double().cpu().numpy())
+
+
+def kl_loss(
+    pred_coeffs: torch.Tensor,
+    target_coeffs: torch.Tensor,
+    anchors_table: torch.Tensor,
+    tau: float | None = None,
+    *,
+    direction: str = "inverse",
+) -> torch.Tensor:
+    """SHDD KL divergence between predicted and target vectors as distributions over anchors (differentiable).
+
+    q = softmax(F_pred / (tau * peak)), p = softmax(F_target / (tau * peak)) over the anchors;
+    direction "inverse" is KL(q || p) (mode-seeking, the article's choice), "forward" is KL(p || q).
+    tau is relative to the peak height, so one value works for every L (default: default_tau(L)).
+    """
+    if pred_coeffs.shape != target_coeffs.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(pred_coeffs.shape)} vs {tuple(target_coeffs.shape)}")
+    L = degree_of(pred_coeffs.shape[-1])
+    if anchors_table.shape[-1] != pred_coeffs.shape[-1]:
+        raise ValueError(f"anchor table has {anchors_table.shape[-1]} columns, vectors have {pred_coeffs.shape[-1]}")
+    temperature = (default_tau(L) if tau is None else tau) * peak_height(L)
+    log_q = torch.log_softmax(pred_coeffs @ anchors_table.T / temperature, dim=-1)
+    log_p = torch.log_softmax(target_coeffs @ anchors_table.T / temperature, dim=-1)
+    if direction == "inverse":
+        return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+    if direction == "forward":
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    raise ValueError(f"direction must be 'inverse' or 'forward', got {direction!r}")

@@ -1,0 +1,156 @@
+"""Training loop: DDPM on target-space vectors conditioned on image embeddings, resumable.
+
+Every step draws its randomness from a generator seeded by (seed, step), so a run resumed from its
+last checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from locdiff_pipeline.method import distributed, metrics
+from locdiff_pipeline.method.config import LocDiffConfig
+from locdiff_pipeline.method.devices import resolve_device, seed_everything, step_generator
+from locdiff_pipeline.method.model import LocDiffModel
+
+STATE_FILE = "train_state.pt"
+MODEL_DIR = "model"
+
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class Validation:
+    """Held-out plain-view embeddings and true coordinates, scored during training."""
+
+    embeddings: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+
+
+@dataclass
+class TrainResult:
+    model: LocDiffModel
+    steps_run: int
+    resumed_from: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    validation: dict[str, float] | None = None
+
+
+def evaluate(model: LocDiffModel, validation: Validation, seed: int = 0) -> dict[str, float]:
+    prediction = model.predict_embeddings(validation.embeddings, samples=1, seed=seed)
+    return metrics.accuracy(validation.lat, validation.lon, prediction.lat, prediction.lon)
+
+
+def cosine_learning_rate(config: LocDiffConfig, step: int) -> float:
+    """Cosine decay from the configured rate to zero; a pure function of the step, so resuming needs no
+    scheduler state."""
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(step, config.steps) / max(config.steps, 1)))
+
+
+def _save_state(checkpoint_dir: Path, model: LocDiffModel, optimizer: torch.optim.Optimizer, step: int) -> None:
+    model.save(checkpoint_dir / MODEL_DIR)
+    temporary = checkpoint_dir / f".{STATE_FILE}.{os.getpid()}"
+    torch.save({"step": step, "optimizer": optimizer.state_dict()}, temporary)
+    os.replace(temporary, checkpoint_dir / STATE_FILE)
+
+
+def train(
+    config: LocDiffConfig,
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    validation: Validation | None = None,
+    encoder: dict | None = None,
+    log: LogFn | None = None,
+    log_every: int = 50,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume) a LocDiff model on (N, embed_dim) embeddings and (N, dim) unscaled targets.
+
+    With a checkpoint_dir, the model and optimizer are saved every `checkpoint_every` steps and at the
+    end, and a later call resumes from the last save. `stop_after` ends the call early at that step
+    (as a crash would), for tests of resuming.
+    """
+    started = time.perf_counter()
+    world = distributed.current_world()
+    device = distributed.init(world, resolve_device(config.device))
+    seed_everything(config.seed)
+    model = LocDiffModel(config, encoder, device=device)
+    if embeddings.shape[0] != targets.shape[0] or embeddings.shape[0] == 0:
+        raise ValueError(
+            f"need matching, non-empty embeddings and targets, got {embeddings.shape[0]} and {targets.shape[0]} rows"
+        )
+    if targets.shape[1] != model.space.dim:
+        raise ValueError(
+            f"targets have {targets.shape[1]} columns, the {config.representation} space of L={config.L} needs "
+            f"{model.space.dim}"
+        )
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    start_step = 0
+    checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpoint_path is not None and (checkpoint_path / STATE_FILE).is_file():
+        state = torch.load(checkpoint_path / STATE_FILE, map_location=device, weights_only=True)
+        loaded = LocDiffModel.load(checkpoint_path / MODEL_DIR, device=device)
+        if loaded.config != config:
+            raise ValueError(f"{checkpoint_path} holds a run with a different config; use a new checkpoint folder")
+        model.net.load_state_dict(loaded.net.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+    cond_all = torch.tensor(np.asarray(embeddings, dtype=np.float32), device=device)
+    if start_step == 0:
+        model.net.set_condition_statistics(cond_all)
+    x0_all = torch.tensor(np.asarray(targets, dtype=np.float32), device=device) * model.space.scale
+    trainable = distributed.wrap(model.net, world, device)
+    history: list[dict[str, float]] = []
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    model.net.train()
+    running = []
+    for step in range(start_step, end):
+        learning_rate = cosine_learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        generator = step_generator(config.seed + 7919 * world.rank, step, device)  # each rank its own batches
+        index = torch.randint(0, x0_all.shape[0], (config.batch_size,), generator=generator, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model.diffusion.training_loss(trainable, x0_all[index], cond_all[index], model.space, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.net.parameters(), 1.0)
+        optimizer.step()
+        running.append(float(loss.detach()))
+        done = step + 1
+        evaluate_now = (
+            world.is_main and validation is not None and (done % config.eval_every == 0 or done == config.steps)
+        )
+        if done % log_every == 0 or done == end or evaluate_now:
+            record = {"step": done, "loss": float(np.mean(running)), "lr": learning_rate}
+            running = []
+            if evaluate_now:
+                record.update({f"val_{k}": v for k, v in evaluate(model, validation).items()})
+                model.net.train()
+            history.append(record)
+            if log is not None and world.is_main:
+                log(done, record)
+        if checkpoint_path is not None and (done % config.checkpoint_every == 0 or done == end):
+            if world.is_main:
+                _save_state(checkpoint_path, model, optimizer, done)
+            distributed.barrier(world)
+    model.net.eval()
+    final = None
+    if validation is not None and end == config.steps and world.is_main:
+        last = history[-1] if history and history[-1]["step"] == end else {}
+        final = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_")} or evaluate(
+            model, validation
+        )
+    return TrainResult(model, end - start_step, start_step, time.perf_counter() - started, history, final)

@@ -1,0 +1,117 @@
+"""The `embeddings` table: frozen image-encoder vectors per image and view.
+
+Train and validation images get the plain view; benchmark (test) images get the plain view plus
+test-time augmentations (16 views in all by default, GeoCLIP's protocol). One partition per shard of
+the images table; images are streamed in batches, so memory is bounded by the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
+from locdiff_pipeline.data.image_io import decode_image
+from locdiff_pipeline.data.image_sources import read_reference
+from locdiff_pipeline.data.ingest import IMAGES_TABLE
+from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
+
+EMBEDDINGS_TABLE = "embeddings"
+EMBEDDING_VERSION = 1
+
+
+def embedding_fingerprint(warehouse: Warehouse, dataset: str, shard: str, spec: EncoderSpec, test_views: int) -> str:
+    images = warehouse.manifest(IMAGES_TABLE, dataset=dataset, shard=shard)
+    if images is None:
+        raise FileNotFoundError(f"shard {shard} of dataset {dataset!r} is not ingested yet")
+    checkpoint = None
+    if spec.checkpoint:
+        stat = os.stat(spec.checkpoint)
+        checkpoint = (stat.st_size, stat.st_mtime_ns)
+    return fingerprint(EMBEDDING_VERSION, images["fingerprint"], spec.to_dict(), checkpoint, test_views)
+
+
+def views_for_split(split: str, test_views: int) -> int:
+    return test_views if split == "test" else 1
+
+
+def build_embeddings(
+    warehouse: Warehouse,
+    dataset: str,
+    shard: str,
+    spec: EncoderSpec,
+    *,
+    test_views: int = 16,
+    device: str = "cpu",
+    batch_rows: int = 256,
+    force: bool = False,
+    load: Callable[[], ImageEncoder] | None = None,
+) -> dict:
+    """Write embeddings/dataset=NAME/shard=KEY; returns a summary (rows, encoder identity, cached or not).
+    `load` (e.g. a cached factory) lets several shards share one loaded encoder; it is called only when
+    the shard is not current."""
+    key = embedding_fingerprint(warehouse, dataset, shard, spec, test_views)
+    if not force and warehouse.is_current(EMBEDDINGS_TABLE, key, dataset=dataset, shard=shard):
+        return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": True}
+    encoder = load() if load is not None else ImageEncoder(spec, device=device)
+    identity = encoder.identity
+    manifest = {"fingerprint": key, "encoder": identity.to_dict(), "test_views": test_views}
+    with warehouse.write_partition(EMBEDDINGS_TABLE, manifest, dataset=dataset, shard=shard) as writer:
+        columns = ["image_id", "split", "image_bytes", "source"]
+        for batch in warehouse.iter_batches(IMAGES_TABLE, batch_rows, columns=columns, dataset=dataset, shard=shard):
+            rows = batch.to_pylist()
+            ids, splits, vectors, views = [], [], [], []
+            for split in sorted({r["split"] for r in rows}):
+                group = [r for r in rows if r["split"] == split]
+                images = [decode_image(r["image_bytes"] or read_reference(r["source"]), r["image_id"]) for r in group]
+                n_views = views_for_split(split, test_views)
+                embedded = encoder.embed_views(images, [r["image_id"] for r in group], n_views)
+                for r, per_view in zip(group, embedded):
+                    for view, vector in enumerate(per_view):
+                        ids.append(r["image_id"])
+                        splits.append(split)
+                        views.append(view)
+                        vectors.append(vector)
+            writer.write(_embedding_batch(ids, splits, views, np.asarray(vectors, dtype=np.float32), identity.label))
+    return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": False}
+
+
+def _embedding_batch(
+    ids: list[str], splits: list[str], views: list[int], vectors: np.ndarray, encoder_label: str
+) -> pa.Table:
+    dim = vectors.shape[1]
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
+    return pa.table(
+        {
+            "image_id": pa.array(ids, pa.string()),
+            "split": pa.array(splits, pa.string()),
+            "view": pa.array(views, pa.int16()),
+            "encoder": pa.array([encoder_label] * len(ids), pa.string()),
+            "embedding": embedding,
+        }
+    )
+
+
+def load_embeddings(
+    warehouse: Warehouse, dataset: str, split: str, views: int | None = None
+) -> tuple[list[str], np.ndarray]:
+    """(image_ids, array) for a split: (N, D) for plain views, or (N, views, D) when views is given."""
+    table = shards.read(warehouse, EMBEDDINGS_TABLE, dataset)
+    mask = pc.equal(table["split"], split)
+    if views is None:
+        mask = pc.and_(mask, pc.equal(table["view"], 0))
+    table = table.filter(mask).sort_by([("image_id", "ascending"), ("view", "ascending")])
+    flat = table["embedding"].combine_chunks()
+    dim = flat.type.list_size
+    vectors = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    ids = table["image_id"].to_pylist()
+    if views is None:
+        return ids, vectors
+    if len(ids) % views:
+        raise ValueError(f"{dataset}/{split}: {len(ids)} embedding rows is not a multiple of {views} views")
+    return ids[::views], vectors.reshape(-1, views, dim)

@@ -1,0 +1,159 @@
+"""Report figures as PNG bytes: error CDFs, the world map of errors, calibration, per-image densities.
+
+Plots only: every number drawn here is computed elsewhere (SQL in `report`, densities in
+`uncertainty`), so the figures show exactly what the tables hold.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from locdiff_pipeline.method.metrics import THRESHOLDS_KM
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _background(axis, background: Path | None, alpha: float = 0.8) -> None:
+    if background is not None and background.is_file():
+        from PIL import Image
+
+        with Image.open(background) as image:
+            axis.imshow(np.asarray(image.convert("RGB").resize((1080, 540))), extent=(-180, 180, -90, 90), alpha=alpha)
+
+
+def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
+    """Share of predictions within d km, for every method, on a log distance axis."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
+    grid = np.logspace(0, np.log10(20040), 300)
+    families = sorted({method.split("/")[0] for method in errors_by_method})
+    colours = {family: plt.get_cmap("tab10")(i % 10) for i, family in enumerate(families)}
+    for method, errors in sorted(errors_by_method.items()):
+        errors = np.sort(errors)
+        family, _, variant = method.partition("/")  # NAME/plain: the same colour, dashed
+        axis.plot(
+            grid,
+            np.searchsorted(errors, grid, side="right") / len(errors),
+            label=method,
+            color=colours[family],
+            ls="--" if variant else "-",
+        )
+    for threshold in THRESHOLDS_KM:
+        axis.axvline(threshold, color="grey", lw=0.6, ls=":")
+    axis.set(xscale="log", xlabel="great-circle error (km)", ylabel="share of images within", title=title, ylim=(0, 1))
+    axis.legend(loc="upper left", fontsize=8)
+    return _png(figure)
+
+
+def error_map_png(
+    true_lat: np.ndarray, true_lon: np.ndarray, errors_km: np.ndarray, title: str, background: Path | None = None
+) -> bytes:
+    """True locations on the Blue Marble map, coloured by the log of their error."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 4.8), dpi=110)
+    _background(axis, background)
+    points = axis.scatter(
+        true_lon,
+        true_lat,
+        c=np.log10(np.maximum(errors_km, 1.0)),
+        cmap="plasma",
+        s=9,
+        vmin=0,
+        vmax=np.log10(20000),
+        edgecolors="none",
+    )
+    bar = figure.colorbar(points, ax=axis, shrink=0.8)
+    bar.set_ticks([0, 1, np.log10(200), np.log10(750), np.log10(2500), 4])
+    bar.set_ticklabels(["1", "10", "200", "750", "2500", "10000"])
+    bar.set_label("error (km)")
+    axis.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="longitude", ylabel="latitude", title=title)
+    return _png(figure)
+
+
+def _png(figure) -> bytes:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def calibration_png(points: list[tuple[float, float]], title: str) -> bytes:
+    """Observed coverage of the confidence regions against their nominal level (diagonal = calibrated)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.8, 4.5), dpi=110)
+    nominal, observed = np.array(points).T
+    axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
+    axis.plot(nominal, observed, marker="o", label="LocDiff regions")
+    axis.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="nominal level of the region",
+        ylabel="share of true locations inside",
+        title=title,
+    )
+    axis.legend(loc="upper left", fontsize=8)
+    return _png(figure)
+
+
+def density_maps_png(panels: list[dict], title: str, background: Path | None = None) -> bytes:
+    """One world map per image: the sample density (log scale), the true location, the prediction and
+    its confidence-region radius. Each panel: grid_lat, grid_lon, density (2-D on that grid), true_lat,
+    true_lon, pred_lat, pred_lon, region_km, error_km, image_id."""
+    plt = _pyplot()
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 2.9 * rows), dpi=100, squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.axis("off")
+    for axis, panel in zip(axes.flat, panels):
+        _background(axis, background, alpha=0.6)
+        density = panel["density"] / panel["density"].max()
+        log_density = np.log10(np.maximum(density, 1e-4))
+        axis.imshow(
+            np.ma.masked_less(log_density, -3.0),
+            extent=(-180, 180, -90, 90),
+            origin="lower",
+            cmap="inferno",
+            alpha=0.75,
+            vmin=-3,
+            vmax=0,
+        )
+        axis.plot(
+            panel["true_lon"],
+            panel["true_lat"],
+            marker="*",
+            color="lime",
+            markersize=11,
+            markeredgecolor="black",
+            ls="none",
+            label="true",
+        )
+        axis.plot(
+            panel["pred_lon"],
+            panel["pred_lat"],
+            marker="X",
+            color="cyan",
+            markersize=8,
+            markeredgecolor="black",
+            ls="none",
+            label="LocDiff",
+        )
+        axis.set(xlim=(-180, 180), ylim=(-90, 90), xticks=[], yticks=[])
+        axis.set_title(
+            f"{panel['image_id']}: error {panel['error_km']:.0f} km, 90% region {panel['region_km']:.0f} km", fontsize=8
+        )
+    axes.flat[0].legend(loc="lower left", fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return _png(figure)

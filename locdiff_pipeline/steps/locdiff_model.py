@@ -1,0 +1,245 @@
+"""Train LocDiff on the warehouse tables, log it to MLflow and register it.
+
+Parameters, per-step losses and validation accuracy go to an MLflow run; the checkpoint is logged as
+a pyfunc model, registered as a version of `locdiff`, and `champion` moves only if it beats the
+current champion on validation. Inputs are fingerprinted: the same data and config reuse the
+finished run instead of training again, and a crashed run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.image_encoder import encoder_note
+from locdiff_pipeline.data.ingest import IMAGES_TABLE
+from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
+from locdiff_pipeline.method import distributed, metrics
+from locdiff_pipeline.method.config import LocDiffConfig
+from locdiff_pipeline.method.devices import resolve_device
+from locdiff_pipeline.method.target_space import target_space
+from locdiff_pipeline.method.training import Validation, train
+from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
+from locdiff_pipeline.steps.shdd_tables import SHDD_TABLE, load_shdd
+from locdiff_pipeline.tracking import registry
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainedModel:
+    version: int
+    run_id: str
+    checkpoint: Path
+    validation: dict[str, float]
+    promoted: bool
+    champion_version: int
+    cached: bool
+    encoder: dict
+    seconds: float = 0.0
+
+
+def coordinates(warehouse: Warehouse, dataset: str) -> dict[str, tuple[float, float]]:
+    table = shards.read(warehouse, IMAGES_TABLE, dataset, columns=["image_id", "lat", "lon"])
+    return dict(zip(table["image_id"].to_pylist(), zip(table["lat"].to_pylist(), table["lon"].to_pylist())))
+
+
+def training_data(
+    warehouse: Warehouse, dataset: str, config: LocDiffConfig
+) -> tuple[np.ndarray, np.ndarray, Validation]:
+    """Train embeddings with their targets (SHDD table rows, or unit vectors for the xyz ablation), and validation."""
+    ids, embeddings = load_embeddings(warehouse, dataset, "train")
+    coords = coordinates(warehouse, dataset)
+    if config.representation == "shdd":
+        table = load_shdd(warehouse, dataset, config.L)
+        targets = np.stack([table[i] for i in ids])
+    else:
+        lat, lon = np.array([coords[i] for i in ids]).T
+        targets = target_space(config).targets(lat, lon)
+    val_ids, val_embeddings = load_embeddings(warehouse, dataset, "val")
+    if not val_ids:
+        raise ValueError(f"dataset {dataset!r} has no validation images (split 'val'): set a split column or val_share")
+    val_lat, val_lon = np.array([coords[i] for i in val_ids]).T
+    return embeddings, targets, Validation(val_embeddings, val_lat, val_lon)
+
+
+def train_and_register(
+    warehouse: Warehouse,
+    dataset: str,
+    config: LocDiffConfig,
+    *,
+    log=None,
+    force: bool = False,
+    tracking_uri: str | None = None,
+) -> TrainedModel | None:
+    """Train (or reuse the finished run of the same inputs), log to MLflow and register. Under torchrun
+    every rank calls this; rank 0 returns the TrainedModel, the other ranks None."""
+    embeddings_manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, dataset)
+    shdd_manifest = shards.manifest(warehouse, SHDD_TABLE, dataset, L=config.L)
+    if embeddings_manifest is None or (config.representation == "shdd" and shdd_manifest is None):
+        raise FileNotFoundError(f"embeddings and the L={config.L} SHDD table of {dataset!r} must be materialized first")
+    encoder = embeddings_manifest["encoder"]
+    key = fingerprint(
+        config.to_dict(), embeddings_manifest["fingerprint"], shdd_manifest and shdd_manifest["fingerprint"], dataset
+    )
+    checkpoint_dir = warehouse.root / CHECKPOINTS / key
+    import mlflow
+
+    world = distributed.current_world()
+    distributed.init(world, resolve_device(config.device))
+    registry.configure(tracking_uri, root=warehouse.root.parent)
+    experiment_id = registry.ensure_experiment(warehouse.root.parent) if world.is_main else None
+    previous = None if force or not world.is_main else registry.find_finished_run(key)
+    previous = distributed.broadcast_from_main(previous, world)  # every rank takes the same branch
+    if previous is not None:
+        client = mlflow.MlflowClient()
+        champion_version, _ = registry.champion_score(client)
+        validation = {k.removeprefix("val_"): v for k, v in previous["metrics"].items() if k.startswith("val_")}
+        return TrainedModel(
+            previous["version"],
+            previous["run_id"],
+            checkpoint_dir / "model",
+            validation,
+            False,
+            champion_version,
+            True,
+            encoder,
+        )
+    embeddings, targets, validation = training_data(warehouse, dataset, config)
+    if embeddings.shape[1] != config.embed_dim:
+        raise ValueError(
+            f"config.embed_dim={config.embed_dim} but the {encoder['label']} embeddings have "
+            f"{embeddings.shape[1]} dimensions"
+        )
+    if not world.is_main:  # a DDP worker: trains its share; rank 0 logs, checkpoints and registers
+        train(
+            config,
+            embeddings,
+            targets,
+            checkpoint_dir=checkpoint_dir,
+            encoder=encoder,
+            log_every=max(1, config.steps // 50),
+        )
+        return None
+    _fail_stale_runs(key)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"locdiff-{dataset}-L{config.L}") as run:
+        mlflow.set_tags(
+            {
+                "locdiff_fingerprint": key,
+                "dataset": dataset,
+                "encoder": encoder["label"],
+                "encoder_pretrained": str(encoder["is_pretrained"]).lower(),
+                "encoder_note": encoder_note(encoder),
+            }
+        )
+        mlflow.log_params(
+            {
+                **config.to_dict(),
+                "hidden_dims": ",".join(map(str, config.hidden_dims)),
+                "train_rows": len(embeddings),
+                "val_rows": len(validation.lat),
+            }
+        )
+
+        def log_step(step: int, record: dict[str, float]) -> None:
+            mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "step"}, step=step)
+            if log is not None:
+                log(step, record)
+
+        result = train(
+            config,
+            embeddings,
+            targets,
+            checkpoint_dir=checkpoint_dir,
+            validation=validation,
+            encoder=encoder,
+            log=log_step,
+            log_every=max(1, config.steps // 50),
+        )
+        score = metrics.validation_score(result.validation)
+        mlflow.log_metrics(
+            {
+                **{f"val_{k}": float(v) for k, v in result.validation.items()},
+                registry.VALIDATION_METRIC: score,
+                "train_seconds": result.seconds,
+            }
+        )
+        (checkpoint_dir / "model" / "encoder_note.txt").write_text(encoder_note(encoder) + "\n")
+        from locdiff_pipeline.tracking.pyfunc_model import CHECKPOINT_ARTIFACT, LocDiffPyfunc
+
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=LocDiffPyfunc(),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir / "model")},
+            pip_requirements=_pip_requirements(),
+        )
+        registration = registry.register_and_promote(info.model_uri, run.info.run_id, score)
+        mlflow.set_tag("registered_version", str(registration.version))
+        mlflow.set_tag("champion_after_run", str(registration.champion_version))
+    return TrainedModel(
+        registration.version,
+        run.info.run_id,
+        checkpoint_dir / "model",
+        result.validation,
+        registration.promoted,
+        registration.champion_version,
+        False,
+        encoder,
+        result.seconds,
+    )
+
+
+def _fail_stale_runs(key: str) -> None:
+    """Mark runs of this fingerprint left RUNNING by a crash as FAILED (the retry resumes their checkpoint)."""
+    import mlflow
+
+    stale = mlflow.search_runs(
+        experiment_names=[registry.EXPERIMENT],
+        filter_string=f"tags.locdiff_fingerprint = '{key}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    for run in stale:
+        client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "numpy", "pandas", "mlflow", "open_clip_torch")] + [
+        "locdiff-pipeline"
+    ]
+
+
+LATEST = "models/latest.json"
+
+
+def read_latest(warehouse: Warehouse) -> dict:
+    """The model the downstream assets use: version, MLflow run id, checkpoint folder, encoder."""
+    path = warehouse.root / LATEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model recorded at {path}: materialize locdiff_model first")
+    return json.loads(path.read_text())
+
+
+def write_latest(warehouse: Warehouse, model: TrainedModel) -> None:
+    """Record the model the downstream assets should use (atomically)."""
+    path = warehouse.root / LATEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(
+        json.dumps(
+            {
+                "version": model.version,
+                "run_id": model.run_id,
+                "checkpoint": str(model.checkpoint),
+                "encoder": model.encoder,
+            },
+            indent=2,
+        )
+    )
+    temporary.replace(path)

@@ -1,0 +1,85 @@
+"""The `predictions` table: one row per benchmark image and method, for one model version.
+
+Every method predicts from the same embeddings, so the report compares like with like.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from locdiff_pipeline.data.warehouse import Warehouse
+from locdiff_pipeline.method import sphere
+
+PREDICTIONS_TABLE = "predictions"
+SAMPLES_TABLE = "prediction_samples"
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("split", pa.string()),
+        ("method", pa.string()),
+        ("true_lat", pa.float64()),
+        ("true_lon", pa.float64()),
+        ("pred_lat", pa.float64()),
+        ("pred_lon", pa.float64()),
+        ("error_km", pa.float64()),
+        ("spread_km", pa.float64()),
+        ("region_km", pa.float64()),
+        ("encoder", pa.string()),
+        ("encoder_pretrained", pa.bool_()),
+    ]
+)
+
+
+def prediction_rows(
+    method: str,
+    split: str,
+    ids: list[str],
+    true_lat: np.ndarray,
+    true_lon: np.ndarray,
+    pred_lat: np.ndarray,
+    pred_lon: np.ndarray,
+    encoder: dict,
+    spread_km: np.ndarray | None = None,
+    region_km: np.ndarray | None = None,
+) -> pa.Table:
+    """A predictions table for one method, with great-circle errors computed here (one place)."""
+    n = len(ids)
+    missing = np.full(n, np.nan)
+    return pa.table(
+        {
+            "image_id": ids,
+            "split": [split] * n,
+            "method": [method] * n,
+            "true_lat": np.asarray(true_lat, float),
+            "true_lon": np.asarray(true_lon, float),
+            "pred_lat": np.asarray(pred_lat, float),
+            "pred_lon": np.asarray(pred_lon, float),
+            "error_km": sphere.haversine_km(true_lat, true_lon, pred_lat, pred_lon),
+            "spread_km": missing if spread_km is None else np.asarray(spread_km, float),
+            "region_km": missing if region_km is None else np.asarray(region_km, float),
+            "encoder": [encoder["label"]] * n,
+            "encoder_pretrained": [bool(encoder["is_pretrained"])] * n,
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+
+
+def write_predictions(
+    warehouse: Warehouse, dataset: str, model_version: int, tables: list[pa.Table], samples: pa.Table, manifest: dict
+) -> int:
+    """Write the samples partition, then the predictions partition (each swapped in atomically). The
+    predictions manifest is the commit point: a run that dies between the two leaves a stale
+    predictions fingerprint, so the next run redoes both."""
+    with warehouse.write_partition(SAMPLES_TABLE, manifest, dataset=dataset, model_version=model_version) as writer:
+        writer.write(samples)
+    with warehouse.write_partition(PREDICTIONS_TABLE, manifest, dataset=dataset, model_version=model_version) as writer:
+        for table in tables:
+            writer.write(table)
+        return writer.rows
+
+
+def predictions_are_current(warehouse: Warehouse, dataset: str, model_version: int, key: str) -> bool:
+    keys = {"dataset": dataset, "model_version": model_version}
+    return warehouse.is_current(PREDICTIONS_TABLE, key, **keys) and warehouse.is_current(SAMPLES_TABLE, key, **keys)

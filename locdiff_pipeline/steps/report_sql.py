@@ -1,0 +1,167 @@
+"""Accuracy reports: DuckDB SQL over the predictions Parquet (figures live in `figures`).
+
+The SQL is the report: the same query runs in the pipeline, in the tests' recomputation check, and in
+the user's own DuckDB session (README), against the views in warehouse/locdiff.duckdb.
+"""
+
+from __future__ import annotations
+
+import glob
+
+import duckdb
+
+from locdiff_pipeline.data.warehouse import Warehouse
+from locdiff_pipeline.method.metrics import THRESHOLDS_KM, accuracy_column
+
+DATABASE = "locdiff.duckdb"
+REPORTS = "reports"
+
+# table name -> number of hive partition keys in its folder layout
+VIEWS = {
+    "metadata": 2,
+    "image_index": 2,
+    "images": 2,
+    "rejected": 2,
+    "embeddings": 2,
+    "shdd": 3,
+    "predictions": 2,
+    "prediction_samples": 2,
+}
+SHARDED = {
+    "metadata",
+    "image_index",
+    "images",
+    "rejected",
+    "embeddings",
+    "shdd",
+}  # their `shard` key stays text: '007', not 7
+
+
+def accuracy_sql(source: str = "predictions") -> str:
+    accuracies = ",\n    ".join(
+        f"avg(CASE WHEN error_km <= {t} THEN 1.0 ELSE 0.0 END) AS {accuracy_column(t)}" for t in THRESHOLDS_KM
+    )
+    return f"""
+SELECT dataset, split, method, model_version, encoder, bool_and(encoder_pretrained) AS encoder_pretrained,
+    count(*) AS count,
+    {accuracies},
+    median(error_km) AS median_km,
+    avg(CASE WHEN region_km IS NULL OR isnan(region_km) THEN NULL
+             WHEN error_km <= region_km THEN 1.0 ELSE 0.0 END) AS region_coverage,
+    median(CASE WHEN isnan(region_km) THEN NULL ELSE region_km END) AS median_region_km
+FROM {source}
+GROUP BY ALL
+ORDER BY dataset, split, model_version, method
+"""
+
+
+def connect(warehouse: Warehouse, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """The warehouse's DuckDB database (views over the Parquet tables)."""
+    warehouse.root.mkdir(parents=True, exist_ok=True)
+    return duckdb.connect(str(warehouse.root / DATABASE), read_only=read_only)
+
+
+def create_views(warehouse: Warehouse) -> list[str]:
+    """(Re)create one view per materialized table, and the `accuracy` view, in warehouse/locdiff.duckdb."""
+    with connect(warehouse) as con:
+        return _define_views(con, warehouse)
+
+
+def in_memory_views(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the same views: for readers that run in parallel (asset checks of
+    shards run as separate processes), which must not contend for the database file's write lock."""
+    con = duckdb.connect()
+    _define_views(con, warehouse)
+    return con
+
+
+def _define_views(con: duckdb.DuckDBPyConnection, warehouse: Warehouse) -> list[str]:
+    created = []
+    for table, depth in VIEWS.items():
+        part_files = warehouse.glob(table, depth)
+        if next(glob.iglob(part_files), None) is None:
+            continue
+        types = ", hive_types = {'shard': VARCHAR}" if table in SHARDED else ""
+        con.execute(
+            f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{part_files}', hive_partitioning = "
+            f"true, union_by_name = true{types})"
+        )
+        created.append(table)
+    if "predictions" in created:
+        con.execute(f"CREATE OR REPLACE VIEW accuracy AS {accuracy_sql()}")
+        created.append("accuracy")
+    return created
+
+
+def accuracy_table(warehouse: Warehouse, dataset: str | None = None, model_version: int | None = None) -> list[dict]:
+    """Rows of the accuracy report, straight from DuckDB over the predictions Parquet."""
+    create_views(warehouse)
+    where = []
+    if dataset is not None:
+        where.append(f"dataset = '{dataset}'")
+    if model_version is not None:
+        where.append(f"model_version = {int(model_version)}")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    with connect(warehouse) as con:
+        relation = con.sql(f"SELECT * FROM accuracy {clause}")
+        names = relation.columns
+        return [dict(zip(names, row)) for row in relation.fetchall()]
+
+
+def markdown_table(rows: list[dict], note: str | None = None) -> str:
+    header = [
+        "dataset",
+        "split",
+        "method",
+        "model",
+        "n",
+        *[f"{t} km" for t in THRESHOLDS_KM],
+        "median km",
+        "in 90% region",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        accuracies = [f"{100 * r[accuracy_column(t)]:.1f}%" for t in THRESHOLDS_KM]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["dataset"],
+                    r["split"],
+                    r["method"],
+                    f"v{r['model_version']}",
+                    str(r["count"]),
+                    *accuracies,
+                    f"{r['median_km']:.0f}",
+                    _coverage(r),
+                ]
+            )
+            + " |"
+        )
+    if note:
+        lines.append(f"\n> {note}")
+    return "\n".join(lines)
+
+
+def text_table(rows: list[dict]) -> str:
+    """The same table for a terminal."""
+    header = (
+        f"{'dataset':<12} {'split':<6} {'method':<26} {'model':>5} {'n':>5} "
+        + " ".join(f"{str(t) + 'km':>7}" for t in THRESHOLDS_KM)
+        + f" {'median km':>10} {'in 90% region':>14}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        accuracies = " ".join(f"{100 * r[accuracy_column(t)]:>6.1f}%" for t in THRESHOLDS_KM)
+        lines.append(
+            f"{r['dataset']:<12} {r['split']:<6} {r['method']:<26} {'v' + str(r['model_version']):>5} "
+            f"{r['count']:>5} {accuracies} {r['median_km']:>10.0f} {_coverage(r):>14}"
+        )
+    return "\n".join(lines)
+
+
+def _coverage(row: dict) -> str:
+    """'93.0% (r~812 km)' for methods with confidence regions, '' for the others."""
+    if row.get("region_coverage") is None:
+        return ""
+    return f"{100 * row['region_coverage']:.1f}% (r~{row['median_region_km']:.0f} km)"

@@ -1,0 +1,1 @@
+"""MLflow glue: the project's tracking backend and model registry, and the pyfunc flavour of a checkpoint."""
