@@ -2,10 +2,11 @@
 
     python benchmarks/ablation.py [--steps 3000] [--root /tmp/locdiff-ablation] [--count 3000]
 
-Materializes the cached upstream assets (ingest, embeddings, SHDD tables) in --root, then trains the
-three variants on the same training embeddings, with the same network, seed and step budget, and
-evaluates each on the same test images with the full protocol (16 views, spherical centre) and with
-the plain view alone. Prints the 1/25/200/750/2500 km accuracies side by side.
+Materializes the cached upstream assets (ingest, embeddings, SHDD tables) of the bundled catalog in
+--root, then trains the three variants on the same training embeddings, with the same network, seed
+and step budget; each variant's test-time protocol (views, combination rule) is chosen on the
+validation split, and each is scored on the leak-free held-out benchmark (no map pixel shared with
+training) with that protocol and with the plain view alone. Prints the accuracies side by side.
 """
 
 from __future__ import annotations
@@ -31,28 +32,30 @@ def main() -> None:
     os.environ["LOCDIFF_HOME"] = str(root)
 
     from locdiff_pipeline.data import shards
+    from locdiff_pipeline.data.bundled import HELDOUT
     from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
     from locdiff_pipeline.defs.assets.ingest import image_metadata, images
     from locdiff_pipeline.defs.jobs import materialize_all
-    from locdiff_pipeline.defs.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+    from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
     from locdiff_pipeline.method import metrics
     from locdiff_pipeline.method.config import LocDiffConfig
     from locdiff_pipeline.method.training import train
     from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
-    from locdiff_pipeline.steps.locdiff_model import coordinates, training_data
+    from locdiff_pipeline.steps.locdiff_model import choose_test_protocol, coordinates, training_data
 
     resources = {
         "warehouse": WarehouseResource(root=str(root)),
-        "dataset": DatasetResource(bundled_count=args.count),
+        "datasets": DatasetsResource(bundled_count=args.count),
         "encoder": EncoderResource(model_name=args.encoder),
         "training": TrainingResource(L=args.L, shdd_degrees=[args.L]),
     }
     assert materialize_all(resources, selection=[image_metadata, images, clip_embeddings, shdd_tables]).success
     store = resources["warehouse"].get()
-    dataset = resources["dataset"].name
-    views = shards.manifest(store, EMBEDDINGS_TABLE, dataset)["test_views"]
-    test_ids, test_embeddings = load_embeddings(store, dataset, "test", views=views)
-    coords = coordinates(store, dataset)
+    dataset = resources["datasets"].training_name()
+    training_manifest = shards.manifest(store, EMBEDDINGS_TABLE, dataset)
+    views = shards.manifest(store, EMBEDDINGS_TABLE, HELDOUT)["test_views"]
+    test_ids, test_embeddings = load_embeddings(store, HELDOUT, "test", views=views)
+    coords = coordinates(store, HELDOUT)
     true_lat, true_lon = np.array([coords[i] for i in test_ids]).T
     embed_dim = test_embeddings.shape[-1]
     base = LocDiffConfig(L=args.L, embed_dim=embed_dim, steps=args.steps, eval_every=10**9, checkpoint_every=10**9)
@@ -61,9 +64,12 @@ def main() -> None:
         "SHDD + MSE": base.with_(loss="mse"),
         "raw xyz + MSE": base.with_(representation="xyz", loss="mse"),
     }
-    print(f"{len(test_ids)} test images x {views} views, encoder {args.encoder}, L={args.L}, {args.steps} steps each")
+    print(
+        f"{HELDOUT}: {len(test_ids)} images x {views} views, encoder {args.encoder}, L={args.L}, {args.steps} "
+        f"steps each"
+    )
     header = (
-        f"{'variant, test protocol':<34} "
+        f"{'variant, test protocol':<48} "
         + " ".join(f"{str(t) + 'km':>8}" for t in metrics.THRESHOLDS_KM)
         + f" {'median km':>10} {'train s':>8}"
     )
@@ -73,12 +79,14 @@ def main() -> None:
         started = time.perf_counter()
         result = train(config, embeddings, targets, log_every=10**9)
         seconds = time.perf_counter() - started
-        for protocol, inputs in ((f"{views} views", test_embeddings), ("plain view", test_embeddings[:, 0])):
-            prediction = result.model.predict_embeddings(inputs)
+        chosen, _ = choose_test_protocol(store, dataset, result.model, training_manifest)
+        drawn = result.model.sample(test_embeddings[:, : chosen.views])
+        for protocol, view_count in ((f"{chosen.rule} of {chosen.views} views", chosen.views), ("plain view", 1)):
+            prediction = result.model.combine(drawn, chosen.rule, view_count)
             scores = metrics.accuracy(true_lat, true_lon, prediction.lat, prediction.lon)
             label = f"{name}, {protocol}"
             lines.append(
-                f"{label:<34} "
+                f"{label:<48} "
                 + " ".join(f"{100 * scores[metrics.accuracy_column(t)]:>7.1f}%" for t in metrics.THRESHOLDS_KM)
                 + f" {scores['median_km']:>10.0f} {seconds:>8.0f}"
             )

@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from locdiff_pipeline.defs.jobs import materialize_all
     from locdiff_pipeline.defs.resources import (
-        DatasetResource,
+        DatasetsResource,
         EncoderResource,
         EvaluationResource,
         MlflowResource,
@@ -48,10 +48,11 @@ def _run(args: argparse.Namespace) -> int:
             if v is not None
         }
     )
-    dataset = DatasetResource(**({"bundled_count": args.count} if args.count else {}))
+    chosen = {"bundled_count": args.count, "bundled_benchmark_count": args.benchmark_count, "catalog": args.catalog}
+    datasets = DatasetsResource(**{k: v for k, v in chosen.items() if v is not None})
     resources = {
         "warehouse": WarehouseResource(root=str(root)),
-        "dataset": dataset,
+        "datasets": datasets,
         "encoder": encoder,
         "training": training,
         "evaluation": EvaluationResource(),
@@ -60,24 +61,32 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = materialize_all(resources, instance=DagsterInstance.get(), raise_on_error=False)
     seconds = time.perf_counter() - started
-    failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    evaluations = result.get_asset_check_evaluations()
+    failed = [e.check_name for e in evaluations if not e.passed and e.severity.value == "ERROR"]
+    warnings = sorted({e.check_name for e in evaluations if not e.passed and e.severity.value != "ERROR"})
     if not result.success:
         print(f"locdiff run failed after {seconds:.0f} s; see the Dagster logs above", file=sys.stderr)
         return 1
-    store = WarehouseResource(root=str(root)).get()
+    from locdiff_pipeline.data.image_encoder import encoder_note
     from locdiff_pipeline.steps.locdiff_model import read_latest
 
+    store = WarehouseResource(root=str(root)).get()
     latest = read_latest(store)
-    rows = report_sql.accuracy_table(store, dataset=dataset.name, model_version=latest["version"])
-    from locdiff_pipeline.data.image_encoder import encoder_note
-
+    rows = [
+        r
+        for name in datasets.get().benchmark_names
+        for r in report_sql.accuracy_table(store, dataset=name, model_version=latest["version"])
+    ]
     print()
     print(report_sql.text_table(rows))
+    print(f"# trained on {latest['training_dataset']}; every benchmark is scored beside chance and a constant guess")
     print(f"# {encoder_note(latest['encoder'])}")
     print(f"# model locdiff v{latest['version']} (MLflow run {latest['run_id']}); wall time {seconds:.0f} s")
-    print(f"# report, plots: {store.root / report_sql.REPORTS / dataset.name / ('v' + str(latest['version']))}")
-    if failed_checks:
-        print(f"asset checks failed: {', '.join(failed_checks)}", file=sys.stderr)
+    print(f"# reports, plots: {store.root / report_sql.REPORTS}/<benchmark>/v{latest['version']}")
+    if warnings:
+        print(f"asset checks warned: {', '.join(warnings)}", file=sys.stderr)
+    if failed:
+        print(f"asset checks failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -89,6 +98,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.images,
         args.model,
         views=args.views,
+        rule=args.rule,
         samples=args.samples,
         seed=args.seed,
         encoder_checkpoint=args.encoder_checkpoint,
@@ -125,14 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto, cpu, cuda (default auto)")
     run.add_argument("--encoder", help="open_clip model name (default ViT-S-32)")
     run.add_argument("--encoder-checkpoint", help="local open_clip checkpoint file with real weights")
-    run.add_argument("--test-views", type=int, help="views per test image (default 16)")
-    run.add_argument("--count", type=int, help="how many bundled locations to use (default 3000)")
+    run.add_argument("--test-views", type=int, help="test-time views per validation and benchmark image (default 8)")
+    run.add_argument("--count", type=int, help="how many bundled training locations to use (default 3000)")
+    run.add_argument("--benchmark-count", type=int, help="held-out locations per bundled benchmark (default 300)")
+    run.add_argument("--catalog", help="dataset catalog YAML (training + benchmarks); default: the bundled datasets")
     run.set_defaults(handler=_run)
     pred = commands.add_parser("predict", help="predict the location of image files; CSV on stdout")
     pred.add_argument(
         "--model", required=True, help="checkpoint folder or MLflow reference, e.g. models:/locdiff@champion"
     )
-    pred.add_argument("--views", type=int, default=16)
+    pred.add_argument(
+        "--views", type=int, default=None, help="test-time views (default: the model's, chosen on validation)"
+    )
+    pred.add_argument("--rule", default=None, help="mixture or centre: how views combine (default: the model's)")
     pred.add_argument("--samples", type=int, default=1)
     pred.add_argument("--seed", type=int, default=0)
     pred.add_argument(

@@ -13,6 +13,7 @@ from pathlib import Path
 from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
 from locdiff_pipeline.data.image_io import ImageDecodeError, read_image_file
 from locdiff_pipeline.method.model import LocDiffModel
+from locdiff_pipeline.method.protocol import Protocol
 
 
 @dataclass
@@ -70,16 +71,22 @@ def predict(
     images: list[str | Path],
     model: str,
     *,
-    views: int = 16,
+    views: int | None = None,
+    rule: str | None = None,
     samples: int = 1,
     seed: int = 0,
     encoder_checkpoint: str | None = None,
     device: str | None = None,
 ) -> PredictResult:
-    """Predict (lat, lon, spread_km) for each readable image; unreadable ones are reported in `errors`."""
-    if views < 1 or samples < 1:
+    """Predict (lat, lon, spread_km) for each readable image; unreadable ones are reported in `errors`.
+
+    `views` and `rule` default to the protocol chosen on validation and recorded with the model; the
+    views are made for the imagery the model was trained on (no flips for north-up imagery)."""
+    if (views is not None and views < 1) or samples < 1:
         raise ValueError(f"views and samples must be at least 1, got {views} and {samples}")
     loaded = LocDiffModel.load(resolve_model(model), device=device)
+    protocol = Protocol.from_dict(loaded.metadata.get("protocol"))
+    views, rule = views or protocol.views, rule or protocol.rule
     encoder = encoder_for(loaded, encoder_checkpoint, loaded.device)
     result = PredictResult([], {}, model, encoder.identity.note)
     readable, names = [], []
@@ -90,8 +97,8 @@ def predict(
         except ImageDecodeError as error:
             result.errors[str(image)] = str(error)
     if readable:
-        embeddings = encoder.embed_views(readable, [Path(n).name for n in names], views)
-        prediction = loaded.predict_embeddings(embeddings, samples=samples, seed=seed)
+        embeddings = encoder.embed_views(readable, [Path(n).name for n in names], views, protocol.imagery)
+        prediction = loaded.predict_embeddings(embeddings, samples=samples, seed=seed, rule=rule)
         for i, name in enumerate(names):
             result.predictions.append(
                 ImagePrediction(

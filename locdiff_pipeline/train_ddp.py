@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from locdiff_pipeline.data import shards
-from locdiff_pipeline.data.default_dataset import BUNDLED
+from locdiff_pipeline.data.bundled import BUNDLED
 from locdiff_pipeline.data.paths import warehouse_dir
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import distributed
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     trained = train_and_register(store, args.dataset, config, force=args.force)
     world = distributed.current_world()
     if world.is_main and trained is not None:
-        write_latest(store, trained)
+        write_latest(store, trained, args.dataset)
         print(
             f"locdiff v{trained.version} (run {trained.run_id}), {world.size} process(es), validation "
             f"{trained.validation}"

@@ -21,9 +21,11 @@ EXPECTED_ASSETS = {
     "clip_embeddings",
     "shdd_tables",
     "locdiff_model",
+    "contamination",
     "predictions",
     "accuracy_report",
 }
+TRAINING_SIDE = ["clip_embeddings", "image_metadata", "images", "locdiff_model", "shdd_tables"]
 
 
 def _free_port() -> int:
@@ -53,6 +55,7 @@ def dagster_dev(tmp_path):
         "DAGSTER_HOME": str(home),
         "LOCDIFF_HOME": str(tmp_path),
         "LOCDIFF_BUNDLED_COUNT": "160",
+        "LOCDIFF_BUNDLED_BENCHMARK_COUNT": "15",
         "LOCDIFF_STEPS": "30",
         "LOCDIFF_ENCODER": "locdiff-tiny-vit",
         "OMP_NUM_THREADS": "1",
@@ -93,13 +96,23 @@ def test_dagster_dev_serves_the_asset_graph_and_stops_by_pid(dagster_dev):
         for n in answer["data"]["assetNodes"]
     }
     assert set(nodes) == EXPECTED_ASSETS
-    assert nodes["predictions"] == {"locdiff_model", "clip_embeddings"}
+    assert nodes["predictions"] == {"locdiff_model", "contamination"}
     assert nodes["clip_embeddings"] == {"images"}
     schedules = _graphql(
         port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { schedules { name cronSchedule } } } } }"
     )
     names = {s["name"] for repo in schedules["data"]["repositoriesOrError"]["nodes"] for s in repo["schedules"]}
     assert "weekly_retrain" in names
+    sensors = _graphql(
+        port,
+        "{ repositoriesOrError { ... on RepositoryConnection { nodes { sensors { name sensorState { status } } } } } }",
+    )
+    states = {
+        s["name"]: s["sensorState"]["status"]
+        for repo in sensors["data"]["repositoriesOrError"]["nodes"]
+        for s in repo["sensors"]
+    }
+    assert states == {"evaluate_new_model": "RUNNING"}
     os.kill(process.pid, signal.SIGTERM)
     assert process.wait(timeout=30) is not None
 
@@ -116,14 +129,23 @@ def _wait_until_served(process, port: int, log: Path) -> None:
     raise AssertionError(f"dagster dev never answered; log:\n{log.read_text()[-3000:]}")
 
 
-def test_a_backfill_runs_each_shard_as_its_own_run_then_the_downstream_assets(dagster_dev):
-    """What "Materialize all" in the UI does: the daemon that `dagster dev` starts launches the split, one
-    run per shard (in parallel), then one run of the unpartitioned assets after every shard is done."""
+def _runs(port: int) -> list[dict]:
+    return _graphql(
+        port,
+        "{ runsOrError { ... on Runs { results { status startTime endTime jobName tags { key value } "
+        "assetSelection { path } } } } }",
+    )["data"]["runsOrError"]["results"]
+
+
+def test_a_backfill_runs_each_shard_as_its_own_run_then_training_then_the_sensor_scores_each_benchmark(dagster_dev):
+    """What "Materialize all" of the training side does in the UI: the daemon that `dagster dev` starts
+    launches the split, one run per shard (in parallel), then training after every shard is done; the
+    sensor then launches one evaluation run per benchmark partition."""
     process, port, log = dagster_dev
     _wait_until_served(process, port, log)
     nodes = _graphql(port, "{ assetNodes { assetKey { path } partitionKeys } }")["data"]["assetNodes"]
     shard_keys = next(n["partitionKeys"] for n in nodes if n["assetKey"]["path"] == ["images"])
-    selection = ", ".join('{path: ["%s"]}' % name for name in sorted(EXPECTED_ASSETS))
+    selection = ", ".join('{path: ["%s"]}' % name for name in TRAINING_SIDE)
     launched = _graphql(
         port,
         "mutation { launchPartitionBackfill(backfillParams: {partitionNames: %s, assetSelection: [%s], "
@@ -140,33 +162,26 @@ def test_a_backfill_runs_each_shard_as_its_own_run_then_the_downstream_assets(da
             '{ partitionBackfillOrError(backfillId: "%s") { ... on PartitionBackfill { status } } }'
             % launched["backfillId"],
         )["data"]["partitionBackfillOrError"]["status"]
-    runs = _graphql(
-        port,
-        "{ runsOrError { ... on Runs { results { status startTime endTime tags { key value } assetSelection { "
-        "path } } } } }",
-    )["data"]["runsOrError"]["results"]
+    runs = _runs(port)
     assert status == "COMPLETED_SUCCESS", (
         status,
         [(r["status"], r["assetSelection"]) for r in runs],
         log.read_text()[-3000:],
     )
-    assert all(r["status"] == "SUCCESS" for r in runs)
-    by_partition = {
-        next((t["value"] for t in r["tags"] if t["key"] == "dagster/partition"), None): r
-        for r in runs
-        if r["assetSelection"]
-    }
+
+    def partition(run: dict) -> str | None:
+        return next((t["value"] for t in run["tags"] if t["key"] == "dagster/partition"), None)
+
+    backfill = [r for r in runs if r["jobName"] != "locdiff_evaluate"]
+    assert all(r["status"] == "SUCCESS" for r in backfill)
+    by_partition = {partition(r): r for r in backfill if r["assetSelection"]}
     shard_runs = [by_partition[key] for key in shard_keys]
     assert all(
         sorted(a["path"][-1] for a in r["assetSelection"]) == ["clip_embeddings", "images", "shdd_tables"]
         for r in shard_runs
     )
-    downstream = [
-        r
-        for r in runs
-        if {"locdiff_model", "predictions", "accuracy_report"} <= {a["path"][-1] for a in r["assetSelection"]}
-    ]
-    assert len(runs) == len(shard_keys) + 2 and len(downstream) == 1
+    training = [r for r in backfill if {a["path"][-1] for a in r["assetSelection"]} == {"locdiff_model"}]
+    assert len(backfill) == len(shard_keys) + 2 and len(training) == 1
     materialized = []  # training waits for every shard's embeddings and SHDD tables (not for their checks)
     for asset_name in ("clip_embeddings", "shdd_tables"):
         answer = _graphql(
@@ -177,6 +192,15 @@ def test_a_backfill_runs_each_shard_as_its_own_run_then_the_downstream_assets(da
         events = answer["data"]["assetOrError"]["assetMaterializations"]
         assert sorted(e["partition"] for e in events) == sorted(shard_keys)
         materialized += [float(e["timestamp"]) / 1000 for e in events]
-    assert downstream[0]["startTime"] >= max(materialized)
+    assert training[0]["startTime"] >= max(materialized)
+    deadline, evaluations = time.monotonic() + 300, []
+    while time.monotonic() < deadline:  # the sensor notices the new model and scores each benchmark
+        evaluations = [r for r in _runs(port) if r["jobName"] == "locdiff_evaluate"]
+        if len(evaluations) == 2 and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in evaluations):
+            break
+        time.sleep(5)
+    assert sorted(partition(r) for r in evaluations) == ["bluemarble_heldout", "etopo_shift"], log.read_text()[-3000:]
+    assert all(r["status"] == "SUCCESS" for r in evaluations), [r["status"] for r in evaluations]
+    assert all(r["startTime"] >= training[0]["endTime"] for r in evaluations)
     os.kill(process.pid, signal.SIGTERM)
     assert process.wait(timeout=30) is not None

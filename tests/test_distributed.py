@@ -86,12 +86,12 @@ def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
     registered version, latest.json for the downstream assets."""
     from locdiff_pipeline.defs.assets.ingest import image_metadata
     from locdiff_pipeline.defs.jobs import SHARDED_ASSETS, materialize_all
-    from locdiff_pipeline.defs.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+    from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
     from locdiff_pipeline.tracking import registry
 
     resources = {
         "warehouse": WarehouseResource(root=str(tmp_path)),
-        "dataset": DatasetResource(bundled_count=150),
+        "datasets": DatasetsResource(bundled_count=150, bundled_benchmark_count=20),
         "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=2),
         "training": TrainingResource(L=4, shdd_degrees=[4]),
     }

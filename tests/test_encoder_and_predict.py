@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from locdiff_pipeline.data.default_dataset import BLUE_MARBLE, render_window
+from locdiff_pipeline.data.bundled import BLUE_MARBLE, render_window
 from locdiff_pipeline.data.image_encoder import SEEDED_INIT_NOTE, EncoderSpec, ImageEncoder
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel

@@ -1,21 +1,32 @@
-"""The Dagster graph end to end on a tiny configuration: real Dagster, MLflow (SQLite), DuckDB, Parquet."""
+"""The Dagster graph end to end on a tiny configuration: real Dagster, MLflow (SQLite), DuckDB, Parquet.
+
+One training dataset and two benchmarks (the bundled ones), the model trained once and each benchmark
+scored in its own partition; then a third benchmark, with planted duplicates of training images, added
+to the catalog: only its own work is done, and its contamination is found and can be excluded.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shutil
 
 import mlflow
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+import yaml
 from dagster import AssetKey, DagsterInstance, build_schedule_context, materialize
+from PIL import Image
 
+from locdiff_pipeline.data import bundled
 from locdiff_pipeline.definitions import defs
 from locdiff_pipeline.defs.assets.evaluation import accuracy_report
 from locdiff_pipeline.defs.checks import ALL_CHECKS
-from locdiff_pipeline.defs.jobs import materialize_all
+from locdiff_pipeline.defs.jobs import EVALUATION_SELECTION, materialize_all
 from locdiff_pipeline.defs.resources import (
-    DatasetResource,
+    DatasetsResource,
     EncoderResource,
     EvaluationResource,
     MlflowResource,
@@ -24,16 +35,17 @@ from locdiff_pipeline.defs.resources import (
 )
 from locdiff_pipeline.method import metrics, shdd
 from locdiff_pipeline.steps import report_sql
-from locdiff_pipeline.steps.predictions import METHODS
+from locdiff_pipeline.steps.predictions import CHANCE, METHODS
 from locdiff_pipeline.tracking import registry
 
-COUNT, VIEWS, DEGREES = 300, 4, (4, 10)
+COUNT, BENCHMARK_COUNT, VIEWS, DEGREES, DRAWS = 300, 40, 4, (4, 10), 3
+BENCHMARKS = (bundled.HELDOUT, bundled.SHIFTED)
 
 
-def tiny_resources(root) -> dict:
+def tiny_resources(root, **evaluation) -> dict:
     return {
         "warehouse": WarehouseResource(root=str(root)),
-        "dataset": DatasetResource(bundled_count=COUNT),
+        "datasets": DatasetsResource(bundled_count=COUNT, bundled_benchmark_count=BENCHMARK_COUNT),
         "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=VIEWS),
         "training": TrainingResource(
             L=10,
@@ -44,17 +56,9 @@ def tiny_resources(root) -> dict:
             timesteps=50,
             sample_steps=5,
         ),
-        "evaluation": EvaluationResource(samples_per_view=2, regression_steps=100),
+        "evaluation": EvaluationResource(samples_per_view=2, regression_steps=100, chance_draws=DRAWS, **evaluation),
         "mlflow": MlflowResource(),
     }
-
-
-def _metadata(result, key: str) -> dict:
-    return {
-        m.asset_key.path[-1]: m.metadata
-        for m in result.get_asset_materialization_events()
-        for m in [m.event_specific_data.materialization]
-    }[key]
 
 
 @pytest.fixture(scope="module")
@@ -72,70 +76,109 @@ def _table(root, name: str):
 
 def test_every_stage_wrote_its_rows(pipeline):
     root, _, first = pipeline
-    images = _table(root, "images")
-    assert images.num_rows == COUNT
-    splits = dict(zip(*np.unique(images["split"].to_numpy(zero_copy_only=False), return_counts=True)))
-    assert set(splits) == {"train", "val", "test"}
-    embeddings = _table(root, "embeddings")
-    assert embeddings.num_rows == COUNT + splits["test"] * (VIEWS - 1)
-    predictions = _table(root, "predictions")
-    assert predictions.num_rows == splits["test"] * len(METHODS)
-    assert set(predictions["method"].to_pylist()) == set(METHODS)
+    images = _table(root, "images").to_pandas()
+    splits = images.groupby(["dataset", "split"]).size().to_dict()
+    assert set(splits) == {(bundled.BUNDLED, "train"), (bundled.BUNDLED, "val"), *((b, "test") for b in BENCHMARKS)}
+    assert splits[(bundled.HELDOUT, "test")] == splits[(bundled.SHIFTED, "test")] == BENCHMARK_COUNT
+    embeddings = _table(root, "embeddings").to_pandas().groupby("dataset").size().to_dict()
+    train, val = splits[(bundled.BUNDLED, "train")], splits[(bundled.BUNDLED, "val")]
+    assert embeddings == {bundled.BUNDLED: train + val * VIEWS, **{b: BENCHMARK_COUNT * VIEWS for b in BENCHMARKS}}
+    predictions = _table(root, "predictions").to_pandas()
+    for benchmark in BENCHMARKS:
+        rows = predictions[predictions["dataset"] == benchmark]
+        assert set(rows["method"]) == set(METHODS) and set(rows["training_dataset"]) == {bundled.BUNDLED}
+        assert len(rows) == BENCHMARK_COUNT * (len(METHODS) - 1 + DRAWS)  # chance: one row per draw
+    protocol = json.loads((root / "warehouse" / "models" / "latest.json").read_text())
+    checkpoint = json.loads((root / "warehouse" / "checkpoints").glob("*/model/config.json").__next__().read_text())
+    chosen = checkpoint["metadata"]["protocol"]
+    assert chosen["rule"] in ("mixture", "centre") and 1 <= chosen["views"] <= VIEWS and chosen["imagery"] == "north_up"
     samples = _table(root, "prediction_samples")
-    assert samples.num_rows == splits["test"]
-    assert {len(s) for s in samples["sample_lat"].to_pylist()} == {VIEWS * 2}  # views x samples_per_view
-    assert all(e.passed for e in first.get_asset_check_evaluations())
-    assert len(first.get_asset_check_evaluations()) == len(ALL_CHECKS)
+    assert samples.num_rows == 2 * BENCHMARK_COUNT
+    assert {len(s) for s in samples["sample_lat"].to_pylist()} == {chosen["views"] * 2}  # views x samples_per_view
+    assert protocol["training_dataset"] == bundled.BUNDLED
+    evaluations = first.get_asset_check_evaluations()
+    assert all(e.passed for e in evaluations)
+    assert len(evaluations) == 6 + 2 * len(BENCHMARKS)  # data checks once; contamination and coverage per benchmark
+
+
+def test_the_chosen_protocol_is_never_worse_than_the_plain_view_on_validation(pipeline):
+    root, _, _ = pipeline
+    tracking_run = _champion_run(root)
+    choice = json.loads(mlflow.artifacts.load_text(f"runs:/{tracking_run.info.run_id}/protocol_choice.json"))
+    plain = max(row["score"] for row in choice["candidates"] if row["views"] == 1)
+    assert choice["chosen"]["validation_score"] >= plain
+    assert {(row["rule"], row["views"]) for row in choice["candidates"]} >= {("mixture", VIEWS), ("centre", VIEWS)}
+
+
+def test_the_bundled_benchmarks_are_clean_and_the_report_sets_them_beside_chance_and_constant(pipeline):
+    root, _, first = pipeline
+    with report_sql.connect(WarehouseResource(root=str(root)).get(), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM contamination").fetchall() == [(0,)]
+        rows = report_sql.query(con, "SELECT dataset, training_dataset, method FROM accuracy")
+    assert {(r["dataset"], r["training_dataset"], r["method"]) for r in rows} == {
+        (b, bundled.BUNDLED, m) for b in BENCHMARKS for m in METHODS
+    }
+    for benchmark in BENCHMARKS:
+        assert first.metadata("contamination", benchmark)["contaminated_share"].value == 0
+        text = (root / "warehouse" / "reports" / benchmark / "v1" / "accuracy.md").read_text()
+        assert "| constant |" in text and "| chance |" in text and "0 of 40 benchmark images" in text
 
 
 def test_shdd_tables_equal_the_encoder_on_ingested_coordinates(pipeline):
     root, _, _ = pipeline
-    images = _table(root, "images").to_pandas().set_index("image_id")
+    images = _table(root, "images").to_pandas()
+    images = images[images["dataset"] == bundled.BUNDLED].set_index("image_id")
     for L in DEGREES:
-        table = ds.dataset(
-            str(root / "warehouse" / "shdd" / "dataset=bluemarble" / f"L={L}"), format="parquet", partitioning="hive"
-        ).to_table()
+        folder = root / "warehouse" / "shdd" / f"dataset={bundled.BUNDLED}" / f"L={L}"
+        table = ds.dataset(str(folder), format="parquet", partitioning="hive").to_table()
         coefficients = np.stack(table["coefficients"].to_numpy(zero_copy_only=False))
         rows = images.loc[table["image_id"].to_pylist()]
         expected = shdd.encode(rows["lat"].to_numpy(), rows["lon"].to_numpy(), L)
-        assert coefficients.shape == (COUNT, (L + 1) ** 2)
+        assert coefficients.shape == (len(images), (L + 1) ** 2)
         assert np.max(np.abs(coefficients - expected)) < 1e-5
+
+
+def _champion_run(root):
+    registry.configure(root=root)
+    client = mlflow.MlflowClient()
+    return client.get_run(client.get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION).run_id)
 
 
 def test_mlflow_run_and_registered_champion_exist(pipeline):
     root, _, first = pipeline
-    registry.configure(root=root)
+    run = _champion_run(root)
     client = mlflow.MlflowClient()
-    champion = client.get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION)
-    assert int(champion.version) == 1
-    run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["L"] == "10" and run.data.tags["encoder_pretrained"] == "false"
+    assert run.data.tags["dataset"] == bundled.BUNDLED and run.data.params["protocol_rule"] in ("mixture", "centre")
     assert "NO pretrained weights" in run.data.tags["encoder_note"]
     assert {"val_acc_750km", "val_score", "loss"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "loss")) >= 10  # per-step losses
-    assert _metadata(first, "locdiff_model")["model_version"].value == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_score")] == [60]  # at its real step
+    assert first.metadata("locdiff_model")["model_version"].value == 1
 
 
 def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline):
     root, _, _ = pipeline
     predictions = _table(root, "predictions").to_pandas()
+    predictions = predictions[predictions["dataset"] == bundled.HELDOUT]
     rows = {
-        r["method"]: r for r in report_sql.accuracy_table(WarehouseResource(root=str(root)).get(), dataset="bluemarble")
+        r["method"]: r
+        for r in report_sql.accuracy_table(WarehouseResource(root=str(root)).get(), dataset=bundled.HELDOUT)
     }
     assert set(rows) == set(METHODS)
     for method, group in predictions.groupby("method"):
         expected = metrics.accuracy(group["true_lat"], group["true_lon"], group["pred_lat"], group["pred_lon"])
         for threshold in metrics.THRESHOLDS_KM:
-            assert rows[method][metrics.accuracy_column(threshold)] == pytest.approx(
-                expected[metrics.accuracy_column(threshold)]
-            )
+            column = metrics.accuracy_column(threshold)
+            assert rows[method][column] == pytest.approx(expected[column])  # chance: the mean over its draws
         assert rows[method]["median_km"] == pytest.approx(expected["median_km"])
-        assert rows[method]["count"] == expected["count"]
+        assert rows[method]["count"] == group["image_id"].nunique() == BENCHMARK_COUNT
+    assert len(predictions[predictions["method"] == CHANCE]) == DRAWS * BENCHMARK_COUNT
     locdiff = predictions[predictions["method"] == "locdiff"]
     assert rows["locdiff"]["region_coverage"] == pytest.approx((locdiff["error_km"] <= locdiff["region_km"]).mean())
     assert rows["knn"]["region_coverage"] is None
-    folder = root / "warehouse" / "reports" / "bluemarble" / "v1"
+    folder = root / "warehouse" / "reports" / bundled.HELDOUT / "v1"
     for name in ("error_cdf.png", "error_map.png", "calibration.png", "density_maps.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     calibration = json.loads((folder / "calibration.json").read_text())
@@ -148,9 +191,11 @@ def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline
 
 def test_rematerializing_one_asset_leaves_its_upstream_alone(pipeline):
     root, instance, _ = pipeline
-    images_manifest = root / "warehouse" / "images" / "dataset=bluemarble" / "shard=000" / "_manifest.json"
+    images_manifest = root / "warehouse" / "images" / f"dataset={bundled.BUNDLED}" / "shard=000" / "_manifest.json"
     before = images_manifest.stat().st_mtime_ns
-    only = materialize([accuracy_report], resources=tiny_resources(root), instance=instance)
+    only = materialize(
+        [accuracy_report], resources=tiny_resources(root), instance=instance, partition_key=bundled.SHIFTED
+    )
     assert only.success
     assert {e.asset_key.path[-1] for e in only.get_asset_materialization_events()} == {"accuracy_report"}
     assert images_manifest.stat().st_mtime_ns == before
@@ -160,14 +205,128 @@ def test_second_run_of_the_graph_is_served_from_cache(pipeline):
     root, instance, _ = pipeline
     second = materialize_all(tiny_resources(root), instance=instance)
     assert second.success
-    for key in ("image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model", "predictions"):
-        assert _metadata(second, key)["cached"].value is True, key
+    for key in ("image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model"):
+        assert second.metadata(key)["cached"].value is True, key
+    for benchmark in BENCHMARKS:
+        for key in ("contamination", "predictions"):
+            assert second.metadata(key, benchmark)["cached"].value is True, (key, benchmark)
     registry.configure(root=root)
-    assert [
-        int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{registry.REGISTERED_MODEL}'")
-    ] == [1]
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{registry.REGISTERED_MODEL}'")
+    assert [int(v.version) for v in versions] == [1]
     latest = json.loads((root / "warehouse" / "models" / "latest.json").read_text())
     assert latest["version"] == 1
+
+
+def _planted_benchmark(root, folder) -> dict:
+    """A benchmark made of held-out images plus training images copied exactly (same bytes) and
+    resized and re-encoded (near duplicates), in the MP16 layout."""
+    training = next((root / "warehouse" / "sources").glob(f"{bundled.BUNDLED}-*"))
+    heldout = next((root / "warehouse" / "sources").glob(f"{bundled.HELDOUT}-*"))
+    with open(training / "metadata.csv") as handle:
+        train_rows = [r for r in csv.DictReader(handle) if r["split"] == "train"]
+    with open(heldout / "metadata.csv") as handle:
+        clean_rows = list(csv.DictReader(handle))[:6]
+    (folder / "images").mkdir(parents=True)
+    records, planted = [], {"exact": {}, "near": {}}
+    for kind, source_rows in (("exact", train_rows[:3]), ("near", train_rows[10:13])):
+        for r in source_rows:
+            image_id = f"{kind}_{len(records)}.jpg"
+            data = (training / "images" / r["IMG_ID"]).read_bytes()
+            if kind == "near":
+                with Image.open(io.BytesIO(data)) as image:
+                    buffer = io.BytesIO()
+                    image.convert("RGB").resize((88, 88)).resize((96, 96)).save(buffer, "JPEG", quality=70)
+                data = buffer.getvalue()
+            (folder / "images" / image_id).write_bytes(data)
+            records.append((image_id, r["LAT"], r["LON"]))
+            planted[kind][image_id] = r["IMG_ID"]
+    for r in clean_rows:
+        image_id = "clean_" + r["IMG_ID"].replace("/", "_")
+        shutil.copy(heldout / "images" / r["IMG_ID"], folder / "images" / image_id)
+        records.append((image_id, r["LAT"], r["LON"]))
+    with open(folder / "planted.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["IMG_ID", "LAT", "LON"])
+        writer.writerows(records)
+    return planted
+
+
+@pytest.fixture(scope="module")
+def third_benchmark(pipeline, tmp_path_factory):
+    """The catalog gains a third benchmark (a YAML catalog file, as a user writes one)."""
+    root, instance, _ = pipeline
+    folder = tmp_path_factory.mktemp("planted")
+    planted = _planted_benchmark(root, folder)
+    entry = {
+        "name": "planted",
+        "metadata_csv": str(folder / "planted.csv"),
+        "images": str(folder / "images"),
+        "default_split": "test",
+        "imagery": "north_up",
+    }
+    catalog = {
+        "training": {"name": bundled.BUNDLED, "kind": "bundled"},
+        "benchmarks": [{"name": name, "kind": "bundled"} for name in BENCHMARKS] + [entry],
+    }
+    (folder / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    resources = tiny_resources(root)
+    resources["datasets"] = DatasetsResource(
+        catalog=str(folder / "catalog.yaml"), bundled_count=COUNT, bundled_benchmark_count=BENCHMARK_COUNT
+    )
+    manifests = sorted((root / "warehouse").glob(f"*/dataset={bundled.BUNDLED}/**/_manifest.json"))
+    before = {path: path.stat().st_mtime_ns for path in manifests}
+    third = materialize_all(resources, instance=instance)
+    assert third.success
+    return root, instance, resources, third, planted, before
+
+
+def test_adding_a_benchmark_computes_only_its_own_work(third_benchmark):
+    root, _, _, third, _, before = third_benchmark
+    assert {path: path.stat().st_mtime_ns for path in before} == before  # no table of the training data rewritten
+    assert third.metadata("locdiff_model")["cached"].value is True
+    assert third.metadata("image_metadata")["datasets"].value["planted"]["cached"] is False
+    assert all(
+        third.metadata("image_metadata")["datasets"].value[name]["cached"] for name in (bundled.BUNDLED, *BENCHMARKS)
+    )
+    for benchmark in BENCHMARKS:
+        assert third.metadata("predictions", benchmark)["cached"].value is True
+    assert third.metadata("predictions", "planted")["cached"].value is False
+    assert {r["dataset"] for r in report_sql.accuracy_table(WarehouseResource(root=str(root)).get())} == {
+        *BENCHMARKS,
+        "planted",
+    }
+
+
+def test_planted_duplicates_are_found_and_excluded_on_request(third_benchmark):
+    root, instance, resources, third, planted, _ = third_benchmark
+    store = WarehouseResource(root=str(root)).get()
+    with report_sql.connect(store, read_only=True) as con:
+        found = report_sql.query(
+            con,
+            "SELECT image_id, training_image_id, kind, similarity FROM contamination WHERE dataset = $1",
+            ["planted"],
+        )
+    assert {r["image_id"]: (r["kind"], r["training_image_id"]) for r in found} == {
+        **{i: ("exact", t) for i, t in planted["exact"].items()},
+        **{i: ("near", t) for i, t in planted["near"].items()},
+    }
+    assert third.metadata("contamination", "planted")["contaminated_share"].value == pytest.approx(6 / 12)
+    planted_run = third.results[-1]  # the catalog's last benchmark is scored last
+    warning = next(e for e in planted_run.get_asset_check_evaluations() if e.check_name == "contamination_share")
+    assert not warning.passed and warning.severity.value == "WARN"
+    assert "they were scored (not excluded)" in (store.root / "reports" / "planted" / "v1" / "accuracy.md").read_text()
+    excluding = {**resources, "evaluation": tiny_resources(root, exclude_contaminated=True)["evaluation"]}
+    again = materialize(
+        defs.assets + defs.asset_checks,
+        resources=excluding,
+        instance=instance,
+        selection=EVALUATION_SELECTION,
+        partition_key="planted",
+    )
+    assert again.success
+    scored = {r["method"]: r["count"] for r in report_sql.accuracy_table(store, dataset="planted")}
+    assert set(scored.values()) == {6}  # the six clean images, for every method
+    assert "they were excluded from scoring" in (store.root / "reports" / "planted" / "v1" / "accuracy.md").read_text()
 
 
 class _ConstantModel(mlflow.pyfunc.PythonModel):
@@ -193,7 +352,7 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
     assert (version, score) == (3, 0.7)
 
 
-def test_definitions_hold_the_graph_schedule_and_checks():
+def test_definitions_hold_the_graph_schedule_sensor_and_checks():
     repository = defs.get_repository_def()
     keys = {key.path[-1] for key in repository.asset_graph.get_all_asset_keys()}
     assert keys == {
@@ -202,17 +361,25 @@ def test_definitions_hold_the_graph_schedule_and_checks():
         "clip_embeddings",
         "shdd_tables",
         "locdiff_model",
+        "contamination",
         "predictions",
         "accuracy_report",
     }
+    groups = {
+        key.path[-1]: repository.asset_graph.get(key).group_name for key in repository.asset_graph.get_all_asset_keys()
+    }
+    assert set(groups.values()) == {"ingest", "features", "model", "evaluation"}
+    assert repository.asset_graph.get(AssetKey("predictions")).partitions_def.name == "benchmarks"
     schedule = repository.get_schedule_def("weekly_retrain")
-    assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "locdiff_all"
+    assert schedule.cron_schedule == "0 3 * * 1" and schedule.job_name == "locdiff_train"
     request = schedule.evaluate_tick(build_schedule_context()).run_requests[0]  # the weekly run covers every shard
     shard_keys = repository.asset_graph.get(AssetKey("images")).partitions_def.get_partition_keys()
-    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
+    tags = request.tags
+    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == (
         shard_keys[0],
         shard_keys[-1],
     )
+    assert repository.get_sensor_def("evaluate_new_model").job_name == "locdiff_evaluate"
     assert len(list(repository.asset_checks_defs_by_key)) == len(ALL_CHECKS)
 
 

@@ -154,3 +154,16 @@ def test_decode_rejects_bad_input():
         shdd.decode(np.full((1, 9), np.nan), 2)
     with pytest.raises(ValueError, match="rho"):
         shdd.decode(np.zeros((1, 9)), 2, rho=-1.0)
+
+
+@pytest.mark.parametrize("L", [1, 3, 10, 20, 40, 90])
+def test_peak_width_is_the_first_zero_of_the_decoded_kernel(L):
+    """The width used for rho and the density bandwidth is where F = sum (2l+1)/(4 pi) P_l first
+    crosses zero, found here by brute force on a fine grid of angles."""
+    angles = np.linspace(1e-6, np.pi, 400_001)
+    kernel = np.polynomial.legendre.legval(np.cos(angles), (2 * np.arange(L + 1) + 1) / (4 * np.pi))
+    first = angles[np.argmax(kernel <= 0)]
+    assert shdd.peak_width_km(L) == pytest.approx(sphere.EARTH_RADIUS_KM * first, abs=0.2)
+    assert shdd.peak_width_km(L) == pytest.approx(
+        sphere.EARTH_RADIUS_KM * 3.8317 / (L + 1), rel=0.02 if L > 2 else 0.05
+    )

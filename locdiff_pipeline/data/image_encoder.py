@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from locdiff_pipeline.data.compat import prepare_torchvision
+from locdiff_pipeline.data.datasets import IMAGERY
 from locdiff_pipeline.data.image_io import sha256_file
 
 CONFIG_DIR = Path(__file__).parent / "encoder_configs"
@@ -100,7 +101,7 @@ class ImageEncoder:
             checkpoint_sha = None
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.preprocess = preprocess
-        self.augment = _augmentation(preprocess)
+        self.augment = {imagery: _augmentation(preprocess, flips=imagery == "ground") for imagery in IMAGERY}
         with torch.no_grad():
             size = _image_size(preprocess)
             embed_dim = int(self.model.encode_image(torch.zeros(1, 3, size, size, device=self.device)).shape[-1])
@@ -120,17 +121,21 @@ class ImageEncoder:
         """Plain-view embeddings (N, D)."""
         return self._embed_tensors([self.preprocess(im) for im in images])
 
-    def embed_views(self, images: list[Image.Image], keys: list[str], n_views: int) -> np.ndarray:
-        """Embeddings (N, n_views, D): view 0 is the plain view, views 1.. are augmentations.
+    def embed_views(
+        self, images: list[Image.Image], keys: list[str], n_views: int, imagery: str = "ground"
+    ) -> np.ndarray:
+        """Embeddings (N, n_views, D): view 0 is the plain view, views 1.. are augmentations suited to
+        the imagery (no flips for north-up imagery, where a mirror image is another place).
 
         Each image's augmentations are seeded by its key, so the same image always gets the same views.
         """
+        augment = self.augment[imagery]
         pixels = []
         for image, key in zip(images, keys, strict=True):
             pixels.append(self.preprocess(image))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(zlib.crc32(key.encode()) + self.spec.seed)
-                pixels.extend(self.augment(image) for _ in range(n_views - 1))
+                pixels.extend(augment(image) for _ in range(n_views - 1))
         return self._embed_tensors(pixels).reshape(len(images), n_views, -1)
 
 
@@ -142,8 +147,9 @@ def _image_size(preprocess) -> int:
     raise ValueError("cannot find the encoder's input size in its preprocessing")
 
 
-def _augmentation(preprocess):
-    """GeoCLIP-style test-time views: random resized crop, flip and colour jitter, then the encoder's normalisation."""
+def _augmentation(preprocess, flips: bool):
+    """Test-time views: random resized crop, horizontal flip (GeoCLIP's views; only when `flips`) and
+    colour jitter, then the encoder's normalisation."""
     from torchvision import transforms
 
     normalize = next(t for t in preprocess.transforms if isinstance(t, transforms.Normalize))
@@ -151,7 +157,7 @@ def _augmentation(preprocess):
     return transforms.Compose(
         [
             transforms.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-            transforms.RandomHorizontalFlip(),
+            *([transforms.RandomHorizontalFlip()] if flips else []),
             transforms.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
             lambda image: image.convert("RGB"),
             transforms.ToTensor(),

@@ -43,6 +43,24 @@ def read_image_file(path: str | Path) -> Image.Image:
     return decode_image(data, str(path))
 
 
+def perceptual_hash(image: Image.Image) -> int:
+    """63-bit DCT perceptual hash (pHash; fits an int64 column): the signs of an image's lowest spatial
+    frequencies against their median. A resized, re-encoded or recoloured copy keeps most bits;
+    unrelated images differ in about half of them, flat ones included, whose low frequencies are noise."""
+    import numpy as np
+    from scipy.fft import dctn
+
+    pixels = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = dctn(pixels, norm="ortho")[:8, :8].ravel()[1:]  # without the mean (DC) term: 63 bits
+    bits = low > np.median(low)
+    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
+
+
+def hash_distance(a: int, b: int) -> int:
+    """Hamming distance between two perceptual hashes (0 = same picture)."""
+    return (a ^ b).bit_count()
+
+
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
     """JPEG bytes of an image (the warehouse stores images this way)."""
     buffer = io.BytesIO()

@@ -72,16 +72,16 @@ def _field(record: object, keys: tuple[str, ...], path: Path | str):
 class FolderSource:
     """IMG_ID is a path relative to the root folder (MP16's `00/00/123456.jpg`, Im2GPS3k's file names)."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, suffix: str = ""):
+        self.root, self.suffix = Path(root), suffix
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
 
     def reference(self, image_id: str) -> str:
-        return str(self.root / image_id)
+        return str(self.root / (image_id + self.suffix))
 
     def read(self, image_id: str) -> bytes:
-        path = (self.root / image_id).resolve()
+        path = (self.root / (image_id + self.suffix)).resolve()
         if self.root.resolve() not in path.parents:
             raise ImageMissingError(f"image id {image_id!r} points outside the image folder")
         try:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.datasets import DatasetSpec
-from locdiff_pipeline.data.image_io import ImageDecodeError, decode_image, sha256_bytes
+from locdiff_pipeline.data.image_io import ImageDecodeError, decode_image, perceptual_hash, sha256_bytes
 from locdiff_pipeline.data.image_sources import (
     ARCHIVE_LAYOUTS,
     FolderSource,
@@ -38,7 +38,7 @@ from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 IMAGES_TABLE = "images"
 REJECTED_TABLE = "rejected"
 INDEX_TABLE = "image_index"  # archive layouts: where each id's image lives, sharded like the metadata
-INGEST_VERSION = 2
+INGEST_VERSION = 3  # 3: a perceptual hash of every image (near-duplicate checks)
 ROW = "__row"  # the record's 1-based row in the metadata CSV, carried through the split
 SHARDED_TABLES = (IMAGES_TABLE, REJECTED_TABLE, "embeddings", "shdd")
 INDEX_SCHEMA = pa.schema([("image_id", pa.string()), ("reference", pa.string())])
@@ -231,7 +231,7 @@ def ingest_shard(spec: DatasetSpec, warehouse: Warehouse, shard: str, *, force: 
     header = split["columns"]
     extra = [c for c in header if c not in (spec.id_column, spec.lat_column, spec.lon_column, spec.split_column)]
     source = (
-        FolderSource(spec.images)
+        FolderSource(spec.images, spec.image_suffix)
         if spec.layout not in ARCHIVE_LAYOUTS
         else IndexedSource(spec.layout, _index_of_shard(warehouse, spec.name, shard))
     )
@@ -346,6 +346,7 @@ def _check_record(
         "width": image.width,
         "height": image.height,
         "sha256": sha256_bytes(data),
+        "phash": perceptual_hash(image),
         "row": row,
         **{f"meta_{c}": record.get(c) for c in extra},
     }
@@ -362,6 +363,7 @@ def _images_table(rows: list[dict], extra: list[str]) -> pa.Table:
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("sha256", pa.string()),
+        ("phash", pa.int64()),
         ("row", pa.int64()),
     ] + [(f"meta_{c}", pa.string()) for c in extra]
     return pa.Table.from_pylist(rows, schema=pa.schema(fields))

@@ -1,39 +1,51 @@
 """Asset checks: data quality guards, answered by DuckDB over the warehouse Parquet.
 
 Checks of the sharded assets look only at the shards their run materialized (one, or the whole range),
-so parallel shard runs never read a shard another run is swapping in.
+so parallel shard runs never read a shard another run is swapping in; they cover every catalog
+dataset. Checks of the evaluation assets look at their benchmark's partition. Dataset names and shard
+keys reach SQL as bound parameters.
 """
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
 from locdiff_pipeline.data.ingest import IMAGES_TABLE, REJECTED_TABLE
-from locdiff_pipeline.defs.assets.evaluation import predictions
+from locdiff_pipeline.defs.assets.evaluation import contamination, predictions
 from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
 from locdiff_pipeline.defs.assets.ingest import images
-from locdiff_pipeline.defs.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.defs.resources import (
+    DatasetsResource,
+    EncoderResource,
+    EvaluationResource,
+    TrainingResource,
+    WarehouseResource,
+)
 from locdiff_pipeline.steps import report_sql
+from locdiff_pipeline.steps.contamination import CONTAMINATION_TABLE
 from locdiff_pipeline.steps.locdiff_model import read_latest
+from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE
+from locdiff_pipeline.steps.predictions import CHANCE, METHODS
+
+# rows of the run's shards of every catalog dataset: $1 = dataset names, $2 = shard keys
+IN_RUN = "list_contains($1, dataset) AND list_contains($2, shard)"
 
 
-def _scalar(warehouse: WarehouseResource, sql: str):
+def _row(warehouse: WarehouseResource, sql: str, parameters: list) -> tuple:
     with report_sql.in_memory_views(warehouse.get()) as con:
-        return con.sql(sql).fetchall()[0]
+        return con.execute(sql, parameters).fetchall()[0]
 
 
-def _in_shards(context: AssetCheckExecutionContext, dataset: DatasetResource) -> str:
-    """SQL condition: the dataset's rows in the shards this run materialized."""
-    shard_list = ", ".join(f"'{key}'" for key in context.partition_keys)
-    return f"dataset = '{dataset.name}' AND shard IN ({shard_list})"
+def _in_run(context: AssetCheckExecutionContext, datasets: DatasetsResource) -> list:
+    return [[entry.name for entry in datasets.get().entries], list(context.partition_keys)]
 
 
 @asset_check(asset=images, description="Every accepted location has finite lat in [-90, 90] and lon in [-180, 180].")
 def coordinates_in_range(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
 ) -> AssetCheckResult:
-    (bad,) = _scalar(
+    (bad,) = _row(
         warehouse,
-        f"SELECT count(*) FROM images WHERE {_in_shards(context, dataset)} AND NOT (lat BETWEEN -90 AND 90 AND "
-        f"lon BETWEEN -180 AND 180)",
+        f"SELECT count(*) FROM images WHERE {IN_RUN} AND NOT (lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180)",
+        _in_run(context, datasets),
     )
     return AssetCheckResult(passed=bad == 0, metadata={"out_of_range": bad})
 
@@ -41,71 +53,78 @@ def coordinates_in_range(
 @asset_check(
     asset=images,
     description=(
-        "Image ids are unique within the run's shards (the id hash sends every copy of an id to the same shard)."
+        "Image ids are unique per dataset within the run's shards (the id hash sends every copy of an id to one shard)."
     ),
 )
 def unique_image_ids(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
 ) -> AssetCheckResult:
-    total, distinct = _scalar(
-        warehouse, f"SELECT count(*), count(DISTINCT image_id) FROM images WHERE {_in_shards(context, dataset)}"
+    total, distinct = _row(
+        warehouse,
+        f"SELECT count(*), count(DISTINCT (dataset, image_id)) FROM images WHERE {IN_RUN}",
+        _in_run(context, datasets),
     )
     return AssetCheckResult(passed=total == distinct, metadata={"rows": total, "distinct_ids": distinct})
 
 
 @asset_check(
     asset=images,
-    description="The share of rejected records in the run's shards stays under the dataset's max_rejected_share.",
+    description="The share of rejected records in the run's shards stays under max_rejected_share, for every dataset.",
 )
 def rejected_share(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
 ) -> AssetCheckResult:
     store = warehouse.get()  # both counts from the partitions' manifests
-    accepted, rejected = (
-        sum(store.manifest(table, dataset=dataset.name, shard=shard)["rows"] for shard in context.partition_keys)
-        for table in (IMAGES_TABLE, REJECTED_TABLE)
-    )
-    share = rejected / max(accepted + rejected, 1)
+    shares = {}
+    for entry in datasets.get().entries:
+        accepted, rejected = (
+            sum(store.manifest(table, dataset=entry.name, shard=shard)["rows"] for shard in context.partition_keys)
+            for table in (IMAGES_TABLE, REJECTED_TABLE)
+        )
+        shares[entry.name] = rejected / max(accepted + rejected, 1)
+    worst = max(shares, key=shares.get)
     return AssetCheckResult(
-        passed=share <= dataset.max_rejected_share,
+        passed=shares[worst] <= datasets.max_rejected_share,
         severity=AssetCheckSeverity.ERROR,
         metadata={
-            "accepted": accepted,
-            "rejected": rejected,
-            "share": float(share),
-            "threshold": dataset.max_rejected_share,
+            "share_by_dataset": {k: float(v) for k, v in shares.items()},
+            "worst": worst,
+            "threshold": datasets.max_rejected_share,
         },
     )
 
 
 @asset_check(asset=clip_embeddings, description="No NaN/inf embeddings; every embedding has unit norm.")
 def embeddings_finite_unit_norm(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
 ) -> AssetCheckResult:
-    bad, worst = _scalar(
+    bad, worst = _row(
         warehouse,
         f"""SELECT count(*) FILTER (WHERE NOT isfinite(n) OR abs(n - 1) > 1e-3), coalesce(max(abs(n - 1)), 0)
-            FROM (SELECT sqrt(list_inner_product(embedding, embedding)) AS n
-                  FROM embeddings WHERE {_in_shards(context, dataset)})""",
+            FROM (SELECT sqrt(list_inner_product(embedding, embedding)) AS n FROM embeddings WHERE {IN_RUN})""",
+        _in_run(context, datasets),
     )
     return AssetCheckResult(passed=bad == 0, metadata={"bad_rows": bad, "max_norm_deviation": float(worst)})
 
 
-@asset_check(asset=clip_embeddings, description="Embedding rows = images (1 view) + test images x (views - 1).")
+@asset_check(
+    asset=clip_embeddings,
+    description="Embedding rows = images (plain view) + validation and test images x (views - 1).",
+)
 def embedding_rows_match_images(
     context: AssetCheckExecutionContext,
     warehouse: WarehouseResource,
-    dataset: DatasetResource,
+    datasets: DatasetsResource,
     encoder: EncoderResource,
 ) -> AssetCheckResult:
-    where = _in_shards(context, dataset)
-    images_rows, test_rows, embedding_rows = _scalar(
+    images_rows, viewed_rows, embedding_rows = _row(
         warehouse,
-        f"""SELECT (SELECT count(*) FROM images WHERE {where}),
-                   (SELECT count(*) FROM images WHERE {where} AND split = 'test'),
-                   (SELECT count(*) FROM embeddings WHERE {where})""",
+        f"""SELECT (SELECT count(*) FROM images WHERE {IN_RUN}),
+                   (SELECT count(*) FROM images WHERE {IN_RUN} AND split IN ('val', 'test')),
+                   (SELECT count(*) FROM embeddings WHERE {IN_RUN})""",
+        _in_run(context, datasets),
     )
-    expected = images_rows + test_rows * (encoder.test_views - 1)
+    expected = images_rows + viewed_rows * (encoder.test_views - 1)
     return AssetCheckResult(passed=embedding_rows == expected, metadata={"expected": expected, "found": embedding_rows})
 
 
@@ -113,17 +132,18 @@ def embedding_rows_match_images(
 def shdd_rows_match_images(
     context: AssetCheckExecutionContext,
     warehouse: WarehouseResource,
-    dataset: DatasetResource,
+    datasets: DatasetsResource,
     training: TrainingResource,
 ) -> AssetCheckResult:
     found = {}
-    where = _in_shards(context, dataset)
+    parameters = _in_run(context, datasets)
     with report_sql.in_memory_views(warehouse.get()) as con:
-        (images_rows,) = con.sql(f"SELECT count(*) FROM images WHERE {where}").fetchall()[0]
+        (images_rows,) = con.execute(f"SELECT count(*) FROM images WHERE {IN_RUN}", parameters).fetchall()[0]
         for L in training.degrees():
-            found[str(L)] = con.sql(
+            found[str(L)] = con.execute(
                 f"SELECT count(*), coalesce(min(len(coefficients)), 0), coalesce(max(len(coefficients)), 0) "
-                f"FROM shdd WHERE {where} AND L = {L}"
+                f"FROM shdd WHERE {IN_RUN} AND L = $3",
+                [*parameters, L],
             ).fetchall()[0]
     passed = all(rows == images_rows and low == high == (int(L) + 1) ** 2 for L, (rows, low, high) in found.items())
     return AssetCheckResult(
@@ -132,22 +152,55 @@ def shdd_rows_match_images(
 
 
 @asset_check(
-    asset=predictions, description="Every test image has a prediction for every method, with finite coordinates."
+    asset=contamination,
+    description=(
+        "Warns when more than max_contaminated_share of a benchmark's images have a duplicate in the training data."
+    ),
 )
-def predictions_cover_test_images(warehouse: WarehouseResource, dataset: DatasetResource) -> AssetCheckResult:
-    version = read_latest(warehouse.get())["version"]
-    test_rows, methods, predicted, bad = _scalar(
-        warehouse,
-        f"""SELECT (SELECT count(*) FROM images WHERE dataset = '{dataset.name}' AND split = 'test'),
-                   (SELECT count(DISTINCT method) FROM predictions
-                    WHERE dataset = '{dataset.name}' AND model_version = {version}),
-                   (SELECT count(*) FROM predictions WHERE dataset = '{dataset.name}' AND model_version = {version}),
-                   (SELECT count(*) FROM predictions WHERE dataset = '{dataset.name}' AND model_version = {version}
-                    AND NOT (isfinite(pred_lat) AND isfinite(pred_lon)))""",
-    )
+def contamination_share(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, evaluation: EvaluationResource
+) -> AssetCheckResult:
+    summary = warehouse.get().manifest(CONTAMINATION_TABLE, dataset=context.partition_key)
+    share = (summary["exact"] + summary["near"]) / max(summary["images"], 1)
     return AssetCheckResult(
-        passed=predicted == test_rows * methods and bad == 0,
-        metadata={"test_images": test_rows, "methods": methods, "rows": predicted, "non_finite": bad},
+        passed=share <= evaluation.max_contaminated_share,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "share": float(share),
+            "exact": summary["exact"],
+            "near": summary["near"],
+            "threshold": evaluation.max_contaminated_share,
+        },
+    )
+
+
+@asset_check(
+    asset=predictions,
+    description=(
+        "Every scored benchmark image has a prediction for every method (chance: every draw), with finite coordinates."
+    ),
+)
+def predictions_cover_benchmark(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, evaluation: EvaluationResource
+) -> AssetCheckResult:
+    store, benchmark = warehouse.get(), context.partition_key
+    version = read_latest(store)["version"]
+    scored = store.manifest(PREDICTIONS_TABLE, dataset=benchmark, model_version=version)["images"]
+    methods, rows, bad, chance_rows = _row(
+        warehouse,
+        """SELECT count(DISTINCT method), count(*),
+                  count(*) FILTER (WHERE NOT (isfinite(pred_lat) AND isfinite(pred_lon))),
+                  count(*) FILTER (WHERE method = $3)
+           FROM predictions WHERE dataset = $1 AND model_version = $2""",
+        [benchmark, version, CHANCE],
+    )
+    expected = scored * (len(METHODS) - 1) + scored * evaluation.chance_draws
+    return AssetCheckResult(
+        passed=methods == len(METHODS)
+        and rows == expected
+        and bad == 0
+        and chance_rows == scored * evaluation.chance_draws,
+        metadata={"images": scored, "methods": methods, "rows": rows, "expected_rows": expected, "non_finite": bad},
     )
 
 
@@ -158,5 +211,6 @@ ALL_CHECKS = [
     embeddings_finite_unit_norm,
     embedding_rows_match_images,
     shdd_rows_match_images,
-    predictions_cover_test_images,
+    contamination_share,
+    predictions_cover_benchmark,
 ]

@@ -1,61 +1,158 @@
-"""Jobs and schedules, and the in-process run of the whole graph that `locdiff run` and the tests use."""
+"""Jobs, the retraining schedule, the sensor that scores every benchmark after training, and the
+in-process run of the whole graph that `locdiff run` and the tests use.
+
+Two jobs, because their assets are partitioned differently: `locdiff_train` (ingest, features, model;
+one run over the whole shard range, or a backfill of one run per shard) and `locdiff_evaluate`
+(contamination, predictions, report; one run per benchmark partition).
+"""
 
 import os
+from dataclasses import dataclass
 
 from dagster import (
+    AssetKey,
     AssetSelection,
     DagsterInstance,
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     ExecuteInProcessResult,
     RunRequest,
+    SensorEvaluationContext,
+    asset_sensor,
     define_asset_job,
     materialize,
     schedule,
 )
 
-from locdiff_pipeline.defs.assets.evaluation import accuracy_report, predictions
+from locdiff_pipeline.defs.assets.evaluation import GROUP as EVALUATION
+from locdiff_pipeline.defs.assets.evaluation import accuracy_report, contamination, predictions
+from locdiff_pipeline.defs.assets.features import GROUP as FEATURES
 from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
+from locdiff_pipeline.defs.assets.ingest import GROUP as INGEST
 from locdiff_pipeline.defs.assets.ingest import image_metadata, images
+from locdiff_pipeline.defs.assets.model import GROUP as MODEL
 from locdiff_pipeline.defs.assets.model import locdiff_model
 from locdiff_pipeline.defs.checks import ALL_CHECKS
-from locdiff_pipeline.defs.partitions import all_shards_tags
+from locdiff_pipeline.defs.partitions import BENCHMARKS, all_shards_tags
 from locdiff_pipeline.defs.resources import default_resources
 
-ALL_ASSETS = [image_metadata, images, clip_embeddings, shdd_tables, locdiff_model, predictions, accuracy_report]
+ALL_ASSETS = [
+    image_metadata,
+    images,
+    clip_embeddings,
+    shdd_tables,
+    locdiff_model,
+    contamination,
+    predictions,
+    accuracy_report,
+]
 SHARDED_ASSETS = [images, clip_embeddings, shdd_tables]
+TRAIN_SELECTION = AssetSelection.groups(INGEST, FEATURES, MODEL)
+EVALUATION_SELECTION = AssetSelection.groups(EVALUATION)
 
-everything = define_asset_job(
-    "locdiff_all",
-    selection=AssetSelection.all(),
-    description="Ingest, embed, encode, train, predict and report (launch it over the whole shard range).",
+train_job = define_asset_job(
+    "locdiff_train",
+    selection=TRAIN_SELECTION,
+    description="Ingest and embed every catalog dataset, then train (launch it over the whole shard range).",
+)
+evaluate_job = define_asset_job(
+    "locdiff_evaluate",
+    selection=EVALUATION_SELECTION,  # partitioned by benchmark, like its assets
+    description="Score one benchmark: contamination, predictions, report.",
 )
 
 
 # Every stage is cached by its inputs' fingerprint, so the weekly run recomputes only what new data or
-# new settings changed (and retrains when they reach the model).
+# new settings changed (and retrains when they reach the model); the sensor then re-scores the benchmarks.
 @schedule(
     name="weekly_retrain",
-    job=everything,
+    job=train_job,
     cron_schedule=os.environ.get("LOCDIFF_RETRAIN_CRON", "0 3 * * 1"),
     default_status=DefaultScheduleStatus.RUNNING
     if os.environ.get("LOCDIFF_RETRAIN_SCHEDULE") == "on"
     else DefaultScheduleStatus.STOPPED,
-    description="Re-run the graph over every shard weekly (Mondays 03:00 by default; LOCDIFF_RETRAIN_CRON to change).",
+    description=(
+        "Re-run ingest, features and training over every shard weekly (Mondays 03:00 by default; "
+        "LOCDIFF_RETRAIN_CRON to change)."
+    ),
 )
 def retrain_schedule(context) -> RunRequest:
     return RunRequest(tags=all_shards_tags())
 
 
+@asset_sensor(
+    asset_key=AssetKey("locdiff_model"),
+    job=evaluate_job,
+    name="evaluate_new_model",
+    minimum_interval_seconds=15,
+    default_status=DefaultSensorStatus.STOPPED
+    if os.environ.get("LOCDIFF_EVALUATE_SENSOR") == "off"
+    else DefaultSensorStatus.RUNNING,
+    description=(
+        "After each materialization of locdiff_model, score every registered benchmark (one run per benchmark "
+        "partition)."
+    ),
+)
+def evaluate_new_model(context: SensorEvaluationContext, asset_event):
+    for benchmark in context.instance.get_dynamic_partitions(BENCHMARKS.name):
+        yield RunRequest(run_key=f"{asset_event.run_id}:{benchmark}", partition_key=benchmark)
+
+
+@dataclass
+class GraphRun:
+    """The in-process runs of one `materialize_all`: the training run, then one run per benchmark."""
+
+    results: list[ExecuteInProcessResult]
+
+    @property
+    def success(self) -> bool:
+        return all(r.success for r in self.results)
+
+    def get_asset_check_evaluations(self) -> list:
+        return [e for r in self.results for e in r.get_asset_check_evaluations()]
+
+    def get_asset_materialization_events(self) -> list:
+        return [e for r in self.results for e in r.get_asset_materialization_events()]
+
+    def metadata(self, asset: str, partition: str | None = None) -> dict:
+        """The metadata of an asset's materialization in these runs (of one partition, if given)."""
+        for event in self.get_asset_materialization_events():
+            materialization = event.event_specific_data.materialization
+            if materialization.asset_key.path[-1] == asset and (
+                partition is None or materialization.partition == partition
+            ):
+                return materialization.metadata
+        raise KeyError(f"{asset} ({partition}) was not materialized in these runs")
+
+
 def materialize_all(
     resources: dict, instance: DagsterInstance | None = None, selection=None, raise_on_error: bool = True
-) -> ExecuteInProcessResult:
-    """One in-process run of the graph (or `selection`) with its checks, over every shard; resources not
-    given take their defaults."""
-    return materialize(
-        [*ALL_ASSETS, *ALL_CHECKS],
-        resources={**default_resources(), **resources},
+) -> GraphRun:
+    """The graph in process, with its checks: one run of ingest, features and training over every shard,
+    then one evaluation run per benchmark of the catalog (what `dagster dev`'s backfill and sensor do).
+    With `selection`, only that run of the training side. Resources not given take their defaults."""
+    resources = {**default_resources(), **resources}
+    instance = instance or DagsterInstance.ephemeral()
+    everything = [*ALL_ASSETS, *ALL_CHECKS]
+    first = materialize(
+        everything,
+        resources=resources,
         instance=instance,
-        selection=selection,
+        selection=selection or TRAIN_SELECTION,
         tags=all_shards_tags(),
         raise_on_error=raise_on_error,
     )
+    results = [first]
+    if selection is None and first.success:
+        for benchmark in resources["datasets"].get().benchmark_names:
+            results.append(
+                materialize(
+                    everything,
+                    resources=resources,
+                    instance=instance,
+                    selection=EVALUATION_SELECTION,
+                    partition_key=benchmark,
+                    raise_on_error=raise_on_error,
+                )
+            )
+    return GraphRun(results)

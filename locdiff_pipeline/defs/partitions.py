@@ -1,14 +1,19 @@
-"""Partitions of the graph: id-hash shards for ingest, embeddings and SHDD tables.
+"""Partitions of the graph: id-hash shards for ingest, embeddings and SHDD tables; benchmarks for the
+evaluation assets.
 
-The shard count is read once when the definitions load ($LOCDIFF_SHARDS), so every process of a
-deployment (UI, daemon, run workers) must see the same value.
+Shards are the unit of memory and parallel work of the data stages; their count is read once when the
+definitions load ($LOCDIFF_SHARDS), so every process of a deployment (UI, daemon, run workers) must
+see the same value. Benchmarks are dynamic partitions: `image_metadata` registers every benchmark of
+the dataset catalog, so adding one to the catalog adds a partition (and only its work) without
+reloading the code, and the UI shows each benchmark's predictions and report on their own.
 """
 
-from dagster import StaticPartitionsDefinition
+from dagster import DynamicPartitionsDefinition, StaticPartitionsDefinition
 
 from locdiff_pipeline.data import shards
 
 SHARDS = StaticPartitionsDefinition(shards.shard_keys(shards.shard_count()))
+BENCHMARKS = DynamicPartitionsDefinition(name="benchmarks")
 
 # Dagster's run tags for a run over a range of partitions (what "materialize all shards in one run" sets).
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"

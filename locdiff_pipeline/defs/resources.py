@@ -10,11 +10,12 @@ from typing import Any
 
 from dagster import ConfigurableResource
 
-from locdiff_pipeline.data.datasets import PRESETS, DatasetSpec
-from locdiff_pipeline.data.default_dataset import BUNDLED, DefaultDatasetRecipe, write_default_dataset
+from locdiff_pipeline.data.bundled import BundledRecipe
+from locdiff_pipeline.data.catalog import Catalog, load_catalog
+from locdiff_pipeline.data.datasets import DatasetSpec
 from locdiff_pipeline.data.image_encoder import EncoderSpec
 from locdiff_pipeline.data.paths import project_root
-from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
+from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.steps.predictions import MethodSettings
 
@@ -31,39 +32,32 @@ class WarehouseResource(ConfigurableResource):
         return Warehouse(self.project_root() / "warehouse")
 
 
-class DatasetResource(ConfigurableResource):
-    """The dataset to ingest. kind='bluemarble' renders the bundled default; kind='files' reads yours."""
+class DatasetsResource(ConfigurableResource):
+    """The dataset catalog: a training dataset and the benchmarks scored against it (data/catalog.py).
 
-    name: str = BUNDLED
-    kind: str = BUNDLED
-    preset: str = ""  # mp16, im2gps3k, yfcc26k, yfcc4k, gws15k: their column names and splits
-    metadata_csv: str = ""
-    images: str = ""
-    layout: str = "folder"
-    split_column: str | None = None
-    default_split: str = "train"
-    val_share: float = 0.0
-    store_bytes: bool = True
+    `catalog` is a YAML file ($LOCDIFF_CATALOG; empty: the bundled datasets); `training` and
+    `benchmarks` given inline replace the file's. Keep the catalog in a file for `dagster dev`, so the
+    runs the daemon launches see the same datasets as the ones you launch."""
+
+    catalog: str = os.environ.get("LOCDIFF_CATALOG", "")
+    training: dict[str, Any] = {}
+    benchmarks: list[dict[str, Any]] = []
     bundled_count: int = int(os.environ.get("LOCDIFF_BUNDLED_COUNT", "3000"))
+    bundled_benchmark_count: int = int(os.environ.get("LOCDIFF_BUNDLED_BENCHMARK_COUNT", "300"))
     max_rejected_share: float = 0.05
 
-    def spec(self, warehouse: Warehouse) -> DatasetSpec:
-        if self.kind == BUNDLED:
-            recipe = DefaultDatasetRecipe(count=self.bundled_count)
-            root = warehouse.root / "sources" / f"{BUNDLED}-{fingerprint(recipe.to_dict())}"
-            metadata = root / "metadata.csv"
-            if not metadata.is_file():
-                write_default_dataset(root, recipe)
-            return DatasetSpec(self.name, str(metadata), str(root / "images"), "folder", split_column="split")
-        if self.kind != "files":
-            raise ValueError(f"dataset kind must be 'bluemarble' or 'files', got {self.kind!r}")
-        if not self.metadata_csv or not self.images:
-            raise ValueError("a 'files' dataset needs metadata_csv and images")
-        base = dict(PRESETS[self.preset]) if self.preset else {}
-        base.update(split_column=self.split_column, layout=self.layout, store_bytes=self.store_bytes)
-        if not self.preset:
-            base.update(default_split=self.default_split, val_share=self.val_share)
-        return DatasetSpec(self.name, self.metadata_csv, self.images, **base)
+    def get(self) -> Catalog:
+        return load_catalog(self.catalog, self.training, self.benchmarks)
+
+    def recipe(self) -> BundledRecipe:
+        return BundledRecipe(count=self.bundled_count, benchmark_count=self.bundled_benchmark_count)
+
+    def specs(self, warehouse: Warehouse) -> list[DatasetSpec]:
+        """Every dataset of the catalog, training first."""
+        return self.get().specs(warehouse, self.recipe())
+
+    def training_name(self) -> str:
+        return self.get().training.name
 
 
 class EncoderResource(ConfigurableResource):
@@ -72,7 +66,7 @@ class EncoderResource(ConfigurableResource):
     model_name: str = os.environ.get("LOCDIFF_ENCODER", "ViT-S-32")
     checkpoint: str | None = os.environ.get("LOCDIFF_ENCODER_CHECKPOINT") or None
     seed: int = 0
-    test_views: int = 16
+    test_views: int = 8  # views per validation and benchmark image (GeoCLIP and the paper use 16: --test-views 16)
     device: str = "auto"
 
     def spec(self) -> EncoderSpec:
@@ -120,11 +114,12 @@ class TrainingResource(ConfigurableResource):
 
 
 class EvaluationResource(ConfigurableResource):
-    """How the benchmark split is predicted: LocDiff sampling, the baselines and the uncertainty regions.
+    """How each benchmark is scored: LocDiff sampling, the baselines, the uncertainty regions, the
+    contamination check and the reference rows.
 
-    Unset baseline hyper-parameters (knn_k, cells) are chosen on the validation split."""
+    Unset baseline hyper-parameters (knn_k, cells) are chosen on the validation split. LocDiff's views
+    and view-combination rule are the ones chosen on validation when the model was trained."""
 
-    split: str = "test"
     samples_per_view: int = 1
     knn_k: int | None = None
     cells: int | None = None
@@ -132,10 +127,21 @@ class EvaluationResource(ConfigurableResource):
     hybrid_radius_km: float = 200.0
     density_bandwidth_km: float | None = None
     seed: int = 0
+    near_duplicate_cosine: float = 0.95  # plain-view cosine (training-centred) at or above: a near duplicate...
+    near_duplicate_max_hash_distance: int = 8  # ...whose perceptual hash differs in at most this many bits
+    max_contaminated_share: float = 0.01  # the contamination check warns above this share of a benchmark
+    exclude_contaminated: bool = False  # score without benchmark images found in the training data
+    chance_draws: int = 10  # the `chance` row: mean over this many random training locations per image
 
     def settings(self) -> MethodSettings:
         return MethodSettings(
-            self.knn_k, self.cells, self.regression_steps, self.hybrid_radius_km, self.density_bandwidth_km, self.seed
+            self.knn_k,
+            self.cells,
+            self.regression_steps,
+            self.hybrid_radius_km,
+            self.density_bandwidth_km,
+            self.seed,
+            self.chance_draws,
         )
 
 
@@ -153,7 +159,7 @@ def default_resources() -> dict:
     """Every resource with its defaults (the bundled data on this machine)."""
     return {
         "warehouse": WarehouseResource(),
-        "dataset": DatasetResource(),
+        "datasets": DatasetsResource(),
         "encoder": EncoderResource(),
         "training": TrainingResource(),
         "evaluation": EvaluationResource(),

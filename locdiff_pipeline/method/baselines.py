@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from locdiff_pipeline.method import metrics, sphere
+from locdiff_pipeline.method import metrics, shdd, sphere
 
 KNN_K_CHOICES = (1, 3, 5, 10, 20)
 CELL_COUNT_CHOICES = (16, 32, 64, 128, 256)
@@ -242,3 +242,18 @@ def locdiff_h(
         lat[rows], lon[rows] = gallery.lat[best[found]], gallery.lon[best[found]]
         fell_back[rows] = False
     return MethodPrediction(lat, lon), fell_back
+
+
+def chance(gallery: Gallery, count: int, draws: int, seed: int = 0) -> MethodPrediction:
+    """The `chance` reference: `draws` random training locations for each of `count` images
+    (count * draws predictions, image-major), so accuracies average over the draws."""
+    picks = np.random.default_rng(seed).integers(0, len(gallery.lat), size=count * draws)
+    return MethodPrediction(gallery.lat[picks], gallery.lon[picks])
+
+
+def densest_location(gallery: Gallery, L: int = 20) -> tuple[float, float]:
+    """The `constant` reference: the training set's single densest location, the mode of the mixture of
+    its SHDD_L deltas (the mean SHDD vector is that mixture, by linearity), found by the decoder."""
+    mixture = shdd.encode(gallery.lat, gallery.lon, L).mean(axis=0, keepdims=True)
+    lat, lon = shdd.decode(mixture, L)
+    return float(lat[0]), float(lon[0])

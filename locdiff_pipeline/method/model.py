@@ -28,15 +28,33 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 
 
+# How an image's samples (views x samples per view) become one answer:
+# "mixture": the mean of their SHDD vectors is the mixture of their densities (SHDD is linear); decode its mode.
+# "centre": decode each sample, take the spherical centre (falls between modes when the samples disagree).
+COMBINE_RULES = ("mixture", "centre")
+
+
 @dataclass
 class Prediction:
-    """Per image: the spherical centre of all per-view, per-sample predictions, and their spread."""
+    """Per image: the combined prediction, the spread of its samples around it, and every sample."""
 
     lat: np.ndarray
     lon: np.ndarray
-    spread_km: np.ndarray
+    spread_km: np.ndarray  # RMS distance of the samples from the prediction (a per-image confidence)
     sample_lat: np.ndarray  # (N, views * samples): every individual prediction, for uncertainty maps
     sample_lon: np.ndarray
+
+
+@dataclass
+class Samples:
+    """Generated target-space vectors of N images, V views and S samples per view, and their decodes."""
+
+    vectors: torch.Tensor  # (N, V, S, dim), unscaled, on the CPU
+    lat: np.ndarray  # (N, V, S)
+    lon: np.ndarray
+
+    def first_views(self, views: int) -> Samples:
+        return Samples(self.vectors[:, :views], self.lat[:, :views], self.lon[:, :views])
 
 
 class LocDiffModel:
@@ -82,17 +100,37 @@ class LocDiffModel:
             out.append(vectors.float() / self.space.scale)
         return torch.cat(out) if out else torch.zeros((0, self.space.dim), device=self.device)
 
-    def predict_embeddings(self, embeddings: np.ndarray, samples: int = 1, seed: int = 0) -> Prediction:
-        """Predict from (N, D) or (N, views, D) embeddings: each view sampled `samples` times, decoded,
-        and the image's prediction is the spherical centre of all of them; spread_km is their RMS distance
-        from it (a per-image confidence)."""
+    def sample(self, embeddings: np.ndarray, samples: int = 1, seed: int = 0) -> Samples:
+        """Sample every view of (N, D) or (N, views, D) embeddings `samples` times and decode each sample."""
         array = self._check_embeddings(embeddings)
         n, views, dim = array.shape
         flat = np.repeat(array.reshape(n * views, dim), samples, axis=0)
-        lat, lon = self.space.decode(self.sample_vectors(flat, seed=seed))
-        units = sphere.to_unit(lat, lon).reshape(n, views * samples, 3)
-        c_lat, c_lon, spread = sphere.grouped_centre_and_spread(units)
-        return Prediction(c_lat, c_lon, spread, lat.reshape(n, -1), lon.reshape(n, -1))
+        vectors = self.sample_vectors(flat, seed=seed)
+        lat, lon = self.space.decode(vectors)
+        shape = (n, views, samples)
+        return Samples(vectors.float().cpu().reshape(*shape, -1), lat.reshape(shape), lon.reshape(shape))
+
+    def combine(self, drawn: Samples, rule: str = "mixture", views: int | None = None) -> Prediction:
+        """One prediction per image from its first `views` views (all by default) under a COMBINE_RULES rule."""
+        if rule not in COMBINE_RULES:
+            raise ValueError(f"rule must be one of {COMBINE_RULES}, got {rule!r}")
+        chosen = drawn if views is None else drawn.first_views(views)
+        n = chosen.lat.shape[0]
+        lat, lon = chosen.lat.reshape(n, -1), chosen.lon.reshape(n, -1)
+        units = sphere.to_unit(lat.ravel(), lon.ravel()).reshape(n, -1, 3)
+        if rule == "centre":
+            c_lat, c_lon, spread = sphere.grouped_centre_and_spread(units)
+            return Prediction(c_lat, c_lon, spread, lat, lon)
+        mixture = chosen.vectors.reshape(n, -1, chosen.vectors.shape[-1]).mean(dim=1)
+        c_lat, c_lon = self.space.decode(mixture.to(self.device))
+        return Prediction(c_lat, c_lon, sphere.spread_about_km(units, sphere.to_unit(c_lat, c_lon)), lat, lon)
+
+    def predict_embeddings(
+        self, embeddings: np.ndarray, samples: int = 1, seed: int = 0, rule: str = "mixture"
+    ) -> Prediction:
+        """Predict from (N, D) or (N, views, D) embeddings: every view sampled `samples` times and
+        combined by `rule` (COMBINE_RULES)."""
+        return self.combine(self.sample(embeddings, samples, seed), rule)
 
     def save(self, directory: str | Path) -> Path:
         """Write the checkpoint folder atomically (a crash never leaves a half-written checkpoint)."""

@@ -51,10 +51,21 @@ def peak_height(L: int) -> float:
     return num_coefficients(L) / (4.0 * math.pi)
 
 
+@functools.lru_cache(maxsize=256)
 def peak_width_km(L: int) -> float:
-    """Distance from the peak of F to its first zero, about 2.405 / (L + 1/2) radians (Mehler-Heine)."""
+    """Distance from the peak of F = sum_l (2l+1)/(4 pi) P_l(cos angle) to its first zero.
+
+    By Christoffel-Darboux the sum is (L+1) (P_L(x) - P_{L+1}(x)) / (1 - x), x = cos(angle), so the
+    first zero is the largest root below 1 of P_L - P_{L+1}: about 3.832 / (L + 1) radians (the first
+    zero of J_1), not the 2.405 / (L + 1/2) of a single P_L. Degree 0 has no zero: pi."""
     check_degree(L)
-    return sphere.EARTH_RADIUS_KM * min(math.pi, 2.405 / (L + 0.5))
+    if L == 0:
+        return sphere.EARTH_RADIUS_KM * math.pi
+    difference = np.zeros(L + 2)
+    difference[L], difference[L + 1] = 1.0, -1.0
+    roots = np.polynomial.legendre.legroots(difference)
+    largest = max(r.real for r in roots if abs(r.imag) < 1e-9 and r.real < 1.0 - 1e-9)
+    return sphere.EARTH_RADIUS_KM * math.acos(largest)
 
 
 def default_rho_km(L: int) -> float:

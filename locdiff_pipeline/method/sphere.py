@@ -120,10 +120,14 @@ def grouped_centre_and_spread(units: np.ndarray) -> tuple[np.ndarray, np.ndarray
     degenerate = norm < 1e-12
     mean[degenerate] = units[degenerate, 0]
     centre = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
-    angles = angle_between_units(units, centre[:, None, :])
-    spread_km = EARTH_RADIUS_KM * np.sqrt(np.mean(angles**2, axis=1))
     lat, lon = from_unit(centre)
-    return lat, lon, spread_km
+    return lat, lon, spread_about_km(units, centre)
+
+
+def spread_about_km(units: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """RMS great-circle distance (km) of each group's points (G, S, 3) from its centre (G, 3)."""
+    angles = angle_between_units(units, centre[:, None, :])
+    return EARTH_RADIUS_KM * np.sqrt(np.mean(angles**2, axis=1))
 
 
 def fibonacci_lattice(n: int) -> tuple[np.ndarray, np.ndarray]:

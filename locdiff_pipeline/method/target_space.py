@@ -33,8 +33,12 @@ class SHDDSpace:
         if self.config.loss == "mse":
             return mse
         units = torch.randn(self.config.anchors_per_step, 3, generator=generator, device=pred.device)
-        anchors = shdd.encode_units_torch(torch.nn.functional.normalize(units, dim=-1), self.L).to(pred.dtype)
-        kl = shdd.kl_loss(pred, target, anchors, self.config.tau, direction=self.config.kl_direction)
+        anchors = shdd.encode_units_torch(torch.nn.functional.normalize(units, dim=-1), self.L).float()
+        # in float32 even under CUDA autocast: the softmax over anchors of F / (tau * peak) needs the precision
+        with torch.autocast(pred.device.type, enabled=False):
+            kl = shdd.kl_loss(
+                pred.float(), target.float(), anchors, self.config.tau, direction=self.config.kl_direction
+            )
         return kl + self.config.mse_weight * mse
 
     def decode(self, vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

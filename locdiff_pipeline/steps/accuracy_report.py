@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from locdiff_pipeline.data.default_dataset import BLUE_MARBLE
+from locdiff_pipeline.data.bundled import BLUE_MARBLE
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import uncertainty
 from locdiff_pipeline.steps import figures, report_sql
@@ -30,31 +30,27 @@ class ReportBundle:
     pngs: dict[str, bytes]
 
 
-def _fetch(warehouse: Warehouse, sql: str) -> list[tuple]:
+def _fetch(warehouse: Warehouse, sql: str, parameters: list) -> list[tuple]:
     with report_sql.connect(warehouse) as con:
-        return con.sql(sql).fetchall()
+        return con.execute(sql, parameters).fetchall()
 
 
-def _locdiff_with_samples(
-    warehouse: Warehouse, dataset: str, version: int, split: str, columns: str, order_by: str
-) -> list[tuple]:
-    """LocDiff's prediction rows (`columns` of `predictions p`) joined with their stored samples; each
-    row ends with sample_lat, sample_lon, bandwidth_km."""
+def _locdiff_with_samples(warehouse: Warehouse, dataset: str, version: int, columns: str, order_by: str) -> list[tuple]:
+    """LocDiff's prediction rows (`columns` of `predictions p`, code-chosen column lists) joined with
+    their stored samples; each row ends with sample_lat, sample_lon, bandwidth_km."""
     return _fetch(
         warehouse,
         f"""SELECT {columns}, s.sample_lat, s.sample_lon, s.bandwidth_km
         FROM predictions p JOIN prediction_samples s USING (dataset, model_version, image_id, method)
-        WHERE p.dataset = '{dataset}' AND p.model_version = {int(version)} AND p.split = '{split}'
-          AND p.method = 'locdiff'
+        WHERE p.dataset = $1 AND p.model_version = $2 AND p.method = 'locdiff'
         ORDER BY {order_by}""",
+        [dataset, int(version)],
     )
 
 
-def calibration_points(
-    warehouse: Warehouse, dataset: str, version: int, split: str = "test"
-) -> list[tuple[float, float]]:
+def calibration_points(warehouse: Warehouse, dataset: str, version: int) -> list[tuple[float, float]]:
     """Coverage of LocDiff's regions at CALIBRATION_LEVELS, recomputed from the stored samples."""
-    rows = _locdiff_with_samples(warehouse, dataset, version, split, "p.error_km, p.pred_lat, p.pred_lon", "p.image_id")
+    rows = _locdiff_with_samples(warehouse, dataset, version, "p.error_km, p.pred_lat, p.pred_lon", "p.image_id")
     if not rows:
         return []
     errors, pred_lat, pred_lon, sample_lat, sample_lon, bandwidth = zip(*rows)
@@ -64,15 +60,12 @@ def calibration_points(
     return uncertainty.calibration(np.array(errors), radii)
 
 
-def density_panels(
-    warehouse: Warehouse, dataset: str, version: int, count: int = DENSITY_MAP_IMAGES, split: str = "test"
-) -> list[dict]:
+def density_panels(warehouse: Warehouse, dataset: str, version: int, count: int = DENSITY_MAP_IMAGES) -> list[dict]:
     """Panels for `count` test images spread over LocDiff's error range (best to worst, evenly)."""
     rows = _locdiff_with_samples(
         warehouse,
         dataset,
         version,
-        split,
         "p.image_id, p.true_lat, p.true_lon, p.pred_lat, p.pred_lon, p.error_km, p.region_km",
         "p.error_km, p.image_id",
     )
@@ -98,18 +91,37 @@ def density_panels(
     return panels
 
 
-def build_report(warehouse: Warehouse, dataset: str, version: int, note: str) -> ReportBundle:
+def scoring_note(contamination: dict, excluded: bool) -> str:
+    """What the report says about benchmark images that also appear in the training data."""
+    found = contamination["exact"] + contamination["near"]
+    share = found / max(contamination["images"], 1)
+    head = (
+        f"Contamination: {found} of {contamination['images']} benchmark images ({100 * share:.1f}%) have a "
+        f"duplicate in "
+        f"`{contamination['training_dataset']}` ({contamination['exact']} exact, {contamination['near']} near at "
+        f"cosine >= {contamination['threshold']:g} and perceptual hash within "
+        f"{contamination['max_hash_distance']} bits)"
+    )
+    if not found:
+        return head + "."
+    return head + ("; they were excluded from scoring." if excluded else "; they were scored (not excluded).")
+
+
+def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[str]) -> ReportBundle:
+    """Files of one benchmark's report for one model version; `notes` (the encoder caveat, the
+    contamination summary, the protocol) go under the table."""
     rows = report_sql.accuracy_table(warehouse, dataset=dataset, model_version=version)
-    markdown = report_sql.markdown_table(rows, note)
+    markdown = report_sql.markdown_table(rows) + "\n" + "".join(f"\n> {note}" for note in notes)
     errors = _fetch(
         warehouse,
-        f"SELECT method, error_km, true_lat, true_lon FROM predictions WHERE dataset = '{dataset}' AND "
-        f"model_version = {int(version)} AND split = 'test' ORDER BY image_id",
+        "SELECT method, error_km, true_lat, true_lon FROM predictions WHERE dataset = $1 AND model_version = $2 "
+        "AND method NOT IN ('chance') ORDER BY image_id",
+        [dataset, int(version)],
     )
     by_method: dict[str, list[tuple]] = {}
     for method, error, lat, lon in errors:
         by_method.setdefault(method, []).append((error, lat, lon))
-    title = f"{dataset} test, model v{version}"
+    title = f"{dataset}, model v{version}"
     main = np.array(by_method.get("locdiff") or next(iter(by_method.values())))
     calibration = calibration_points(warehouse, dataset, version)
     pngs = {

@@ -1,7 +1,8 @@
 """The `embeddings` table: frozen image-encoder vectors per image and view.
 
-Train and validation images get the plain view; benchmark (test) images get the plain view plus
-test-time augmentations (16 views in all by default, GeoCLIP's protocol). One partition per shard of
+Training images get the plain view; validation and benchmark (test) images get the plain view plus
+test-time augmentations (16 views in all by default, GeoCLIP's protocol; no flips for north-up
+imagery), so the test-time protocol is chosen on validation before it meets a benchmark. One partition per shard of
 the images table; images are streamed in batches, so memory is bounded by the batch.
 """
 
@@ -22,10 +23,12 @@ from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 
 EMBEDDINGS_TABLE = "embeddings"
-EMBEDDING_VERSION = 1
+EMBEDDING_VERSION = 2  # 2: validation images get test-time views; views follow the imagery
 
 
-def embedding_fingerprint(warehouse: Warehouse, dataset: str, shard: str, spec: EncoderSpec, test_views: int) -> str:
+def embedding_fingerprint(
+    warehouse: Warehouse, dataset: str, shard: str, spec: EncoderSpec, test_views: int, imagery: str
+) -> str:
     images = warehouse.manifest(IMAGES_TABLE, dataset=dataset, shard=shard)
     if images is None:
         raise FileNotFoundError(f"shard {shard} of dataset {dataset!r} is not ingested yet")
@@ -33,11 +36,12 @@ def embedding_fingerprint(warehouse: Warehouse, dataset: str, shard: str, spec: 
     if spec.checkpoint:
         stat = os.stat(spec.checkpoint)
         checkpoint = (stat.st_size, stat.st_mtime_ns)
-    return fingerprint(EMBEDDING_VERSION, images["fingerprint"], spec.to_dict(), checkpoint, test_views)
+    return fingerprint(EMBEDDING_VERSION, images["fingerprint"], spec.to_dict(), checkpoint, test_views, imagery)
 
 
 def views_for_split(split: str, test_views: int) -> int:
-    return test_views if split == "test" else 1
+    """Test-time views for validation and benchmark images, the plain view alone for training images."""
+    return test_views if split in ("val", "test") else 1
 
 
 def build_embeddings(
@@ -47,6 +51,7 @@ def build_embeddings(
     spec: EncoderSpec,
     *,
     test_views: int = 16,
+    imagery: str = "ground",
     device: str = "cpu",
     batch_rows: int = 256,
     force: bool = False,
@@ -55,12 +60,12 @@ def build_embeddings(
     """Write embeddings/dataset=NAME/shard=KEY; returns a summary (rows, encoder identity, cached or not).
     `load` (e.g. a cached factory) lets several shards share one loaded encoder; it is called only when
     the shard is not current."""
-    key = embedding_fingerprint(warehouse, dataset, shard, spec, test_views)
+    key = embedding_fingerprint(warehouse, dataset, shard, spec, test_views, imagery)
     if not force and warehouse.is_current(EMBEDDINGS_TABLE, key, dataset=dataset, shard=shard):
         return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": True}
     encoder = load() if load is not None else ImageEncoder(spec, device=device)
     identity = encoder.identity
-    manifest = {"fingerprint": key, "encoder": identity.to_dict(), "test_views": test_views}
+    manifest = {"fingerprint": key, "encoder": identity.to_dict(), "test_views": test_views, "imagery": imagery}
     with warehouse.write_partition(EMBEDDINGS_TABLE, manifest, dataset=dataset, shard=shard) as writer:
         columns = ["image_id", "split", "image_bytes", "source"]
         for batch in warehouse.iter_batches(IMAGES_TABLE, batch_rows, columns=columns, dataset=dataset, shard=shard):
@@ -70,7 +75,7 @@ def build_embeddings(
                 group = [r for r in rows if r["split"] == split]
                 images = [decode_image(r["image_bytes"] or read_reference(r["source"]), r["image_id"]) for r in group]
                 n_views = views_for_split(split, test_views)
-                embedded = encoder.embed_views(images, [r["image_id"] for r in group], n_views)
+                embedded = encoder.embed_views(images, [r["image_id"] for r in group], n_views, imagery)
                 for r, per_view in zip(group, embedded):
                     for view, vector in enumerate(per_view):
                         ids.append(r["image_id"])

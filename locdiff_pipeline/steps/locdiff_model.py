@@ -21,6 +21,8 @@ from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 from locdiff_pipeline.method import distributed, metrics
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.devices import resolve_device
+from locdiff_pipeline.method.model import LocDiffModel
+from locdiff_pipeline.method.protocol import Protocol, choose_protocol
 from locdiff_pipeline.method.target_space import target_space
 from locdiff_pipeline.method.training import Validation, train
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
@@ -65,6 +67,17 @@ def training_data(
         raise ValueError(f"dataset {dataset!r} has no validation images (split 'val'): set a split column or val_share")
     val_lat, val_lon = np.array([coords[i] for i in val_ids]).T
     return embeddings, targets, Validation(val_embeddings, val_lat, val_lon)
+
+
+def choose_test_protocol(
+    warehouse: Warehouse, dataset: str, model: LocDiffModel, embeddings_manifest: dict
+) -> tuple[Protocol, list[dict]]:
+    """LocDiff's test-time protocol (views, combination rule), chosen on the validation images' views."""
+    coords = coordinates(warehouse, dataset)
+    ids, embeddings = load_embeddings(warehouse, dataset, "val", views=embeddings_manifest["test_views"])
+    lat, lon = np.array([coords[i] for i in ids]).T
+    imagery = embeddings_manifest.get("imagery", "ground")
+    return choose_protocol(model, embeddings, lat, lon, seed=model.config.seed, imagery=imagery)
 
 
 def train_and_register(
@@ -166,8 +179,14 @@ def train_and_register(
                 **{f"val_{k}": float(v) for k, v in result.validation.items()},
                 registry.VALIDATION_METRIC: score,
                 "train_seconds": result.seconds,
-            }
+            },
+            step=config.steps,
         )
+        protocol, grid = choose_test_protocol(warehouse, dataset, result.model, embeddings_manifest)
+        result.model.metadata["protocol"] = protocol.to_dict()
+        result.model.save(checkpoint_dir / "model")
+        mlflow.log_params({"protocol_rule": protocol.rule, "protocol_views": protocol.views})
+        mlflow.log_dict({"chosen": protocol.to_dict(), "candidates": grid}, "protocol_choice.json")
         (checkpoint_dir / "model" / "encoder_note.txt").write_text(encoder_note(encoder) + "\n")
         from locdiff_pipeline.tracking.pyfunc_model import CHECKPOINT_ARTIFACT, LocDiffPyfunc
 
@@ -226,8 +245,8 @@ def read_latest(warehouse: Warehouse) -> dict:
     return json.loads(path.read_text())
 
 
-def write_latest(warehouse: Warehouse, model: TrainedModel) -> None:
-    """Record the model the downstream assets should use (atomically)."""
+def write_latest(warehouse: Warehouse, model: TrainedModel, dataset: str) -> None:
+    """Record the model the downstream assets should use and the dataset it was trained on (atomically)."""
     path = warehouse.root / LATEST
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
@@ -238,6 +257,7 @@ def write_latest(warehouse: Warehouse, model: TrainedModel) -> None:
                 "run_id": model.run_id,
                 "checkpoint": str(model.checkpoint),
                 "encoder": model.encoder,
+                "training_dataset": dataset,
             },
             indent=2,
         )

@@ -1,4 +1,5 @@
-"""The `predictions` table: one row per benchmark image and method, for one model version.
+"""The `predictions` table: one row per benchmark image and method (the `chance` reference: one per
+draw), for one benchmark (the `dataset` partition) and model version, naming the training dataset.
 
 Every method predicts from the same embeddings, so the report compares like with like.
 """
@@ -17,7 +18,7 @@ SAMPLES_TABLE = "prediction_samples"
 PREDICTION_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
-        ("split", pa.string()),
+        ("training_dataset", pa.string()),
         ("method", pa.string()),
         ("true_lat", pa.float64()),
         ("true_lon", pa.float64()),
@@ -34,7 +35,7 @@ PREDICTION_SCHEMA = pa.schema(
 
 def prediction_rows(
     method: str,
-    split: str,
+    training_dataset: str,
     ids: list[str],
     true_lat: np.ndarray,
     true_lon: np.ndarray,
@@ -50,7 +51,7 @@ def prediction_rows(
     return pa.table(
         {
             "image_id": ids,
-            "split": [split] * n,
+            "training_dataset": [training_dataset] * n,
             "method": [method] * n,
             "true_lat": np.asarray(true_lat, float),
             "true_lon": np.asarray(true_lon, float),

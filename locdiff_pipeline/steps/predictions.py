@@ -1,12 +1,17 @@
-"""Every method on one benchmark split, from the same embeddings: LocDiff, LocDiff-H and the baselines.
+"""Every method on one benchmark dataset, against one training dataset: LocDiff, LocDiff-H, the
+baselines and two reference rows.
 
-Each method is scored twice: with the test-time protocol (all views; LocDiff takes the spherical
-centre of its per-view predictions, the baselines the normalised mean of the view embeddings) under
-its plain name, and from the plain view alone as NAME/plain.
+The training dataset alone provides the kNN gallery, the cells, the regressor's training data,
+LocDiff-H's retrieval and the validation split that tunes them; the benchmark provides only the images
+to score. LocDiff uses the test-time protocol recorded with the model (views and combination rule,
+chosen on validation); the baselines see the same views (the normalised mean of their embeddings).
+Every method is also scored from the plain view alone, as NAME/plain. Reference rows: `chance` (a
+random training location, averaged over several draws) and `constant` (the training set's densest
+location): a method is worth its row only above them.
 
-Produces the rows of the `predictions` table (one per image and method, with LocDiff's spread and 90 %
-confidence-region radius) and of the `prediction_samples` table (every decoded LocDiff sample, for
-density maps and calibration). Dagster-free, so tests and notebooks call it directly.
+Produces the rows of the `predictions` table (one per image and method, `chance` one per draw) and of
+`prediction_samples` (every decoded LocDiff sample, for density maps and calibration). Dagster-free,
+so tests and notebooks call it directly.
 """
 
 from __future__ import annotations
@@ -16,17 +21,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import baselines, shdd, uncertainty
 from locdiff_pipeline.method.model import LocDiffModel
-from locdiff_pipeline.steps.clip_embeddings import load_embeddings
+from locdiff_pipeline.method.protocol import Protocol
+from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
 from locdiff_pipeline.steps.locdiff_model import coordinates
 from locdiff_pipeline.steps.prediction_table import prediction_rows
 
 LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION = "locdiff", "locdiff_h", "knn", "cell_classification", "regression"
+CHANCE, CONSTANT = "chance", "constant"
 PLAIN_SUFFIX = "/plain"
 BASE_METHODS = (LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION)
-METHODS = BASE_METHODS + tuple(m + PLAIN_SUFFIX for m in BASE_METHODS)
+REFERENCE_METHODS = (CHANCE, CONSTANT)
+METHODS = BASE_METHODS + tuple(m + PLAIN_SUFFIX for m in BASE_METHODS) + REFERENCE_METHODS
 
 SAMPLES_SCHEMA = pa.schema(
     [
@@ -41,7 +50,7 @@ SAMPLES_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """Baseline and uncertainty settings; None means 'chosen on validation' / 'from L'."""
+    """Baseline, reference and uncertainty settings; None means 'chosen on validation' / 'from L'."""
 
     knn_k: int | None = None
     cells: int | None = None
@@ -49,22 +58,62 @@ class MethodSettings:
     hybrid_radius_km: float = baselines.HYBRID_RADIUS_KM
     density_bandwidth_km: float | None = None
     seed: int = 0
+    chance_draws: int = 10
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 @dataclass
-class SplitPredictions:
+class BenchmarkPredictions:
     tables: list[pa.Table]
     samples: pa.Table
+    images: int
     chosen: dict[str, str] = field(default_factory=dict)
     hybrid_fallback_share: float = 0.0
 
 
-def _split_coordinates(coords: dict, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class TrainingSide:
+    """What every benchmark is scored against, fitted on the training dataset only."""
+
+    gallery: baselines.Gallery
+    k: int
+    cells: baselines.CellClassifier
+    regressor: baselines.UnitVectorRegressor
+    constant: tuple[float, float]
+
+
+_fitted: dict[tuple, TrainingSide] = {}  # one fit per training data and settings, shared by benchmarks
+
+
+def _lat_lon(coords: dict, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     lat, lon = np.array([coords[i] for i in ids], dtype=float).reshape(-1, 2).T
     return lat, lon
+
+
+def fit_training_side(warehouse: Warehouse, training: str, settings: MethodSettings) -> TrainingSide:
+    """The gallery, the baselines tuned on validation and the constant reference, fitted once per
+    training data and settings in a process (every benchmark of a run reuses them)."""
+    manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, training)
+    if manifest is None:
+        raise FileNotFoundError(f"the training dataset {training!r} has no complete embeddings yet")
+    key = (str(warehouse.root), training, manifest["fingerprint"], tuple(sorted(settings.to_dict().items())))
+    if key not in _fitted:
+        coords = coordinates(warehouse, training)
+        train_ids, train_embeddings = load_embeddings(warehouse, training, "train")
+        val_ids, val_embeddings = load_embeddings(warehouse, training, "val")
+        gallery = baselines.Gallery(train_embeddings, *_lat_lon(coords, train_ids))
+        val_lat, val_lon = _lat_lon(coords, val_ids)
+        _fitted.clear()
+        _fitted[key] = TrainingSide(
+            gallery,
+            baselines.fit_knn(gallery, val_embeddings, val_lat, val_lon, settings.knn_k),
+            baselines.fit_cells(gallery, val_embeddings, val_lat, val_lon, settings.cells, settings.seed),
+            baselines.fit_regressor(gallery, steps=settings.regression_steps, seed=settings.seed),
+            baselines.densest_location(gallery),
+        )
+    return _fitted[key]
 
 
 def density_bandwidth_km(model: LocDiffModel, settings: MethodSettings) -> float:
@@ -73,71 +122,84 @@ def density_bandwidth_km(model: LocDiffModel, settings: MethodSettings) -> float
     return settings.density_bandwidth_km or shdd.default_rho_km(model.config.L)
 
 
-def predict_split(
+def predict_benchmark(
     warehouse: Warehouse,
-    dataset: str,
-    split: str,
+    benchmark: str,
+    training: str,
     model: LocDiffModel,
     views: int,
     samples_per_view: int,
     settings: MethodSettings,
-) -> SplitPredictions:
-    coords = coordinates(warehouse, dataset)
-    train_ids, train_embeddings = load_embeddings(warehouse, dataset, "train")
-    val_ids, val_embeddings = load_embeddings(warehouse, dataset, "val")
-    ids, embeddings = load_embeddings(warehouse, dataset, split, views=views)
+    exclude: set[str] = frozenset(),
+) -> BenchmarkPredictions:
+    """Every method on the benchmark's test images (less `exclude`), from embeddings with `views` views."""
+    side = fit_training_side(warehouse, training, settings)
+    protocol = Protocol.from_dict(model.metadata.get("protocol"))
+    used_views = min(protocol.views, views)
+    ids, embeddings = load_embeddings(warehouse, benchmark, "test", views=views)
+    keep = [i for i, image_id in enumerate(ids) if image_id not in exclude]
+    ids, embeddings = [ids[i] for i in keep], embeddings[keep, :used_views]
     if not ids:
-        raise ValueError(f"dataset {dataset!r} has no {split!r} images to predict")
-    gallery = baselines.Gallery(train_embeddings, *_split_coordinates(coords, train_ids))
-    val_lat, val_lon = _split_coordinates(coords, val_ids)
-    true_lat, true_lon = _split_coordinates(coords, ids)
-    encoder = model.encoder
+        raise ValueError(f"benchmark {benchmark!r} has no test images to score")
+    true_lat, true_lon = _lat_lon(coordinates(warehouse, benchmark), ids)
+    n = len(ids)
 
-    def rows(method: str, prediction, **extra) -> pa.Table:
-        return prediction_rows(method, split, ids, true_lat, true_lon, prediction.lat, prediction.lon, encoder, **extra)
-
-    k = baselines.fit_knn(gallery, val_embeddings, val_lat, val_lon, settings.knn_k)
-    cell_classifier = baselines.fit_cells(gallery, val_embeddings, val_lat, val_lon, settings.cells, settings.seed)
-    regressor = baselines.fit_regressor(gallery, steps=settings.regression_steps, seed=settings.seed)
-    bandwidth = density_bandwidth_km(model, settings)
-
-    def all_methods(inputs: np.ndarray, suffix: str) -> tuple[list[pa.Table], object, np.ndarray]:
-        locdiff = model.predict_embeddings(inputs, samples=samples_per_view, seed=settings.seed)
-        with_samples = locdiff.sample_lat.shape[1] > 1  # one sample has no spread and no region of its own
-        region = (
-            uncertainty.sample_regions(
-                locdiff.sample_lat, locdiff.sample_lon, locdiff.lat, locdiff.lon, bandwidth, (uncertainty.REGION_LEVEL,)
-            )[:, 0]
-            if with_samples
-            else None
+    def rows(method: str, prediction, draws: int = 1, **extra) -> pa.Table:
+        image_ids = np.repeat(ids, draws).tolist()
+        truth = (np.repeat(true_lat, draws), np.repeat(true_lon, draws))
+        return prediction_rows(
+            method, training, image_ids, *truth, prediction.lat, prediction.lon, model.encoder, **extra
         )
-        hybrid, fell_back = baselines.locdiff_h(gallery, inputs, locdiff.lat, locdiff.lon, settings.hybrid_radius_km)
-        knn = baselines.knn_predict(gallery, inputs, k)
-        tables = [
-            rows(LOCDIFF + suffix, locdiff, spread_km=locdiff.spread_km if with_samples else None, region_km=region),
+
+    drawn = model.sample(embeddings, samples=samples_per_view, seed=settings.seed)
+    bandwidth = density_bandwidth_km(model, settings)
+    tables, locdiff, fell_back = [], None, np.zeros(n, bool)
+    for suffix, view_count in (("", used_views), (PLAIN_SUFFIX, 1)):
+        prediction = model.combine(drawn, protocol.rule, view_count)
+        inputs = embeddings[:, :view_count]
+        with_samples = prediction.sample_lat.shape[1] > 1  # one sample has no spread and no region of its own
+        region = None
+        if with_samples:
+            levels = (uncertainty.REGION_LEVEL,)
+            region = uncertainty.sample_regions(
+                prediction.sample_lat, prediction.sample_lon, prediction.lat, prediction.lon, bandwidth, levels
+            )[:, 0]
+        hybrid, hybrid_fell_back = baselines.locdiff_h(
+            side.gallery, inputs, prediction.lat, prediction.lon, settings.hybrid_radius_km
+        )
+        knn = baselines.knn_predict(side.gallery, inputs, side.k)
+        tables += [
+            rows(
+                LOCDIFF + suffix, prediction, spread_km=prediction.spread_km if with_samples else None, region_km=region
+            ),
             rows(LOCDIFF_H + suffix, hybrid),
             rows(KNN + suffix, knn, spread_km=knn.spread_km),
-            rows(CELLS + suffix, cell_classifier.predict(inputs)),
-            rows(REGRESSION + suffix, regressor.predict(inputs)),
+            rows(CELLS + suffix, side.cells.predict(inputs)),
+            rows(REGRESSION + suffix, side.regressor.predict(inputs)),
         ]
-        return tables, locdiff, fell_back
-
-    tables, locdiff, fell_back = all_methods(embeddings, "")
-    tables += all_methods(embeddings[:, 0], PLAIN_SUFFIX)[0]
+        if not suffix:
+            locdiff, fell_back = prediction, hybrid_fell_back
+    draws = settings.chance_draws
+    tables.append(rows(CHANCE, baselines.chance(side.gallery, n, draws, settings.seed), draws=draws))
+    tables.append(
+        rows(CONSTANT, baselines.MethodPrediction(np.full(n, side.constant[0]), np.full(n, side.constant[1])))
+    )
     samples = pa.table(
         {
             "image_id": ids,
-            "method": [LOCDIFF] * len(ids),
+            "method": [LOCDIFF] * n,
             "sample_lat": list(locdiff.sample_lat.astype(np.float32)),
             "sample_lon": list(locdiff.sample_lon.astype(np.float32)),
-            "bandwidth_km": np.full(len(ids), bandwidth),
+            "bandwidth_km": np.full(n, bandwidth),
         },
         schema=SAMPLES_SCHEMA,
     )
     chosen = {
-        KNN: f"k={k}",
-        CELLS: f"cells={len(cell_classifier.centroids_lat)}",
+        LOCDIFF: f"{protocol.rule} of {used_views} views x {samples_per_view} samples (chosen on validation)",
+        KNN: f"k={side.k}",
+        CELLS: f"cells={len(side.cells.centroids_lat)}",
         LOCDIFF_H: f"radius={settings.hybrid_radius_km:g}km",
-        LOCDIFF: f"{views} views x {samples_per_view} samples",
+        CONSTANT: f"({side.constant[0]:.2f}, {side.constant[1]:.2f})",
+        CHANCE: f"{draws} draws per image",
     }
-    return SplitPredictions(tables, samples, chosen, float(fell_back.mean()))
+    return BenchmarkPredictions(tables, samples, n, chosen, float(fell_back.mean()))

@@ -26,6 +26,7 @@ VIEWS = {
     "shdd": 3,
     "predictions": 2,
     "prediction_samples": 2,
+    "contamination": 1,
 }
 SHARDED = {
     "metadata",
@@ -34,7 +35,7 @@ SHARDED = {
     "rejected",
     "embeddings",
     "shdd",
-}  # their `shard` key stays text: '007', not 7
+}
 
 
 def accuracy_sql(source: str = "predictions") -> str:
@@ -42,8 +43,8 @@ def accuracy_sql(source: str = "predictions") -> str:
         f"avg(CASE WHEN error_km <= {t} THEN 1.0 ELSE 0.0 END) AS {accuracy_column(t)}" for t in THRESHOLDS_KM
     )
     return f"""
-SELECT dataset, split, method, model_version, encoder, bool_and(encoder_pretrained) AS encoder_pretrained,
-    count(*) AS count,
+SELECT dataset, training_dataset, method, model_version, encoder, bool_and(encoder_pretrained) AS encoder_pretrained,
+    count(DISTINCT image_id) AS count,
     {accuracies},
     median(error_km) AS median_km,
     avg(CASE WHEN region_km IS NULL OR isnan(region_km) THEN NULL
@@ -51,7 +52,7 @@ SELECT dataset, split, method, model_version, encoder, bool_and(encoder_pretrain
     median(CASE WHEN isnan(region_km) THEN NULL ELSE region_km END) AS median_region_km
 FROM {source}
 GROUP BY ALL
-ORDER BY dataset, split, model_version, method
+ORDER BY dataset, model_version, method
 """
 
 
@@ -81,10 +82,12 @@ def _define_views(con: duckdb.DuckDBPyConnection, warehouse: Warehouse) -> list[
         part_files = warehouse.glob(table, depth)
         if next(glob.iglob(part_files), None) is None:
             continue
-        types = ", hive_types = {'shard': VARCHAR}" if table in SHARDED else ""
+        # keys stay text: shard '007' (not 7), a dataset named '2024' (not a number)
+        types = "{'dataset': VARCHAR, 'shard': VARCHAR}" if table in SHARDED else "{'dataset': VARCHAR}"
+        quoted = part_files.replace("'", "''")  # a path is data: a quote in it must not end the literal
         con.execute(
-            f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{part_files}', hive_partitioning = "
-            f"true, union_by_name = true{types})"
+            f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{quoted}', hive_partitioning = "
+            f"true, union_by_name = true, hive_types = {types})"
         )
         created.append(table)
     if "predictions" in created:
@@ -96,22 +99,25 @@ def _define_views(con: duckdb.DuckDBPyConnection, warehouse: Warehouse) -> list[
 def accuracy_table(warehouse: Warehouse, dataset: str | None = None, model_version: int | None = None) -> list[dict]:
     """Rows of the accuracy report, straight from DuckDB over the predictions Parquet."""
     create_views(warehouse)
-    where = []
-    if dataset is not None:
-        where.append(f"dataset = '{dataset}'")
-    if model_version is not None:
-        where.append(f"model_version = {int(model_version)}")
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
     with connect(warehouse) as con:
-        relation = con.sql(f"SELECT * FROM accuracy {clause}")
-        names = relation.columns
-        return [dict(zip(names, row)) for row in relation.fetchall()]
+        return query(
+            con,
+            "SELECT * FROM accuracy WHERE ($1 IS NULL OR dataset = $1) AND ($2 IS NULL OR model_version = $2)",
+            [dataset, model_version],
+        )
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str, parameters: list | None = None) -> list[dict]:
+    """Rows as dicts; values reach DuckDB as bound parameters, never as SQL text."""
+    cursor = con.execute(sql, parameters or [])
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def markdown_table(rows: list[dict], note: str | None = None) -> str:
     header = [
-        "dataset",
-        "split",
+        "benchmark",
+        "trained on",
         "method",
         "model",
         "n",
@@ -127,7 +133,7 @@ def markdown_table(rows: list[dict], note: str | None = None) -> str:
             + " | ".join(
                 [
                     r["dataset"],
-                    r["split"],
+                    r["training_dataset"],
                     r["method"],
                     f"v{r['model_version']}",
                     str(r["count"]),
@@ -146,7 +152,7 @@ def markdown_table(rows: list[dict], note: str | None = None) -> str:
 def text_table(rows: list[dict]) -> str:
     """The same table for a terminal."""
     header = (
-        f"{'dataset':<12} {'split':<6} {'method':<26} {'model':>5} {'n':>5} "
+        f"{'benchmark':<20} {'trained on':<12} {'method':<26} {'model':>5} {'n':>5} "
         + " ".join(f"{str(t) + 'km':>7}" for t in THRESHOLDS_KM)
         + f" {'median km':>10} {'in 90% region':>14}"
     )
@@ -154,7 +160,7 @@ def text_table(rows: list[dict]) -> str:
     for r in rows:
         accuracies = " ".join(f"{100 * r[accuracy_column(t)]:>6.1f}%" for t in THRESHOLDS_KM)
         lines.append(
-            f"{r['dataset']:<12} {r['split']:<6} {r['method']:<26} {'v' + str(r['model_version']):>5} "
+            f"{r['dataset']:<20} {r['training_dataset']:<12} {r['method']:<26} {'v' + str(r['model_version']):>5} "
             f"{r['count']:>5} {accuracies} {r['median_km']:>10.0f} {_coverage(r):>14}"
         )
     return "\n".join(lines)

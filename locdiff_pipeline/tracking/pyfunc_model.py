@@ -10,6 +10,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from locdiff_pipeline.method.protocol import Protocol
+
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
@@ -22,5 +24,6 @@ class LocDiffPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         embeddings = np.stack([np.asarray(v, dtype=np.float32) for v in model_input["embedding"]])
         samples = int((params or {}).get("samples", 1))
-        prediction = self.model.predict_embeddings(embeddings, samples=samples)
+        rule = Protocol.from_dict(self.model.metadata.get("protocol")).rule
+        prediction = self.model.predict_embeddings(embeddings, samples=samples, rule=rule)
         return pd.DataFrame({"lat": prediction.lat, "lon": prediction.lon, "spread_km": prediction.spread_km})

@@ -1,90 +1,152 @@
-"""Evaluation stage: every method's benchmark predictions, and the DuckDB accuracy report."""
+"""Evaluation stage, one partition per benchmark: its contamination with the training data, every
+method's predictions, and the DuckDB accuracy report."""
 
 import base64
 import time
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AllPartitionMapping, AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.data.warehouse import fingerprint
 from locdiff_pipeline.defs.assets.features import clip_embeddings
+from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.assets.model import locdiff_model
-from locdiff_pipeline.defs.resources import DatasetResource, EvaluationResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.defs.partitions import BENCHMARKS
+from locdiff_pipeline.defs.resources import DatasetsResource, EvaluationResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.method.model import LocDiffModel
+from locdiff_pipeline.method.protocol import Protocol
 from locdiff_pipeline.steps import report_sql
-from locdiff_pipeline.steps.accuracy_report import build_report
+from locdiff_pipeline.steps.accuracy_report import build_report, scoring_note
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
+from locdiff_pipeline.steps.contamination import CONTAMINATION_TABLE, build_contamination, contaminated_ids
 from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
-from locdiff_pipeline.steps.predictions import METHODS, predict_split
+from locdiff_pipeline.steps.predictions import METHODS, predict_benchmark
 
 GROUP = "evaluation"
+ALL_SHARDS = AllPartitionMapping()  # a benchmark's partition reads every shard of the data stages
 
 
 @asset(
     group_name=GROUP,
-    deps=[locdiff_model, clip_embeddings],
+    partitions_def=BENCHMARKS,
+    deps=[AssetDep(images, partition_mapping=ALL_SHARDS), AssetDep(clip_embeddings, partition_mapping=ALL_SHARDS)],
     description=(
-        "Benchmark predictions of LocDiff (16 views, spherical centre, 90% region), LocDiff-H and the kNN, "
-        "cell-classification and regression baselines."
+        "Benchmark images that also appear in the training dataset: exact duplicates (same sha256) and near "
+        "duplicates (plain-view cosine at or above the threshold), in warehouse/contamination."
+    ),
+)
+def contamination(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    datasets: DatasetsResource,
+    evaluation: EvaluationResource,
+) -> MaterializeResult:
+    store = warehouse.get()
+    benchmark, training = context.partition_key, datasets.training_name()
+    datasets.get().benchmark(benchmark)  # refuses a partition the catalog no longer holds
+    summary = build_contamination(
+        store, benchmark, training, evaluation.near_duplicate_cosine, evaluation.near_duplicate_max_hash_distance
+    )
+    found = summary["exact"] + summary["near"]
+    context.log.info(f"{benchmark}: {found} of {summary['images']} images have a duplicate in {training}")
+    return MaterializeResult(
+        metadata={
+            "benchmark": benchmark,
+            "training_dataset": training,
+            "images": summary["images"],
+            "exact_duplicates": summary["exact"],
+            "near_duplicates": summary["near"],
+            "contaminated_share": found / max(summary["images"], 1),
+            "threshold_cosine": summary["threshold"],
+            "cached": summary["cached"],
+        }
+    )
+
+
+@asset(
+    group_name=GROUP,
+    partitions_def=BENCHMARKS,
+    deps=[locdiff_model, contamination],
+    description=(
+        "One benchmark's predictions: LocDiff (its validation-chosen views and combination rule, 90% region), "
+        "LocDiff-H, kNN, cell classification, regression (each also from the plain view), chance and constant."
     ),
 )
 def predictions(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
-    dataset: DatasetResource,
+    datasets: DatasetsResource,
     training: TrainingResource,
     evaluation: EvaluationResource,
 ) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
+    benchmark = context.partition_key
     latest = read_latest(store)
-    version = latest["version"]
-    embeddings_manifest = shards.manifest(store, EMBEDDINGS_TABLE, dataset.name)
-    views = embeddings_manifest["test_views"]
+    version, training_dataset = latest["version"], latest["training_dataset"]
+    embeddings = shards.manifest(store, EMBEDDINGS_TABLE, benchmark)
+    contamination_manifest = store.manifest(CONTAMINATION_TABLE, dataset=benchmark)
     settings = evaluation.settings()
+    excluded = contaminated_ids(store, benchmark) if evaluation.exclude_contaminated else set()
     key = fingerprint(
         version,
         latest["run_id"],
-        embeddings_manifest["fingerprint"],
-        evaluation.split,
+        embeddings["fingerprint"],
         evaluation.samples_per_view,
         settings.to_dict(),
         METHODS,
+        sorted(excluded),
     )
-    if predictions_are_current(store, dataset.name, version, key):
-        manifest = store.manifest(PREDICTIONS_TABLE, dataset=dataset.name, model_version=version)
+    if predictions_are_current(store, benchmark, version, key):
+        manifest = store.manifest(PREDICTIONS_TABLE, dataset=benchmark, model_version=version)
         return MaterializeResult(
             metadata={
                 "rows": manifest["rows"],
                 "model_version": version,
-                "methods": MetadataValue.json(manifest["methods"]),
+                "images_scored": manifest["images"],
                 "cached": True,
             }
         )
     model = LocDiffModel.load(latest["checkpoint"], device=resolve_device(training.config().device))
-    split = predict_split(store, dataset.name, evaluation.split, model, views, evaluation.samples_per_view, settings)
+    scored = predict_benchmark(
+        store,
+        benchmark,
+        training_dataset,
+        model,
+        embeddings["test_views"],
+        evaluation.samples_per_view,
+        settings,
+        excluded,
+    )
     manifest = {
         "fingerprint": key,
+        "training_dataset": training_dataset,
         "methods": list(METHODS),
-        "views": views,
-        "chosen": split.chosen,
-        "locdiff_h_fallback_share": split.hybrid_fallback_share,
+        "images": scored.images,
+        "excluded_contaminated": len(excluded),
+        "contamination": {
+            k: contamination_manifest[k]
+            for k in ("images", "exact", "near", "threshold", "max_hash_distance", "training_dataset")
+        },
+        "protocol": model.metadata.get("protocol"),
+        "chosen": scored.chosen,
+        "locdiff_h_fallback_share": scored.hybrid_fallback_share,
     }
-    rows = write_predictions(store, dataset.name, version, split.tables, split.samples, manifest)
-    context.log.info(
-        f"{rows} prediction rows; chosen on validation: {split.chosen}; LocDiff-H fell back on "
-        f"{100 * split.hybrid_fallback_share:.1f}% of images"
-    )
+    rows = write_predictions(store, benchmark, version, scored.tables, scored.samples, manifest)
+    context.log.info(f"{benchmark}: {rows} prediction rows for {scored.images} images; {scored.chosen}")
     return MaterializeResult(
         metadata={
             "rows": rows,
             "model_version": version,
+            "training_dataset": training_dataset,
+            "images_scored": scored.images,
+            "excluded_contaminated": len(excluded),
             "methods": MetadataValue.json(list(METHODS)),
-            "chosen_on_validation": MetadataValue.json(split.chosen),
-            "locdiff_h_fallback_share": split.hybrid_fallback_share,
+            "chosen": MetadataValue.json(scored.chosen),
+            "locdiff_h_fallback_share": scored.hybrid_fallback_share,
             "cached": False,
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -93,21 +155,32 @@ def predictions(
 
 @asset(
     group_name=GROUP,
+    partitions_def=BENCHMARKS,
     deps=[predictions],
     description=(
-        "Every method side by side: accuracy at 1/25/200/750/2500 km and median error (DuckDB over the predictions "
-        "Parquet), error CDFs, error map, calibration, density maps."
+        "One benchmark's report: every method beside chance and a constant guess, at 1/25/200/750/2500 km and "
+        "median error (DuckDB over the predictions Parquet), with contamination, error CDFs, error map, "
+        "calibration and density maps."
     ),
 )
-def accuracy_report(
-    context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource
-) -> MaterializeResult:
+def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     store = warehouse.get()
+    benchmark = context.partition_key
     latest = read_latest(store)
-    note = encoder_note(latest["encoder"])
-    bundle = build_report(store, dataset.name, latest["version"], note)
-    context.log.info("\n" + report_sql.text_table(bundle.rows) + f"\n{note}")
-    images = {
+    scored = store.manifest(PREDICTIONS_TABLE, dataset=benchmark, model_version=latest["version"])
+    protocol = Protocol.from_dict(scored["protocol"])
+    notes = [
+        encoder_note(latest["encoder"]),
+        scoring_note(scored["contamination"], excluded=scored["excluded_contaminated"] > 0),
+        f"Trained on `{scored['training_dataset']}` only; LocDiff combines {protocol.views} view(s) by the "
+        f"{protocol.rule} "
+        "rule, chosen on that dataset's validation split. `chance`: a random training location (mean of "
+        "several draws); "
+        "`constant`: the training set's densest location.",
+    ]
+    bundle = build_report(store, benchmark, latest["version"], notes)
+    context.log.info("\n" + report_sql.text_table(bundle.rows) + "\n" + "\n".join(notes))
+    pictures = {
         name.removesuffix(".png"): MetadataValue.md(
             f"![{name}](data:image/png;base64,{base64.b64encode(data).decode()})"
         )
@@ -116,8 +189,8 @@ def accuracy_report(
     return MaterializeResult(
         metadata={
             "accuracy": MetadataValue.md(bundle.markdown),
-            **images,
+            **pictures,
             "report_folder": MetadataValue.path(str(bundle.folder)),
-            "encoder_note": note,
+            "encoder_note": notes[0],
         }
     )

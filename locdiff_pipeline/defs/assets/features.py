@@ -1,4 +1,5 @@
-"""Features stage: frozen image-encoder embeddings and SHDD coefficient tables, per shard."""
+"""Features stage: frozen image-encoder embeddings and SHDD coefficient tables, per shard, for every
+catalog dataset."""
 
 import functools
 import time
@@ -8,7 +9,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from locdiff_pipeline.data.image_encoder import ImageEncoder, encoder_note
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.partitions import SHARDS, span
-from locdiff_pipeline.defs.resources import DatasetResource, EncoderResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.steps.clip_embeddings import build_embeddings
 from locdiff_pipeline.steps.shdd_tables import build_shdd_table
@@ -21,12 +22,12 @@ GROUP = "features"
     deps=[images],
     partitions_def=SHARDS,
     description=(
-        "Frozen open_clip embeddings per shard: plain view for train/val, 16 test-time views for test images "
-        "(batched, on CUDA when present)."
+        "Frozen open_clip embeddings per shard: the plain view for training images; 16 test-time views for "
+        "validation and benchmark images (no flips for north-up imagery). Batched, on CUDA when present."
     ),
 )
 def clip_embeddings(
-    context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, encoder: EncoderResource
+    context: AssetExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource, encoder: EncoderResource
 ) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
@@ -36,8 +37,16 @@ def clip_embeddings(
     )  # loaded once, at the first shard to embed
     summaries = [
         build_embeddings(
-            store, dataset.name, shard, encoder.spec(), test_views=encoder.test_views, device=device, load=load
+            store,
+            spec.name,
+            shard,
+            encoder.spec(),
+            test_views=encoder.test_views,
+            imagery=spec.imagery,
+            device=device,
+            load=load,
         )
+        for spec in datasets.specs(store)
         for shard in context.partition_keys
     ]
     identity = summaries[0]["encoder"]
@@ -61,15 +70,19 @@ def clip_embeddings(
     group_name=GROUP,
     deps=[images],
     partitions_def=SHARDS,
-    description="SHDD coefficient tables of every location, per shard and degree L.",
+    description="SHDD coefficient tables of every location, per dataset, shard and degree L.",
 )
 def shdd_tables(
-    context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource, training: TrainingResource
+    context: AssetExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource, training: TrainingResource
 ) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
+    names = [entry.name for entry in datasets.get().entries]
     built = [
-        build_shdd_table(store, dataset.name, shard, L) for shard in context.partition_keys for L in training.degrees()
+        build_shdd_table(store, name, shard, L)
+        for name in names
+        for shard in context.partition_keys
+        for L in training.degrees()
     ]
     return MaterializeResult(
         metadata={

@@ -1,12 +1,13 @@
-"""Ingest stage: the metadata CSV split into id-hash shards, then each shard's records checked and stored."""
+"""Ingest stage: each catalog dataset's metadata CSV split into id-hash shards, then each shard's
+records checked and stored."""
 
 import time
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data.ingest import IngestReport, ingest_shard, split_metadata
-from locdiff_pipeline.defs.partitions import SHARDS, span
-from locdiff_pipeline.defs.resources import DatasetResource, WarehouseResource
+from locdiff_pipeline.defs.partitions import BENCHMARKS, SHARDS, span
+from locdiff_pipeline.defs.resources import DatasetsResource, WarehouseResource
 
 GROUP = "ingest"
 
@@ -14,26 +15,40 @@ GROUP = "ingest"
 @asset(
     group_name=GROUP,
     description=(
-        "The metadata CSV split into id-hash shards (and, for tar/msgpack images, an index of where each image "
-        "lives), streamed once."
+        "Every dataset of the catalog (training and benchmarks): the metadata CSV split into id-hash shards "
+        "(and, for tar/msgpack images, an index of where each image lives), streamed once. Registers the "
+        "benchmarks as partitions of the evaluation assets."
     ),
 )
 def image_metadata(
-    context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource
+    context: AssetExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
 ) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
-    spec = dataset.spec(store)
-    split = split_metadata(spec, store, SHARDS.get_partition_keys())
-    context.log.info(f"{spec.name}: {split['rows']} records in {len(split['shards'])} shards, cached={split['cached']}")
+    catalog = datasets.get()
+    summary = {}
+    for spec in datasets.specs(store):
+        split = split_metadata(spec, store, SHARDS.get_partition_keys())
+        context.log.info(
+            f"{spec.name}: {split['rows']} records in {len(split['shards'])} shards, cached={split['cached']}"
+        )
+        summary[spec.name] = {
+            "records": split["rows"],
+            "largest_shard": max(split["rows_per_shard"].values(), default=0),
+            "cached": split["cached"],
+        }
+    new = [
+        name for name in catalog.benchmark_names if not context.instance.has_dynamic_partition(BENCHMARKS.name, name)
+    ]
+    if new:
+        context.instance.add_dynamic_partitions(BENCHMARKS.name, new)
     return MaterializeResult(
         metadata={
-            "dataset": spec.name,
-            "records": split["rows"],
-            "shards": len(split["shards"]),
-            "largest_shard": max(split["rows_per_shard"].values(), default=0),
-            "empty_archives": len(split["empty_archives"]),
-            "cached": split["cached"],
+            "training_dataset": catalog.training.name,
+            "benchmarks": MetadataValue.json(catalog.benchmark_names),
+            "datasets": MetadataValue.json(summary),
+            "records": sum(s["records"] for s in summary.values()),
+            "cached": all(s["cached"] for s in summary.values()),
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
@@ -44,36 +59,41 @@ def image_metadata(
     deps=[image_metadata],
     partitions_def=SHARDS,
     description=(
-        "Dataset ingest, one shard per partition: images into warehouse/images, bad records with their reason into "
-        "warehouse/rejected."
+        "Ingest of every catalog dataset, one shard per partition: images into warehouse/images, bad records with "
+        "their reason into warehouse/rejected."
     ),
 )
-def images(context: AssetExecutionContext, warehouse: WarehouseResource, dataset: DatasetResource) -> MaterializeResult:
+def images(
+    context: AssetExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
+) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
-    spec = dataset.spec(store)
-    result = IngestReport()
-    for shard in context.partition_keys:
-        result.add(ingest_shard(spec, store, shard))
-    reasons = (
-        "\n".join(f"| {reason} | {count} |" for reason, count in sorted(result.rejected_by_reason.items()))
-        or "| (none) | 0 |"
-    )
-    context.log.info(
-        f"{spec.name} shards {span(context.partition_keys)}: {result.accepted} accepted, {result.rejected} "
-        f"rejected, cached={result.cached}"
-    )
+    per_dataset = {}
+    for spec in datasets.specs(store):
+        result = IngestReport()
+        for shard in context.partition_keys:
+            result.add(ingest_shard(spec, store, shard))
+        per_dataset[spec.name] = result
+        context.log.info(
+            f"{spec.name} shards {span(context.partition_keys)}: {result.accepted} accepted, {result.rejected} "
+            f"rejected, cached={result.cached}"
+        )
+    reasons = [
+        f"| {name} | {reason} | {count} |"
+        for name, r in per_dataset.items()
+        for reason, count in sorted(r.rejected_by_reason.items())
+    ]
     return MaterializeResult(
         metadata={
-            "dataset": spec.name,
             "shards": span(context.partition_keys),
-            "accepted": result.accepted,
-            "rejected": result.rejected,
-            "rejected_share": float(result.rejected_share),
-            "splits": MetadataValue.json(dict(result.splits)),
-            "rejected_by_reason": MetadataValue.md("| reason | count |\n|---|---|\n" + reasons),
-            "cached": result.cached,
+            "accepted": sum(r.accepted for r in per_dataset.values()),
+            "rejected": sum(r.rejected for r in per_dataset.values()),
+            "splits": MetadataValue.json({name: dict(r.splits) for name, r in per_dataset.items()}),
+            "rejected_by_reason": MetadataValue.md(
+                "| dataset | reason | count |\n|---|---|---|\n" + ("\n".join(reasons) or "| (none) | | 0 |")
+            ),
+            "cached": all(r.cached for r in per_dataset.values()),
             "seconds": round(time.perf_counter() - started, 2),
-            "path": MetadataValue.path(str(store.partition_dir("images", dataset=spec.name))),
+            "path": MetadataValue.path(str(store.table_dir("images"))),
         }
     )

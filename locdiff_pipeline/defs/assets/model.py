@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
-from locdiff_pipeline.defs.resources import DatasetResource, MlflowResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.defs.resources import DatasetsResource, MlflowResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
 from locdiff_pipeline.steps.locdiff_model import train_and_register, write_latest
@@ -28,12 +28,13 @@ def locdiff_model(
     context: AssetExecutionContext,
     config: ModelRunConfig,
     warehouse: WarehouseResource,
-    dataset: DatasetResource,
+    datasets: DatasetsResource,
     training: TrainingResource,
     mlflow: MlflowResource,
 ) -> MaterializeResult:
     store = warehouse.get()
-    embed_dim = shards.manifest(store, EMBEDDINGS_TABLE, dataset.name)["encoder"]["embed_dim"]
+    training_dataset = datasets.training_name()
+    embed_dim = shards.manifest(store, EMBEDDINGS_TABLE, training_dataset)["encoder"]["embed_dim"]
     model_config = training.config(embed_dim)
 
     def log(step: int, record: dict) -> None:
@@ -41,14 +42,15 @@ def locdiff_model(
             context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
 
     trained = train_and_register(
-        store, dataset.name, model_config, log=log, force=config.force_retrain, tracking_uri=mlflow.uri()
+        store, training_dataset, model_config, log=log, force=config.force_retrain, tracking_uri=mlflow.uri()
     )
-    write_latest(store, trained)
+    write_latest(store, trained, training_dataset)
     table = "| scale | validation accuracy |\n|---|---|\n" + "\n".join(
         f"| {k} | {v:.3f} |" for k, v in trained.validation.items() if k.startswith("acc_")
     )
     return MaterializeResult(
         metadata={
+            "training_dataset": training_dataset,
             "model_version": trained.version,
             "mlflow_run_id": trained.run_id,
             "promoted_to_champion": trained.promoted,

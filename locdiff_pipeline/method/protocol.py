@@ -1,0 +1,68 @@
+"""LocDiff's test-time protocol, chosen on validation: how many views, and how their samples combine.
+
+Test-time views help only when they agree with the plain view; with a weak encoder, or imagery whose
+augmentations move its content, they can pull a prediction away. So the protocol is not assumed but
+chosen: every (rule, views) pair is scored on the validation images' own test-time views, and the best
+is recorded with the model. The plain view (one view) is always a candidate, so the chosen protocol is
+never worse than the plain view on validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from locdiff_pipeline.method import metrics
+from locdiff_pipeline.method.model import COMBINE_RULES, LocDiffModel
+
+VIEW_CHOICES = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The recorded choice: combine the first `views` views by `rule`; views are made for `imagery`."""
+
+    rule: str = "mixture"
+    views: int = 1
+    validation_score: float | None = None
+    imagery: str = "ground"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Protocol:
+        return cls(**data) if data else cls()
+
+
+def view_choices(available: int) -> list[int]:
+    """The view counts to try: VIEW_CHOICES up to what the embeddings hold, and all of them."""
+    return sorted({*(v for v in VIEW_CHOICES if v <= available), available})
+
+
+def choose_protocol(
+    model: LocDiffModel,
+    embeddings: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    samples: int = 1,
+    seed: int = 0,
+    imagery: str = "ground",
+) -> tuple[Protocol, list[dict]]:
+    """The best (rule, views) on validation embeddings (N, V, D), and every candidate's scores.
+
+    The samples are drawn once for all V views; a candidate with k views uses each image's first k.
+    Ties go to fewer views (cheaper at test time), then to the mixture rule."""
+    array = np.asarray(embeddings, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"validation embeddings must be (N, views, D), got {array.shape}")
+    drawn = model.sample(array, samples, seed)
+    grid = []
+    for views in view_choices(array.shape[1]):
+        for rule in COMBINE_RULES:
+            prediction = model.combine(drawn, rule, views)
+            scores = metrics.accuracy(lat, lon, prediction.lat, prediction.lon)
+            grid.append({"rule": rule, "views": views, "score": metrics.validation_score(scores), **scores})
+    best = max(grid, key=lambda row: (row["score"], -row["views"], row["rule"] == "mixture"))
+    return Protocol(best["rule"], best["views"], best["score"], imagery), grid

@@ -1,0 +1,81 @@
+"""The dataset catalog: one training dataset and its benchmarks, from YAML or inline, with names that
+are safe as folders, partition keys and SQL values."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from locdiff_pipeline.data import bundled
+from locdiff_pipeline.data.catalog import BUNDLED_CATALOG, load_catalog
+from locdiff_pipeline.data.datasets import DatasetSpec
+
+
+def test_without_a_catalog_the_bundled_datasets_are_used():
+    catalog = load_catalog()
+    assert catalog == BUNDLED_CATALOG
+    assert catalog.training.name == bundled.BUNDLED and catalog.benchmark_names == [bundled.HELDOUT, bundled.SHIFTED]
+
+
+def test_a_yaml_catalog_names_training_and_benchmarks_with_presets(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "training": {
+                    "name": "mp16",
+                    "preset": "mp16",
+                    "metadata_csv": "/d/mp16.csv",
+                    "images": "/d/*.tar",
+                    "layout": "tar",
+                },
+                "benchmarks": [
+                    {"name": "im2gps3k", "preset": "im2gps3k", "metadata_csv": "/d/im.csv", "images": "/d/im"},
+                    {"name": "osv5m", "preset": "osv5m", "metadata_csv": "/d/test.csv", "images": "/d/osv"},
+                ],
+            }
+        )
+    )
+    catalog = load_catalog(path)
+    assert catalog.benchmark_names == ["im2gps3k", "osv5m"]
+    osv = catalog.benchmark("osv5m").spec(None, bundled.BundledRecipe(), benchmark=True)
+    assert (osv.id_column, osv.lat_column, osv.default_split, osv.image_suffix) == ("id", "latitude", "test", ".jpg")
+    training = catalog.training.spec(None, bundled.BundledRecipe())
+    assert (training.layout, training.store_bytes, training.default_split) == ("tar", False, "train")
+    inline = load_catalog(path, benchmarks=[{"name": "yfcc4k", "preset": "yfcc4k", "metadata_csv": "a", "images": "b"}])
+    assert inline.training.name == "mp16" and inline.benchmark_names == ["yfcc4k"]
+
+
+@pytest.mark.parametrize("name", ["x'; COPY (SELECT 1) TO 'INJ.csv'; --", "a/b", "a=b", "", "..", "naïve"])
+def test_a_name_that_is_not_a_plain_word_is_refused(name):
+    with pytest.raises(ValueError, match="dataset name must be letters"):
+        load_catalog(training={"name": name, "metadata_csv": "a.csv", "images": "b"})
+    with pytest.raises(ValueError, match="dataset name must be letters"):
+        DatasetSpec(name, "a.csv", "b")
+
+
+def test_mistakes_in_a_catalog_are_named(tmp_path):
+    with pytest.raises(ValueError, match="repeated: \\['twice'\\]"):
+        load_catalog(
+            training={"name": "twice", "metadata_csv": "a", "images": "b"},
+            benchmarks=[{"name": "twice", "metadata_csv": "a", "images": "b"}],
+        )
+    with pytest.raises(ValueError, match="unknown keys \\['lat'\\]"):
+        load_catalog(training={"name": "t", "metadata_csv": "a", "images": "b", "lat": "LAT"})
+    with pytest.raises(ValueError, match="needs metadata_csv and images"):
+        load_catalog(training={"name": "t"})
+    with pytest.raises(ValueError, match="imagery must be one of"):
+        load_catalog(training={"name": "t", "metadata_csv": "a", "images": "b", "imagery": "aerial"})
+    with pytest.raises(FileNotFoundError, match="catalog not found"):
+        load_catalog(tmp_path / "missing.yaml")
+    with pytest.raises(KeyError, match="not a benchmark"):
+        load_catalog().benchmark("nope")
+
+
+def test_a_benchmark_without_a_preset_holds_test_images():
+    catalog = load_catalog(
+        training={"name": "mine", "metadata_csv": "a.csv", "images": "i"},
+        benchmarks=[{"name": "theirs", "metadata_csv": "b.csv", "images": "j"}],
+    )
+    training, benchmark = catalog.specs(None, bundled.BundledRecipe())
+    assert (training.default_split, benchmark.default_split) == ("train", "test")

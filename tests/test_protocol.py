@@ -1,0 +1,100 @@
+"""LocDiff's test-time protocol: views combine in the Hilbert space (the mean SHDD vector is the mixture
+of their densities), the protocol is chosen on validation, and north-up imagery is never flipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import clustered_problem
+
+from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
+from locdiff_pipeline.method import shdd, sphere
+from locdiff_pipeline.method.config import LocDiffConfig
+from locdiff_pipeline.method.model import LocDiffModel, Samples
+from locdiff_pipeline.method.protocol import choose_protocol
+from locdiff_pipeline.method.training import train
+
+L = 20
+PARIS, MOSCOW = (48.86, 2.35), (55.76, 37.62)  # ~2,500 km apart: two well separated modes at L = 20
+
+
+def _mixture(weights: tuple[float, float]) -> np.ndarray:
+    a, b = (shdd.encode([p[0]], [p[1]], L)[0] for p in (PARIS, MOSCOW))
+    return weights[0] * a + weights[1] * b
+
+
+def _distances(lat: float, lon: float) -> tuple[float, float]:
+    return tuple(float(sphere.haversine_km([lat], [lon], [p[0]], [p[1]])[0]) for p in (PARIS, MOSCOW))
+
+
+@pytest.mark.parametrize(("weights", "heavier"), [((0.6, 0.4), 0), ((0.35, 0.65), 1)])
+def test_a_mixture_of_two_shdds_decodes_to_the_heavier_one(weights, heavier):
+    lat, lon = shdd.decode(_mixture(weights), L)
+    assert _distances(lat[0], lon[0])[heavier] < 30
+
+
+def test_equal_weights_decode_to_one_of_the_two_never_between():
+    lat, lon = shdd.decode(_mixture((0.5, 0.5)), L)
+    assert min(_distances(lat[0], lon[0])) < 30
+    centre = sphere.spherical_centre([PARIS[0], MOSCOW[0]], [PARIS[1], MOSCOW[1]])
+    assert min(_distances(*centre)) > 1000  # where the spherical centre of the two lands
+
+
+def _model() -> LocDiffModel:
+    return LocDiffModel(
+        LocDiffConfig(L=L, embed_dim=8, hidden_dims=(16,), time_dim=8, timesteps=10, sample_steps=2, device="cpu")
+    )
+
+
+def test_combining_views_by_mixture_finds_the_majority_place_and_centre_falls_between():
+    """Three views say Paris, two say Moscow: the mixture answers Paris; the spherical centre lands
+    between them, where no view put the image."""
+    points = [PARIS, PARIS, MOSCOW, PARIS, MOSCOW]
+    vectors = torch.tensor(np.stack([shdd.encode([p[0]], [p[1]], L)[0] for p in points]), dtype=torch.float32)
+    lat = np.array([[p[0]] for p in points])[None]
+    lon = np.array([[p[1]] for p in points])[None]
+    drawn = Samples(vectors[None, :, None, :], lat, lon)
+    model = _model()
+    mixture = model.combine(drawn, "mixture")
+    centre = model.combine(drawn, "centre")
+    assert _distances(mixture.lat[0], mixture.lon[0])[0] < 30
+    assert min(_distances(centre.lat[0], centre.lon[0])) > 500
+    first_two = model.combine(drawn, "mixture", views=2)  # the first two views alone: both Paris
+    assert _distances(first_two.lat[0], first_two.lon[0])[0] < 30 and first_two.sample_lat.shape == (1, 2)
+    assert mixture.spread_km[0] == pytest.approx(np.sqrt(2 / 5) * _distances(*MOSCOW)[0], rel=0.02)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        model.combine(drawn, "median")
+
+
+def test_the_chosen_protocol_is_the_best_validation_candidate_and_never_below_the_plain_view():
+    lat, lon, features = clustered_problem(n=900, dim=32, seed=3)
+    config = LocDiffConfig(
+        L=6,
+        embed_dim=32,
+        hidden_dims=(64, 32),
+        time_dim=16,
+        steps=150,
+        batch_size=128,
+        timesteps=50,
+        sample_steps=5,
+        eval_every=10**9,
+        device="cpu",
+    )
+    model = train(config, features[:700], shdd.encode(lat[:700], lon[:700], 6, dtype=np.float32)).model
+    rng = np.random.default_rng(0)
+    views = features[700:, None, :] + rng.normal(0, 0.05, (200, 4, 32)).astype(np.float32)  # noisy views
+    views[:, 0] = features[700:]  # view 0 is the plain view
+    protocol, grid = choose_protocol(model, views, lat[700:], lon[700:])
+    assert {(row["rule"], row["views"]) for row in grid} == {(r, v) for r in ("mixture", "centre") for v in (1, 2, 4)}
+    best = max(row["score"] for row in grid)
+    assert protocol.validation_score == best
+    assert protocol.validation_score >= max(row["score"] for row in grid if row["views"] == 1)
+    assert next(row for row in grid if (row["rule"], row["views"]) == (protocol.rule, protocol.views))["score"] == best
+
+
+def test_north_up_imagery_gets_no_flips_and_ground_photos_do():
+    encoder = ImageEncoder(EncoderSpec("locdiff-tiny-vit"))
+    kinds = {imagery: [type(t).__name__ for t in augment.transforms] for imagery, augment in encoder.augment.items()}
+    assert "RandomHorizontalFlip" in kinds["ground"] and "RandomHorizontalFlip" not in kinds["north_up"]
+    assert "RandomResizedCrop" in kinds["north_up"] and "ColorJitter" in kinds["north_up"]
