@@ -17,6 +17,18 @@ def problem():
     return gallery, (features[val], lat[val], lon[val]), (features[test], lat[test], lon[test])
 
 
+def test_the_gallery_standardises_queries_with_training_statistics(problem):
+    gallery, val, _ = problem
+    assert np.allclose(gallery.features.mean(axis=0), 0, atol=1e-4) and np.allclose(
+        gallery.features.std(axis=0), 1, atol=1e-3
+    )
+    queries = gallery.queries(val[0])
+    assert np.allclose(np.linalg.norm(queries, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(
+        queries, gallery.queries(np.stack([val[0], val[0]], axis=1)), atol=1e-5
+    )  # views: their mean
+
+
 def _acc750(truth, prediction) -> float:
     _, lat, lon = truth
     return metrics.accuracy(lat, lon, prediction.lat, prediction.lon)[metrics.accuracy_column(750)]
@@ -42,7 +54,8 @@ def test_knn_beats_chance_and_picks_k_on_validation(problem):
 
 def test_knn_with_k1_returns_the_nearest_gallery_location_exactly(problem):
     gallery, _, _ = problem
-    prediction = baselines.knn_predict(gallery, gallery.embeddings[:50], 1)
+    lat, lon, features = clustered_problem(n=1800, dim=32, seed=3)  # the gallery's own images as queries
+    prediction = baselines.knn_predict(gallery, features[:50], 1)
     np.testing.assert_allclose(
         sphere.haversine_km(prediction.lat, prediction.lon, gallery.lat[:50], gallery.lon[:50]), 0, atol=1e-6
     )
@@ -95,7 +108,7 @@ def test_locdiff_h_picks_the_best_match_inside_the_ring(problem):
         sphere.haversine_km(hybrid.lat[moved], hybrid.lon[moved], pred_lat[moved], true_lon[moved]) <= 200 + 1e-6
     )
     # the pick is the most similar gallery image among those inside the ring
-    queries = baselines.normalise(test[0])
+    queries = gallery.queries(test[0])
     for i in np.flatnonzero(moved)[:20]:
         inside = (
             sphere.haversine_km(

@@ -40,15 +40,35 @@ class MethodPrediction:
 
 @dataclass
 class Gallery:
-    """Training images: unit-norm embeddings and their locations (the retrieval database)."""
+    """Training images and their locations: the retrieval database and every baseline's training data.
+
+    Inputs are standardised with the training statistics, as LocDiff's condition is: seeded-init (and
+    real CLIP) embeddings share one large common direction, and raw cosines or logits on them mostly
+    measure that direction. `features` are the standardised training embeddings, `embeddings` the
+    same made unit-norm for cosine retrieval."""
 
     embeddings: np.ndarray
     lat: np.ndarray
     lon: np.ndarray
 
     def __post_init__(self) -> None:
-        self.embeddings = normalise(self.embeddings)
+        raw = normalise(self.embeddings)
+        self.mean, self.std = raw.mean(axis=0), raw.std(axis=0) + 1e-6
+        self.features = (raw - self.mean) / self.std
+        self.embeddings = _unit(self.features)
         self.units = sphere.to_unit(self.lat, self.lon)
+
+    def standardise(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, D) or (N, views, D) embeddings as the baselines see them: view-averaged, standardised."""
+        return (normalise(embeddings) - self.mean) / self.std
+
+    def queries(self, embeddings: np.ndarray) -> np.ndarray:
+        """Unit-norm standardised embeddings, comparable by cosine with `embeddings`."""
+        return _unit(self.standardise(embeddings))
+
+
+def _unit(array: np.ndarray) -> np.ndarray:
+    return (array / np.maximum(np.linalg.norm(array, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def normalise(embeddings: np.ndarray) -> np.ndarray:
@@ -75,7 +95,7 @@ def top_k_similar(gallery: Gallery, queries: np.ndarray, k: int, block: int = 20
 
 
 def knn_predict(gallery: Gallery, embeddings: np.ndarray, k: int) -> MethodPrediction:
-    neighbours = top_k_similar(gallery, normalise(embeddings), k)
+    neighbours = top_k_similar(gallery, gallery.queries(embeddings), k)
     lat, lon, spread = sphere.grouped_centre_and_spread(gallery.units[neighbours])
     return MethodPrediction(lat, lon, spread)
 
@@ -117,9 +137,10 @@ class CellClassifier:
     centroids_lat: np.ndarray
     centroids_lon: np.ndarray
     classifier: object
+    gallery: Gallery
 
     def predict(self, embeddings: np.ndarray) -> MethodPrediction:
-        cell = self.classifier.predict(normalise(embeddings))
+        cell = self.classifier.predict(self.gallery.standardise(embeddings))
         return MethodPrediction(self.centroids_lat[cell], self.centroids_lon[cell])
 
 
@@ -141,8 +162,8 @@ def fit_cell_classifier(gallery: Gallery, cells: int, seed: int = 0) -> CellClas
     if len(present) == 1:
         classifier = _ConstantClassifier(int(present[0]))
     else:
-        classifier = LogisticRegression(C=10.0, max_iter=500, random_state=seed).fit(gallery.embeddings, labels)
-    return CellClassifier(centre_lat, centre_lon, classifier)
+        classifier = LogisticRegression(C=10.0, max_iter=500, random_state=seed).fit(gallery.features, labels)
+    return CellClassifier(centre_lat, centre_lon, classifier, gallery)
 
 
 class _ConstantClassifier:
@@ -173,12 +194,13 @@ def fit_cells(
 
 
 class UnitVectorRegressor(torch.nn.Module):
-    """MLP from embedding to a point on the sphere (output normalised to unit length)."""
+    """MLP from a standardised embedding to a point on the sphere (output normalised to unit length)."""
 
-    def __init__(self, embed_dim: int, hidden: int = 512):
+    def __init__(self, gallery: Gallery, hidden: int = 512):
         super().__init__()
+        self.gallery = gallery  # its training statistics standardise the inputs
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(embed_dim, hidden),
+            torch.nn.Linear(gallery.features.shape[1], hidden),
             torch.nn.GELU(),
             torch.nn.Linear(hidden, hidden),
             torch.nn.GELU(),
@@ -191,7 +213,7 @@ class UnitVectorRegressor(torch.nn.Module):
     @torch.no_grad()
     def predict(self, embeddings: np.ndarray) -> MethodPrediction:
         self.eval()
-        units = self(torch.tensor(normalise(embeddings))).double().numpy()
+        units = self(torch.tensor(self.gallery.standardise(embeddings), dtype=torch.float32)).double().numpy()
         lat, lon = sphere.from_unit(units)
         return MethodPrediction(lat, lon)
 
@@ -202,8 +224,8 @@ def fit_regressor(
     """Train the regressor to minimise the great-circle angle to the true location."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = UnitVectorRegressor(gallery.embeddings.shape[1])
-    x = torch.tensor(gallery.embeddings)
+    model = UnitVectorRegressor(gallery)
+    x = torch.tensor(gallery.features, dtype=torch.float32)
     y = torch.tensor(gallery.units, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     model.train()
@@ -227,7 +249,7 @@ def locdiff_h(
     """LocDiff-H: the most similar gallery image within radius_km of LocDiff's prediction; where that
     ring holds no gallery image, LocDiff's prediction itself. Returns the prediction and a boolean
     mask of the images that fell back."""
-    queries = normalise(embeddings)
+    queries = gallery.queries(embeddings)
     centres = sphere.to_unit(locdiff_lat, locdiff_lon)
     cos_radius = np.cos(radius_km / sphere.EARTH_RADIUS_KM)
     lat, lon = np.array(locdiff_lat, dtype=float), np.array(locdiff_lon, dtype=float)
