@@ -16,6 +16,7 @@ so tests and notebooks call it directly.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,14 +131,15 @@ def predict_benchmark(
     views: int,
     samples_per_view: int,
     settings: MethodSettings,
-    exclude: set[str] = frozenset(),
+    exclude: Collection[str] = (),
 ) -> BenchmarkPredictions:
     """Every method on the benchmark's test images (less `exclude`), from embeddings with `views` views."""
     side = fit_training_side(warehouse, training, settings)
     protocol = Protocol.from_dict(model.metadata.get("protocol"))
     used_views = min(protocol.views, views)
     ids, embeddings = load_embeddings(warehouse, benchmark, "test", views=views)
-    keep = [i for i, image_id in enumerate(ids) if image_id not in exclude]
+    excluded = set(exclude)
+    keep = [i for i, image_id in enumerate(ids) if image_id not in excluded]
     ids, embeddings = [ids[i] for i in keep], embeddings[keep, :used_views]
     if not ids:
         raise ValueError(f"benchmark {benchmark!r} has no test images to score")
