@@ -103,6 +103,7 @@ def _predict(args: argparse.Namespace) -> int:
         seed=args.seed,
         encoder_checkpoint=args.encoder_checkpoint,
         device=args.device,
+        top_k=args.top_k,
     )
     sys.stdout.write(to_csv(result))
     for reason in result.errors.values():
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder-checkpoint", help="the encoder checkpoint file, when the model was trained on real weights"
     )
     pred.add_argument("--device", default=None)
+    pred.add_argument(
+        "--top-k", type=int, default=None, help="print the K most likely places per image: rank, lat, lon, probability"
+    )
     pred.add_argument("images", nargs="+", type=Path)
     pred.set_defaults(handler=_predict)
     rep = commands.add_parser("report", help="print the accuracy table from the warehouse")

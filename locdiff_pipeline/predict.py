@@ -22,6 +22,7 @@ class ImagePrediction:
     lat: float
     lon: float
     spread_km: float
+    ranked: list[tuple[float, float, float]] = field(default_factory=list)  # (lat, lon, probability), best first
 
 
 @dataclass
@@ -77,13 +78,16 @@ def predict(
     seed: int = 0,
     encoder_checkpoint: str | None = None,
     device: str | None = None,
+    top_k: int | None = None,
 ) -> PredictResult:
     """Predict (lat, lon, spread_km) for each readable image; unreadable ones are reported in `errors`.
 
     `views` and `rule` default to the protocol chosen on validation and recorded with the model; the
-    views are made for the imagery the model was trained on (no flips for north-up imagery)."""
-    if (views is not None and views < 1) or samples < 1:
-        raise ValueError(f"views and samples must be at least 1, got {views} and {samples}")
+    views are made for the imagery the model was trained on (no flips for north-up imagery). With
+    `top_k`, each prediction also carries the k most likely places of the image's mixture density with
+    their probabilities (rank 1 is the mixture's mode)."""
+    if (views is not None and views < 1) or samples < 1 or (top_k is not None and top_k < 1):
+        raise ValueError(f"views, samples and top_k must be at least 1, got {views}, {samples} and {top_k}")
     loaded = LocDiffModel.load(resolve_model(model), device=device)
     protocol = Protocol.from_dict(loaded.metadata.get("protocol"))
     views, rule = views or protocol.views, rule or protocol.rule
@@ -98,24 +102,31 @@ def predict(
             result.errors[str(image)] = str(error)
     if readable:
         embeddings = encoder.embed_views(readable, [Path(n).name for n in names], views, protocol.imagery)
-        prediction = loaded.predict_embeddings(embeddings, samples=samples, seed=seed, rule=rule)
+        drawn = loaded.sample(embeddings, samples=samples, seed=seed)
+        prediction = loaded.combine(drawn, rule)
+        ranked = loaded.ranked(drawn, top_k) if top_k else None
         for i, name in enumerate(names):
-            result.predictions.append(
-                ImagePrediction(
-                    name, float(prediction.lat[i]), float(prediction.lon[i]), float(prediction.spread_km[i])
-                )
-            )
+            places = [] if ranked is None else [tuple(float(a[i, r]) for a in ranked) for r in range(top_k)]
+            point = (float(prediction.lat[i]), float(prediction.lon[i]), float(prediction.spread_km[i]))
+            result.predictions.append(ImagePrediction(name, *point, places))
     return result
 
 
 def to_csv(result: PredictResult) -> str:
-    """CSV with columns image,lat,lon,spread_km; comment lines (#) say which model and encoder."""
+    """CSV with columns image,lat,lon,spread_km, or image,rank,lat,lon,probability when ranked answers
+    were asked for; comment lines (#) say which model and encoder."""
     import csv
     import io
 
     buffer = io.StringIO()
     buffer.write(f"# model: {result.model}\n# {result.encoder_note}\n")
     writer = csv.writer(buffer, lineterminator="\n")
+    if any(p.ranked for p in result.predictions):
+        writer.writerow(["image", "rank", "lat", "lon", "probability"])
+        for p in result.predictions:
+            for rank, (lat, lon, probability) in enumerate(p.ranked, start=1):
+                writer.writerow([p.image, rank, f"{lat:.6f}", f"{lon:.6f}", f"{probability:.4f}"])
+        return buffer.getvalue()
     writer.writerow(["image", "lat", "lon", "spread_km"])
     for p in result.predictions:
         writer.writerow([p.image, f"{p.lat:.6f}", f"{p.lon:.6f}", f"{p.spread_km:.1f}"])

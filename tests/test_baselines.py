@@ -118,3 +118,40 @@ def test_locdiff_h_picks_the_best_match_inside_the_ring(problem):
         )
         best = np.flatnonzero(inside)[np.argmax(gallery.embeddings[inside] @ queries[i])]
         assert (hybrid.lat[i], hybrid.lon[i]) == (gallery.lat[best], gallery.lon[best])
+
+
+def test_knn_ranked_answers_are_separate_places_with_neighbour_shares(problem):
+    gallery, _, test = problem
+    lat, lon, probability = baselines.knn_ranked(gallery, test[0][:40], 3, separation_km=1000, neighbours=30)
+    assert lat.shape == (40, 3)
+    for i in range(40):
+        present = ~np.isnan(lat[i])
+        assert present[0] and np.nansum(probability[i]) <= 1 + 1e-9 and np.all(probability[i][present] > 0)
+        picks = np.flatnonzero(present)
+        for a in picks:
+            for b in picks[picks > a]:
+                assert sphere.haversine_km([lat[i, a]], [lon[i, a]], [lat[i, b]], [lon[i, b]])[0] >= 1000
+    nearest = baselines.knn_predict(gallery, test[0][:40], 1)
+    np.testing.assert_allclose(lat[:, 0], nearest.lat)  # rank 1: the most similar training image
+    np.testing.assert_allclose(lon[:, 0], nearest.lon)
+
+
+def test_baseline_hyper_parameters_are_chosen_on_validation_only(problem):
+    """The chosen cell classifier and regressor are the best of their grids on validation, whatever
+    the test images are."""
+    gallery, val, test = problem
+    cells = baselines.fit_cells(gallery, *val)
+    regressor = baselines.fit_regressor_on_validation(gallery, *val, steps=90)
+    assert cells.C in baselines.CELL_C_CHOICES and regressor.learning_rate in baselines.REGRESSION_LEARNING_RATES
+    assert regressor.steps in (30, 90)
+
+    def score(prediction) -> float:
+        return metrics.validation_score(metrics.accuracy(val[1], val[2], prediction.lat, prediction.lon))
+
+    others = [baselines.fit_cell_classifier(gallery, len(cells.centroids_lat), C=c) for c in baselines.CELL_C_CHOICES]
+    assert score(cells.predict(val[0])) == max(score(o.predict(val[0])) for o in others)
+    shuffled = baselines.fit_cells(gallery, *val)  # the same choice with other test images around
+    assert (len(shuffled.centroids_lat), shuffled.C) == (len(cells.centroids_lat), cells.C)
+    assert score(regressor.predict(val[0])) >= score(
+        baselines.fit_regressor(gallery, steps=90, learning_rate=1e-3).predict(val[0])
+    )

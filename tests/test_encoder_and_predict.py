@@ -16,6 +16,7 @@ from PIL import Image
 
 from locdiff_pipeline.data.bundled import BLUE_MARBLE, render_window
 from locdiff_pipeline.data.image_encoder import SEEDED_INIT_NOTE, EncoderSpec, ImageEncoder
+from locdiff_pipeline.method import sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel
 
@@ -113,3 +114,37 @@ def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
 def test_predict_refuses_an_unknown_model(tmp_path):
     done = _run_cli("predict", "--model", str(tmp_path / "nope"), str(tmp_path / "a.jpg"), cwd=tmp_path)
     assert done.returncode != 0 and "neither a checkpoint folder nor an MLflow reference" in done.stderr
+
+
+def _csv_rows(stdout: str) -> list[dict]:
+    return list(
+        csv.DictReader(io.StringIO("\n".join(line for line in stdout.splitlines() if not line.startswith("#"))))
+    )
+
+
+def test_predict_top_k_prints_ranked_places_with_probabilities(tmp_path, world):
+    encoder = ImageEncoder(EncoderSpec(TINY_ENCODER))
+    config = LocDiffConfig(
+        L=8, embed_dim=encoder.identity.embed_dim, hidden_dims=(32,), time_dim=16, timesteps=20, sample_steps=4
+    )
+    LocDiffModel(config, encoder.identity.to_dict()).save(tmp_path / "model")
+    places = [(48.0, 2.0), (-1.0, 36.0)]
+    images = []
+    for i, (lat, lon) in enumerate(places):
+        render_window(world, lat, lon, 8.0, 96).save(tmp_path / f"img{i}.jpg")
+        images.append(str(tmp_path / f"img{i}.jpg"))
+    common = ("predict", "--model", str(tmp_path / "model"), "--views", "3", "--samples", "2")
+    ranked = _run_cli(*common, "--top-k", "3", *images, cwd=tmp_path)
+    plain = _run_cli(*common, *images, cwd=tmp_path)
+    assert ranked.returncode == 0 and plain.returncode == 0, ranked.stderr + plain.stderr
+    rows, points = _csv_rows(ranked.stdout), _csv_rows(plain.stdout)
+    for image, (lat, lon), point in zip(images, places, points, strict=True):
+        mine = [r for r in rows if r["image"] == image]
+        assert [int(r["rank"]) for r in mine] == [1, 2, 3]
+        probabilities = [float(r["probability"]) for r in mine]
+        assert all(0 < p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-6
+        assert (float(mine[0]["lat"]), float(mine[0]["lon"])) == pytest.approx(
+            (float(point["lat"]), float(point["lon"])), abs=1e-5
+        )
+        errors = [sphere.haversine_km([lat], [lon], [float(r["lat"])], [float(r["lon"])])[0] for r in mine]
+        assert min(errors) <= errors[0]  # the best of three is never farther than rank 1

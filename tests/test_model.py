@@ -133,3 +133,39 @@ def test_bad_inputs_are_refused():
         train(LocDiffConfig(**TINY, steps=1), np.zeros((4, 32), np.float32), np.zeros((4, 5), np.float32))
     with pytest.raises(FileNotFoundError, match="not a LocDiff checkpoint"):
         LocDiffModel.load("/nonexistent")
+
+
+def test_noise_prediction_weights_the_kl_by_alpha_bar():
+    """With eps prediction the clean estimate near t = T divides by a tiny sqrt(alpha_bar), so the
+    target-space loss gets the weights alpha_bar in (0, 1]; with x0 prediction it is unweighted."""
+    from locdiff_pipeline.method.diffusion import GaussianDiffusion
+    from locdiff_pipeline.method.target_space import target_space
+
+    config = LocDiffConfig(**{**TINY, "prediction": "eps", "mse_weight": 0.0})
+    diffusion, space = GaussianDiffusion(config), target_space(config)
+    lat, lon, _ = clustered_problem(n=64, dim=32)
+    x0 = torch.tensor(shdd.encode(lat, lon, config.L), dtype=torch.float32) * space.scale
+    calls = []
+
+    def recording_loss(pred, target, generator, weights=None):
+        calls.append(weights)
+        return torch.zeros(())
+
+    space.loss = recording_loss
+    diffusion.training_loss(
+        lambda x, c, t, d: torch.zeros_like(x), x0, torch.zeros(64, 32), space, torch.Generator().manual_seed(0)
+    )
+    weights = calls[0]
+    assert weights is not None and weights.shape == (64,) and torch.all((weights > 0) & (weights <= 1))
+    x0_config = LocDiffConfig(**TINY)
+    calls.clear()
+    GaussianDiffusion(x0_config).training_loss(
+        lambda x, c, t, d: x, x0, torch.zeros(64, 32), space, torch.Generator().manual_seed(0)
+    )
+    assert calls == [None]  # x0 prediction: the loss applies to the network's own output, unweighted
+    result = train(
+        config.with_(steps=20, mse_weight=0.1),
+        np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32),
+        x0.numpy() / space.scale,
+    )
+    assert np.isfinite(result.history[-1]["loss"])

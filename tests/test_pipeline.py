@@ -33,7 +33,7 @@ from locdiff_pipeline.defs.resources import (
     TrainingResource,
     WarehouseResource,
 )
-from locdiff_pipeline.method import metrics, shdd
+from locdiff_pipeline.method import metrics, shdd, sphere
 from locdiff_pipeline.steps import report_sql
 from locdiff_pipeline.steps.predictions import CHANCE, METHODS
 from locdiff_pipeline.tracking import registry
@@ -177,6 +177,17 @@ def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline
     assert len(predictions[predictions["method"] == CHANCE]) == DRAWS * BENCHMARK_COUNT
     locdiff = predictions[predictions["method"] == "locdiff"]
     assert rows["locdiff"]["region_coverage"] == pytest.approx((locdiff["error_km"] <= locdiff["region_km"]).mean())
+    for method, group in predictions.groupby("method"):  # ranked answers: LocDiff and kNN keep five
+        if method.split("/")[0] not in ("locdiff", "knn"):
+            assert group["top_error_km"].isna().all() and rows[method]["top5_acc_750km"] is None
+            continue
+        for r in group.itertuples():
+            assert 1 <= len(r.top_lat) <= 5 and sum(r.top_probability) <= 1 + 1e-9
+            errors = sphere.haversine_km(
+                [r.true_lat] * len(r.top_lat), [r.true_lon] * len(r.top_lon), r.top_lat, r.top_lon
+            )
+            assert r.top_error_km == pytest.approx(errors.min())
+        assert rows[method]["top5_acc_750km"] == pytest.approx((group["top_error_km"] <= 750).mean())
     assert rows["knn"]["region_coverage"] is None
     folder = root / "warehouse" / "reports" / bundled.HELDOUT / "v1"
     for name in ("error_cdf.png", "error_map.png", "calibration.png", "density_maps.png"):

@@ -98,3 +98,16 @@ def test_north_up_imagery_gets_no_flips_and_ground_photos_do():
     kinds = {imagery: [type(t).__name__ for t in augment.transforms] for imagery, augment in encoder.augment.items()}
     assert "RandomHorizontalFlip" in kinds["ground"] and "RandomHorizontalFlip" not in kinds["north_up"]
     assert "RandomResizedCrop" in kinds["north_up"] and "ColorJitter" in kinds["north_up"]
+
+
+def test_ranked_modes_of_a_mixture_follow_its_weights():
+    places = [PARIS, MOSCOW, (40.71, -74.0)]
+    vector = sum(w * shdd.encode([p[0]], [p[1]], L)[0] for w, p in zip((0.5, 0.3, 0.2), places, strict=True))
+    lat, lon, probability = shdd.ranked_modes(vector, L, 3)
+    for rank, place in enumerate(places):
+        assert sphere.haversine_km([lat[0, rank]], [lon[0, rank]], [place[0]], [place[1]])[0] < 150
+    assert probability[0, 0] > probability[0, 1] > probability[0, 2] > 0 and probability.sum() <= 1
+    assert probability[0, 1] / probability[0, 0] == pytest.approx(0.3 / 0.5, rel=0.15)
+    single_lat, single_lon, single = shdd.ranked_modes(shdd.encode([10.0], [20.0], L), L, 3)
+    assert (single_lat[0, 0], single_lon[0, 0]) == pytest.approx((10.0, 20.0), abs=0.05)
+    assert single[0, 0] > 0.5 and single[0, 1:].max() < 0.05  # one delta: one likely place, faint ripples

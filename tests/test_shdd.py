@@ -167,3 +167,15 @@ def test_peak_width_is_the_first_zero_of_the_decoded_kernel(L):
     assert shdd.peak_width_km(L) == pytest.approx(
         sphere.EARTH_RADIUS_KM * 3.8317 / (L + 1), rel=0.02 if L > 2 else 0.05
     )
+
+
+def test_weighted_kl_is_the_weighted_mean_of_per_vector_kls():
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.tensor(shdd.encode([10.0, -40.0, 60.0], [20.0, 100.0, -30.0], 6), dtype=torch.float32)
+    predictions = targets + 0.05 * torch.randn(targets.shape, generator=generator)
+    anchors = shdd.fibonacci_anchors(2000, 6).table
+    each = torch.stack([shdd.kl_loss(predictions[i : i + 1], targets[i : i + 1], anchors) for i in range(3)])
+    weights = torch.tensor([0.0, 1.0, 3.0])
+    weighted = shdd.kl_loss(predictions, targets, anchors, weights=weights)
+    assert weighted == pytest.approx(float((each * weights).sum() / weights.sum()), rel=1e-5)
+    assert shdd.kl_loss(predictions, targets, anchors) == pytest.approx(float(each.mean()), rel=1e-5)

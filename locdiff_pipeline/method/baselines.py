@@ -27,6 +27,8 @@ from locdiff_pipeline.method import metrics, shdd, sphere
 
 KNN_K_CHOICES = (1, 3, 5, 10, 20)
 CELL_COUNT_CHOICES = (16, 32, 64, 128, 256)
+CELL_C_CHOICES = (0.1, 1.0, 10.0)
+REGRESSION_LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 MIN_IMAGES_PER_CELL = 10
 HYBRID_RADIUS_KM = 200.0
 
@@ -138,32 +140,41 @@ class CellClassifier:
     centroids_lon: np.ndarray
     classifier: object
     gallery: Gallery
+    C: float = 10.0
 
     def predict(self, embeddings: np.ndarray) -> MethodPrediction:
         cell = self.classifier.predict(self.gallery.standardise(embeddings))
         return MethodPrediction(self.centroids_lat[cell], self.centroids_lon[cell])
 
 
-def fit_cell_classifier(gallery: Gallery, cells: int, seed: int = 0) -> CellClassifier:
-    """Partition the training locations into `cells` clusters (k-means on unit vectors, so distances
-    are chords on the sphere) and fit a multinomial logistic regression from embedding to cell. The
-    cell's prediction is the spherical centre of its training locations."""
+def cell_partition(gallery: Gallery, cells: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cluster the training locations into `cells` cells (k-means on unit vectors, so distances are
+    chords on the sphere): (label per image, centre lat, centre lon), each centre the spherical centre of
+    its cell's training locations."""
     from sklearn.cluster import KMeans
-    from sklearn.linear_model import LogisticRegression
 
     cells = max(1, min(cells, len(gallery.lat)))
     labels = KMeans(n_clusters=cells, n_init=4, random_state=seed).fit_predict(gallery.units)
-    present = np.unique(labels)
     centre_lat, centre_lon = np.empty(cells), np.empty(cells)
-    for cell in present:
-        centre_lat[cell], centre_lon[cell] = sphere.spherical_centre(
-            gallery.lat[labels == cell], gallery.lon[labels == cell]
-        )
+    for cell in np.unique(labels):
+        inside = labels == cell
+        centre_lat[cell], centre_lon[cell] = sphere.spherical_centre(gallery.lat[inside], gallery.lon[inside])
+    return labels, centre_lat, centre_lon
+
+
+def fit_cell_classifier(
+    gallery: Gallery, cells: int, seed: int = 0, C: float = 10.0, partition: tuple | None = None
+) -> CellClassifier:
+    """A multinomial logistic regression (inverse regularisation C) from standardised embedding to cell."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels, centre_lat, centre_lon = partition or cell_partition(gallery, cells, seed)
+    present = np.unique(labels)
     if len(present) == 1:
         classifier = _ConstantClassifier(int(present[0]))
     else:
-        classifier = LogisticRegression(C=10.0, max_iter=500, random_state=seed).fit(gallery.features, labels)
-    return CellClassifier(centre_lat, centre_lon, classifier, gallery)
+        classifier = LogisticRegression(C=C, max_iter=500, random_state=seed).fit(gallery.features, labels)
+    return CellClassifier(centre_lat, centre_lon, classifier, gallery, C)
 
 
 class _ConstantClassifier:
@@ -181,16 +192,21 @@ def fit_cells(
     val_lon: np.ndarray,
     cells: int | None = None,
     seed: int = 0,
+    C: float | None = None,
 ) -> CellClassifier:
-    """A cell classifier with the given cell count, else the best of CELL_COUNT_CHOICES on validation
-    (counts that leave fewer than MIN_IMAGES_PER_CELL training images per cell are skipped)."""
-    if cells is not None:
-        return fit_cell_classifier(gallery, cells, seed)
-    choices = [c for c in CELL_COUNT_CHOICES if c * MIN_IMAGES_PER_CELL <= len(gallery.lat)] or [
-        max(1, len(gallery.lat) // MIN_IMAGES_PER_CELL)
-    ]
-    fitted = {c: fit_cell_classifier(gallery, c, seed) for c in choices}
-    return fitted[_pick(choices, lambda c, e: fitted[c].predict(e), val_embeddings, val_lat, val_lon)]
+    """A cell classifier with the given cell count and C, else the best pair of CELL_COUNT_CHOICES x
+    CELL_C_CHOICES on validation (counts that leave fewer than MIN_IMAGES_PER_CELL training images per cell
+    are skipped)."""
+    counts = (
+        [cells] if cells is not None else [c for c in CELL_COUNT_CHOICES if c * MIN_IMAGES_PER_CELL <= len(gallery.lat)]
+    )
+    counts = counts or [max(1, len(gallery.lat) // MIN_IMAGES_PER_CELL)]
+    strengths = [C] if C is not None else list(CELL_C_CHOICES)
+    partitions = {count: cell_partition(gallery, count, seed) for count in counts}
+    fitted = {(n, c): fit_cell_classifier(gallery, n, seed, c, partitions[n]) for n in counts for c in strengths}
+    if len(fitted) == 1:
+        return next(iter(fitted.values()))
+    return fitted[_pick(list(fitted), lambda key, e: fitted[key].predict(e), val_embeddings, val_lat, val_lon)]
 
 
 class UnitVectorRegressor(torch.nn.Module):
@@ -219,24 +235,59 @@ class UnitVectorRegressor(torch.nn.Module):
 
 
 def fit_regressor(
-    gallery: Gallery, steps: int = 1500, batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0
-) -> UnitVectorRegressor:
-    """Train the regressor to minimise the great-circle angle to the true location."""
+    gallery: Gallery,
+    steps: int = 1500,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    snapshots: tuple[int, ...] = (),
+) -> UnitVectorRegressor | list[UnitVectorRegressor]:
+    """Train the regressor to minimise the great-circle angle to the true location. With `snapshots`,
+    the list of copies taken after each of those step counts (the last is `steps`)."""
+    import copy
+
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = UnitVectorRegressor(gallery)
+    model.learning_rate = learning_rate
     x = torch.tensor(gallery.features, dtype=torch.float32)
     y = torch.tensor(gallery.units, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    taken = []
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         index = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
         cosine = (model(x[index]) * y[index]).sum(-1).clamp(-1 + 1e-6, 1 - 1e-6)
         loss = torch.acos(cosine).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return model
+        if step in snapshots:
+            snapshot = copy.deepcopy(model)
+            snapshot.steps = step
+            taken.append(snapshot)
+    model.steps = steps
+    return taken if snapshots else model
+
+
+def fit_regressor_on_validation(
+    gallery: Gallery,
+    val_embeddings: np.ndarray,
+    val_lat: np.ndarray,
+    val_lon: np.ndarray,
+    steps: int = 1500,
+    seed: int = 0,
+) -> UnitVectorRegressor:
+    """The regressor whose learning rate (REGRESSION_LEARNING_RATES) and step count (a third of `steps`,
+    or all of them) score best on validation."""
+    candidates = [
+        model
+        for rate in REGRESSION_LEARNING_RATES
+        for model in fit_regressor(
+            gallery, steps, learning_rate=rate, seed=seed, snapshots=tuple(sorted({max(1, steps // 3), steps}))
+        )
+    ]
+    return _pick(candidates, lambda model, e: model.predict(e), val_embeddings, val_lat, val_lon)
 
 
 def locdiff_h(
@@ -279,3 +330,26 @@ def densest_location(gallery: Gallery, L: int = 20) -> tuple[float, float]:
     mixture = shdd.encode(gallery.lat, gallery.lon, L).mean(axis=0, keepdims=True)
     lat, lon = shdd.decode(mixture, L)
     return float(lat[0]), float(lon[0])
+
+
+def knn_ranked(
+    gallery: Gallery, embeddings: np.ndarray, k: int, separation_km: float, neighbours: int = 50
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """kNN's k ranked answers: the locations of the most similar training images, skipping any within
+    separation_km of an answer already taken; each answer's probability is the share of the
+    `neighbours` most similar images within separation_km / 2 of it. (N, k) arrays (lat, lon,
+    probability); NaN where the neighbours hold fewer than k separate places."""
+    nearest = top_k_similar(gallery, gallery.queries(embeddings), neighbours)
+    apart, inside = np.cos(separation_km / sphere.EARTH_RADIUS_KM), np.cos(separation_km / 2 / sphere.EARTH_RADIUS_KM)
+    lat, lon, probability = (np.full((len(nearest), k), np.nan) for _ in range(3))
+    for i, row in enumerate(nearest):
+        units, picks = gallery.units[row], []
+        for j, unit in enumerate(units):
+            if all(unit @ units[p] < apart for p in picks):
+                picks.append(j)
+            if len(picks) == k:
+                break
+        for rank, j in enumerate(picks):
+            lat[i, rank], lon[i, rank] = gallery.lat[row[j]], gallery.lon[row[j]]
+            probability[i, rank] = np.mean(units @ units[j] >= inside)
+    return lat, lon, probability

@@ -56,7 +56,12 @@ class GaussianDiffusion:
         drop = torch.rand(n, generator=generator, device=device) < self.config.cond_dropout
         x_t = self.q_sample(x0_scaled, t, noise)
         output = net(x_t, cond, t, drop)
-        loss = space.loss(self.predict_x0(output, x_t, t) / space.scale, x0_scaled / space.scale, generator)
+        # With noise prediction the clean estimate divides by sqrt(alpha_bar): near t = T it amplifies the
+        # network's error up to 1000x. Weighting the target-space loss by alpha_bar keeps those steps from
+        # dominating it; the noise MSE below still trains them.
+        weights = self._abar(t, device)[:, 0] if self.config.prediction == "eps" else None
+        x0 = self.predict_x0(output, x_t, t) / space.scale
+        loss = space.loss(x0, x0_scaled / space.scale, generator, weights)
         if self.config.prediction == "eps":
             loss = loss + torch.mean((output - noise) ** 2)
         return loss

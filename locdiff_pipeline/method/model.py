@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from locdiff_pipeline.method import sphere
+from locdiff_pipeline.method import shdd, sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.denoiser import CSUNet
 from locdiff_pipeline.method.devices import resolve_device, step_generator
@@ -124,6 +124,16 @@ class LocDiffModel:
         mixture = chosen.vectors.reshape(n, -1, chosen.vectors.shape[-1]).mean(dim=1)
         c_lat, c_lon = self.space.decode(mixture.to(self.device))
         return Prediction(c_lat, c_lon, sphere.spread_about_km(units, sphere.to_unit(c_lat, c_lon)), lat, lon)
+
+    def ranked(self, drawn: Samples, k: int, views: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The k most likely places of each image's mixture density (its first `views` views) with their
+        probabilities: (lat, lon, probability), each (N, k), best first; rank 1 is the mixture's mode."""
+        if self.config.representation != "shdd":
+            raise ValueError("ranked answers need the SHDD representation (a density), not raw xyz")
+        chosen = drawn if views is None else drawn.first_views(views)
+        n = chosen.vectors.shape[0]
+        mixture = chosen.vectors.reshape(n, -1, chosen.vectors.shape[-1]).mean(dim=1)
+        return shdd.ranked_modes(mixture.to(self.device), self.config.L, k, rho=self.config.rho_km)
 
     def predict_embeddings(
         self, embeddings: np.ndarray, samples: int = 1, seed: int = 0, rule: str = "mixture"

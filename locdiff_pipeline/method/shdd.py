@@ -274,15 +274,10 @@ def _refine(smoothed: torch.Tensor, units: torch.Tensor, radius: float, steps: i
     return units
 
 
-def decode_units_torch(
-    coeffs: torch.Tensor,
-    L: int,
-    *,
-    rho_km: float | None = None,
-    anchors: AnchorSet | None = None,
-    refine_steps: int = 7,
-) -> torch.Tensor:
-    """Mode-seeking decode on the coefficients' device: unit vectors (B, 3) where F_e has most mass."""
+def _smoothed(
+    coeffs: torch.Tensor, L: int, rho_km: float | None, anchors: AnchorSet | None
+) -> tuple[torch.Tensor, AnchorSet]:
+    """Checked coefficients smoothed over caps of radius rho (Funk-Hecke), and the anchors to search."""
     if coeffs.ndim != 2 or coeffs.shape[1] != num_coefficients(L):
         raise ValueError(
             f"coefficients must have shape (B, {num_coefficients(L)}) for L={L}, got {tuple(coeffs.shape)}"
@@ -296,9 +291,29 @@ def decode_units_torch(
     rho = default_rho_km(L) if rho_km is None else rho_km
     tables = _recurrence_tables(L, coeffs.dtype, str(coeffs.device))
     weights = torch.as_tensor(cap_smoothing_weights(L, rho), dtype=coeffs.dtype, device=coeffs.device)
-    smoothed = coeffs * weights[tables["degree"]]
+    return coeffs * weights[tables["degree"]], anchors
+
+
+def decode_units_torch(
+    coeffs: torch.Tensor,
+    L: int,
+    *,
+    rho_km: float | None = None,
+    anchors: AnchorSet | None = None,
+    refine_steps: int = 7,
+) -> torch.Tensor:
+    """Mode-seeking decode on the coefficients' device: unit vectors (B, 3) where F_e has most mass."""
+    smoothed, anchors = _smoothed(coeffs, L, rho_km, anchors)
     units = _anchor_argmax(smoothed, anchors)
     return _refine(smoothed, units, anchors.spacing_rad, refine_steps, L)
+
+
+def _as_coefficients(coeffs: ArrayLike | torch.Tensor) -> torch.Tensor:
+    """A 2-D floating tensor (torch input stays on its device)."""
+    tensor = coeffs if isinstance(coeffs, torch.Tensor) else torch.as_tensor(np.asarray(coeffs, dtype=np.float64))
+    if tensor.ndim == 1:
+        tensor = tensor[None, :]
+    return tensor if torch.is_floating_point(tensor) else tensor.double()
 
 
 def decode(
@@ -316,14 +331,55 @@ def decode(
     so accuracy is not limited by anchor spacing. Torch input is decoded on its own device.
     """
     check_degree(L)
-    tensor = coeffs if isinstance(coeffs, torch.Tensor) else torch.as_tensor(np.asarray(coeffs, dtype=np.float64))
-    if tensor.ndim == 1:
-        tensor = tensor[None, :]
-    if not torch.is_floating_point(tensor):
-        tensor = tensor.double()
     with torch.no_grad():
-        units = decode_units_torch(tensor, L, rho_km=rho, anchors=anchors, refine_steps=refine_steps)
+        units = decode_units_torch(_as_coefficients(coeffs), L, rho_km=rho, anchors=anchors, refine_steps=refine_steps)
     return sphere.from_unit(units.double().cpu().numpy())
+
+
+def ranked_modes(
+    coeffs: ArrayLike | torch.Tensor,
+    L: int,
+    k: int,
+    *,
+    separation_km: float | None = None,
+    rho: float | None = None,
+    anchors: AnchorSet | None = None,
+    block: int = 1024,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k most likely places of each vector's function, with their probability: (lat, lon, probability),
+    each (B, k), best first.
+
+    F integrates to 1 over the sphere for an SHDD vector and is linear, so the mean of several SHDD
+    vectors is the mixture of their densities. Rank 1 is the decoder's answer (smoothing rho). For the
+    probabilities, F is smoothed over caps of one peak width (truncation at degree L rings; this keeps
+    about three quarters of a single delta's positive mass in its main lobe) and its positive part on
+    equal-area anchors is normalised to 1. Each next rank is the anchor of highest such density at least
+    separation_km (default: two peak widths) from every rank before it; a rank's probability is the mass
+    within separation_km / 2 of it, so the caps are disjoint and the k probabilities sum to at most 1."""
+    check_degree(L)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    tensor = _as_coefficients(coeffs)
+    separation = 2 * peak_width_km(L) if separation_km is None else separation_km
+    apart, inside = math.cos(separation / sphere.EARTH_RADIUS_KM), math.cos(separation / 2 / sphere.EARTH_RADIUS_KM)
+    lat, lon, probability = [], [], []
+    with torch.no_grad():
+        for start in range(0, tensor.shape[0], block):
+            part = tensor[start : start + block]
+            smoothed, chosen = _smoothed(part, L, peak_width_km(L), anchors)
+            points = torch.as_tensor(sphere.to_unit(chosen.lat, chosen.lon), dtype=part.dtype, device=part.device)
+            density = (smoothed @ chosen.table.to(device=part.device, dtype=part.dtype).T).clamp(min=0)
+            density = density / density.sum(dim=1, keepdim=True).clamp(min=1e-30)
+            modes = [decode_units_torch(part, L, rho_km=rho, anchors=anchors)]
+            for _ in range(1, k):
+                taken = torch.stack([points @ m.T >= apart for m in modes]).any(dim=0).T  # (B, anchors)
+                modes.append(points[torch.argmax(density.masked_fill(taken, -1.0), dim=1)])
+            masses = torch.stack([(density * (points @ m.T >= inside).T).sum(dim=1) for m in modes], dim=1)
+            mode_lat, mode_lon = sphere.from_unit(torch.stack(modes, dim=1).reshape(-1, 3).double().cpu().numpy())
+            lat.append(mode_lat.reshape(-1, k))
+            lon.append(mode_lon.reshape(-1, k))
+            probability.append(masses.double().cpu().numpy())
+    return np.concatenate(lat), np.concatenate(lon), np.concatenate(probability)
 
 
 def kl_loss(
@@ -333,12 +389,14 @@ def kl_loss(
     tau: float | None = None,
     *,
     direction: str = "inverse",
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SHDD KL divergence between predicted and target vectors as distributions over anchors (differentiable).
 
     q = softmax(F_pred / (tau * peak)), p = softmax(F_target / (tau * peak)) over the anchors;
     direction "inverse" is KL(q || p) (mode-seeking, the article's choice), "forward" is KL(p || q).
     tau is relative to the peak height, so one value works for every L (default: default_tau(L)).
+    `weights` (one per vector) make it a weighted mean over the batch.
     """
     if pred_coeffs.shape != target_coeffs.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred_coeffs.shape)} vs {tuple(target_coeffs.shape)}")
@@ -349,7 +407,11 @@ def kl_loss(
     log_q = torch.log_softmax(pred_coeffs @ anchors_table.T / temperature, dim=-1)
     log_p = torch.log_softmax(target_coeffs @ anchors_table.T / temperature, dim=-1)
     if direction == "inverse":
-        return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
-    if direction == "forward":
-        return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-    raise ValueError(f"direction must be 'inverse' or 'forward', got {direction!r}")
+        per_vector = (log_q.exp() * (log_q - log_p)).sum(-1)
+    elif direction == "forward":
+        per_vector = (log_p.exp() * (log_p - log_q)).sum(-1)
+    else:
+        raise ValueError(f"direction must be 'inverse' or 'forward', got {direction!r}")
+    if weights is None:
+        return per_vector.mean()
+    return (per_vector * weights).sum() / weights.sum().clamp(min=1e-12)

@@ -28,7 +28,11 @@ class SHDDSpace:
     def targets(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         return shdd.encode(lat, lon, self.L, dtype=np.float32)
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(
+        self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """MSE on coefficients, or the SHDD KL over fresh random anchors plus mse_weight x MSE; `weights`
+        (one per vector) weight the KL term."""
         mse = torch.mean(((pred - target) * self.scale) ** 2)
         if self.config.loss == "mse":
             return mse
@@ -37,7 +41,12 @@ class SHDDSpace:
         # in float32 even under CUDA autocast: the softmax over anchors of F / (tau * peak) needs the precision
         with torch.autocast(pred.device.type, enabled=False):
             kl = shdd.kl_loss(
-                pred.float(), target.float(), anchors, self.config.tau, direction=self.config.kl_direction
+                pred.float(),
+                target.float(),
+                anchors,
+                self.config.tau,
+                direction=self.config.kl_direction,
+                weights=weights,
             )
         return kl + self.config.mse_weight * mse
 
@@ -57,7 +66,9 @@ class XYZSpace:
     def targets(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         return sphere.to_unit(lat, lon).astype(np.float32)
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(
+        self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return torch.mean(((pred - target) * self.scale) ** 2)
 
     def decode(self, vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

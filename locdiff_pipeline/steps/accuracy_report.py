@@ -112,6 +112,11 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[s
     contamination summary, the protocol) go under the table."""
     rows = report_sql.accuracy_table(warehouse, dataset=dataset, model_version=version)
     markdown = report_sql.markdown_table(rows) + "\n" + "".join(f"\n> {note}" for note in notes)
+    ranked = report_sql.ranked_markdown_table(rows)
+    if ranked:
+        markdown += (
+            "\n\n**Ranked answers**: share of images whose truth is within each scale of any of the five:\n\n" + ranked
+        )
     errors = _fetch(
         warehouse,
         "SELECT method, error_km, true_lat, true_lon FROM predictions WHERE dataset = $1 AND model_version = $2 "

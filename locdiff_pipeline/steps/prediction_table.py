@@ -29,6 +29,10 @@ PREDICTION_SCHEMA = pa.schema(
         ("region_km", pa.float64()),
         ("encoder", pa.string()),
         ("encoder_pretrained", pa.bool_()),
+        ("top_lat", pa.list_(pa.float64())),  # ranked answers, best first (LocDiff and kNN; null for others)
+        ("top_lon", pa.list_(pa.float64())),
+        ("top_probability", pa.list_(pa.float64())),
+        ("top_error_km", pa.float64()),  # the closest of the ranked answers to the truth
     ]
 )
 
@@ -44,10 +48,28 @@ def prediction_rows(
     encoder: dict,
     spread_km: np.ndarray | None = None,
     region_km: np.ndarray | None = None,
+    ranked: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> pa.Table:
-    """A predictions table for one method, with great-circle errors computed here (one place)."""
+    """A predictions table for one method, with great-circle errors computed here (one place); `ranked`
+    is (lat, lon, probability), each (N, k), of the method's ranked answers."""
     n = len(ids)
     missing = np.full(n, np.nan)
+    top = [None] * n, [None] * n, [None] * n, [None] * n
+    if ranked is not None:
+        top_lat, top_lon, top_probability = (np.asarray(a, float) for a in ranked)
+        valid = ~np.isnan(top_lat)
+        k = top_lat.shape[1]
+        truth_lat, truth_lon = np.repeat(np.asarray(true_lat, float), k), np.repeat(np.asarray(true_lon, float), k)
+        errors = np.full(top_lat.size, np.inf)
+        errors[valid.ravel()] = sphere.haversine_km(
+            truth_lat[valid.ravel()], truth_lon[valid.ravel()], top_lat[valid], top_lon[valid]
+        )
+        top = (
+            [list(r[v]) for r, v in zip(top_lat, valid, strict=True)],
+            [list(r[v]) for r, v in zip(top_lon, valid, strict=True)],
+            [list(r[v]) for r, v in zip(top_probability, valid, strict=True)],
+            errors.reshape(n, k).min(axis=1),
+        )
     return pa.table(
         {
             "image_id": ids,
@@ -62,6 +84,10 @@ def prediction_rows(
             "region_km": missing if region_km is None else np.asarray(region_km, float),
             "encoder": [encoder["label"]] * n,
             "encoder_pretrained": [bool(encoder["is_pretrained"])] * n,
+            "top_lat": top[0],
+            "top_lon": top[1],
+            "top_probability": top[2],
+            "top_error_km": top[3],
         },
         schema=PREDICTION_SCHEMA,
     )

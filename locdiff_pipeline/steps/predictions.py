@@ -34,6 +34,7 @@ from locdiff_pipeline.steps.prediction_table import prediction_rows
 LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION = "locdiff", "locdiff_h", "knn", "cell_classification", "regression"
 CHANCE, CONSTANT = "chance", "constant"
 PLAIN_SUFFIX = "/plain"
+TOP_K = 5  # ranked answers kept per LocDiff and kNN prediction (the report's top-5 accuracy)
 BASE_METHODS = (LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION)
 REFERENCE_METHODS = (CHANCE, CONSTANT)
 METHODS = BASE_METHODS + tuple(m + PLAIN_SUFFIX for m in BASE_METHODS) + REFERENCE_METHODS
@@ -93,25 +94,28 @@ def _lat_lon(coords: dict, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return lat, lon
 
 
-def fit_training_side(warehouse: Warehouse, training: str, settings: MethodSettings) -> TrainingSide:
-    """The gallery, the baselines tuned on validation and the constant reference, fitted once per
-    training data and settings in a process (every benchmark of a run reuses them)."""
+def fit_training_side(warehouse: Warehouse, training: str, settings: MethodSettings, views: int = 1) -> TrainingSide:
+    """The gallery, the baselines tuned on validation (seeing the same `views` as at test: the normalised
+    mean of their embeddings) and the constant reference, fitted once per training data, settings and
+    views in a process (every benchmark of a run reuses them)."""
     manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, training)
     if manifest is None:
         raise FileNotFoundError(f"the training dataset {training!r} has no complete embeddings yet")
-    key = (str(warehouse.root), training, manifest["fingerprint"], tuple(sorted(settings.to_dict().items())))
+    key = (str(warehouse.root), training, manifest["fingerprint"], tuple(sorted(settings.to_dict().items())), views)
     if key not in _fitted:
         coords = coordinates(warehouse, training)
         train_ids, train_embeddings = load_embeddings(warehouse, training, "train")
-        val_ids, val_embeddings = load_embeddings(warehouse, training, "val")
+        val_ids, val_embeddings = load_embeddings(warehouse, training, "val", views=manifest["test_views"])
+        val_embeddings = val_embeddings[:, :views]
         gallery = baselines.Gallery(train_embeddings, *_lat_lon(coords, train_ids))
-        val_lat, val_lon = _lat_lon(coords, val_ids)
+        validation = (val_embeddings, *_lat_lon(coords, val_ids))
+        seed = settings.seed
         _fitted.clear()
         _fitted[key] = TrainingSide(
             gallery,
-            baselines.fit_knn(gallery, val_embeddings, val_lat, val_lon, settings.knn_k),
-            baselines.fit_cells(gallery, val_embeddings, val_lat, val_lon, settings.cells, settings.seed),
-            baselines.fit_regressor(gallery, steps=settings.regression_steps, seed=settings.seed),
+            baselines.fit_knn(gallery, *validation, settings.knn_k),
+            baselines.fit_cells(gallery, *validation, settings.cells, seed),
+            baselines.fit_regressor_on_validation(gallery, *validation, steps=settings.regression_steps, seed=seed),
             baselines.densest_location(gallery),
         )
     return _fitted[key]
@@ -134,9 +138,9 @@ def predict_benchmark(
     exclude: Collection[str] = (),
 ) -> BenchmarkPredictions:
     """Every method on the benchmark's test images (less `exclude`), from embeddings with `views` views."""
-    side = fit_training_side(warehouse, training, settings)
     protocol = Protocol.from_dict(model.metadata.get("protocol"))
     used_views = min(protocol.views, views)
+    side = fit_training_side(warehouse, training, settings, used_views)
     ids, embeddings = load_embeddings(warehouse, benchmark, "test", views=views)
     excluded = set(exclude)
     keep = [i for i, image_id in enumerate(ids) if image_id not in excluded]
@@ -166,16 +170,18 @@ def predict_benchmark(
             region = uncertainty.sample_regions(
                 prediction.sample_lat, prediction.sample_lon, prediction.lat, prediction.lon, bandwidth, levels
             )[:, 0]
+        separation = 2 * shdd.peak_width_km(model.config.L)  # the same spread of candidates for both methods
+        ranked = model.ranked(drawn, TOP_K, view_count) if model.config.representation == "shdd" else None
         hybrid, hybrid_fell_back = baselines.locdiff_h(
             side.gallery, inputs, prediction.lat, prediction.lon, settings.hybrid_radius_km
         )
         knn = baselines.knn_predict(side.gallery, inputs, side.k)
+        knn_ranked = baselines.knn_ranked(side.gallery, inputs, TOP_K, separation)
+        spread = prediction.spread_km if with_samples else None
         tables += [
-            rows(
-                LOCDIFF + suffix, prediction, spread_km=prediction.spread_km if with_samples else None, region_km=region
-            ),
+            rows(LOCDIFF + suffix, prediction, spread_km=spread, region_km=region, ranked=ranked),
             rows(LOCDIFF_H + suffix, hybrid),
-            rows(KNN + suffix, knn, spread_km=knn.spread_km),
+            rows(KNN + suffix, knn, spread_km=knn.spread_km, ranked=knn_ranked),
             rows(CELLS + suffix, side.cells.predict(inputs)),
             rows(REGRESSION + suffix, side.regressor.predict(inputs)),
         ]
@@ -198,8 +204,12 @@ def predict_benchmark(
     )
     chosen = {
         LOCDIFF: f"{protocol.rule} of {used_views} views x {samples_per_view} samples (chosen on validation)",
-        KNN: f"k={side.k}",
-        CELLS: f"cells={len(side.cells.centroids_lat)}",
+        KNN: f"k={side.k} of {baselines.KNN_K_CHOICES}",
+        CELLS: f"cells={len(side.cells.centroids_lat)}, C={side.cells.C:g} of "
+        f"{baselines.CELL_COUNT_CHOICES} x {baselines.CELL_C_CHOICES}",
+        REGRESSION: f"lr={side.regressor.learning_rate:g}, steps={side.regressor.steps} of "
+        f"{baselines.REGRESSION_LEARNING_RATES} x ({max(1, settings.regression_steps // 3)}, "
+        f"{settings.regression_steps})",
         LOCDIFF_H: f"radius={settings.hybrid_radius_km:g}km",
         CONSTANT: f"({side.constant[0]:.2f}, {side.constant[1]:.2f})",
         CHANCE: f"{draws} draws per image",

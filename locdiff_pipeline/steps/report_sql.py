@@ -14,6 +14,7 @@ from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method.metrics import THRESHOLDS_KM, accuracy_column
 
 DATABASE = "locdiff.duckdb"
+TOP_PREFIX = "top5_"  # accuracy of the best of a method's five ranked answers
 REPORTS = "reports"
 
 # table name -> number of hive partition keys in its folder layout
@@ -42,6 +43,11 @@ def accuracy_sql(source: str = "predictions") -> str:
     accuracies = ",\n    ".join(
         f"avg(CASE WHEN error_km <= {t} THEN 1.0 ELSE 0.0 END) AS {accuracy_column(t)}" for t in THRESHOLDS_KM
     )
+    ranked = ",\n    ".join(  # NULL for methods without ranked answers
+        f"avg(CASE WHEN top_error_km IS NULL THEN NULL WHEN top_error_km <= {t} THEN 1.0 ELSE 0.0 END) "
+        f"AS {TOP_PREFIX}{accuracy_column(t)}"
+        for t in THRESHOLDS_KM
+    )
     return f"""
 SELECT dataset, training_dataset, method, model_version, encoder, bool_and(encoder_pretrained) AS encoder_pretrained,
     count(DISTINCT image_id) AS count,
@@ -49,7 +55,8 @@ SELECT dataset, training_dataset, method, model_version, encoder, bool_and(encod
     median(error_km) AS median_km,
     avg(CASE WHEN region_km IS NULL OR isnan(region_km) THEN NULL
              WHEN error_km <= region_km THEN 1.0 ELSE 0.0 END) AS region_coverage,
-    median(CASE WHEN isnan(region_km) THEN NULL ELSE region_km END) AS median_region_km
+    median(CASE WHEN isnan(region_km) THEN NULL ELSE region_km END) AS median_region_km,
+    {ranked}
 FROM {source}
 GROUP BY ALL
 ORDER BY dataset, model_version, method
@@ -146,6 +153,25 @@ def markdown_table(rows: list[dict], note: str | None = None) -> str:
         )
     if note:
         lines.append(f"\n> {note}")
+    return "\n".join(lines)
+
+
+def ranked_markdown_table(rows: list[dict]) -> str:
+    """Top-5 accuracy (the truth within the scale of any of five ranked answers) of the methods that give
+    ranked answers; empty when none does."""
+    ranked = [r for r in rows if r.get(TOP_PREFIX + accuracy_column(THRESHOLDS_KM[0])) is not None]
+    if not ranked:
+        return ""
+    lines = [
+        "| method | " + " | ".join(f"top-5 {t} km" for t in THRESHOLDS_KM) + " |",
+        "|" + "---|" * (len(THRESHOLDS_KM) + 1),
+    ]
+    for r in ranked:
+        lines.append(
+            f"| {r['method']} | "
+            + " | ".join(f"{100 * r[TOP_PREFIX + accuracy_column(t)]:.1f}%" for t in THRESHOLDS_KM)
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -169,14 +169,14 @@ def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource
     latest = read_latest(store)
     scored = store.manifest(PREDICTIONS_TABLE, dataset=benchmark, model_version=latest["version"])
     protocol = Protocol.from_dict(scored["protocol"])
+    chosen = "; ".join(f"{method}: {value}" for method, value in sorted(scored["chosen"].items()))
     notes = [
         encoder_note(latest["encoder"]),
         scoring_note(scored["contamination"], excluded=scored["excluded_contaminated"] > 0),
         f"Trained on `{scored['training_dataset']}` only; LocDiff combines {protocol.views} view(s) by the "
-        f"{protocol.rule} "
-        "rule, chosen on that dataset's validation split. `chance`: a random training location (mean of "
-        "several draws); "
-        "`constant`: the training set's densest location.",
+        f"{protocol.rule} rule, chosen on that dataset's validation split, as every baseline setting was "
+        f"(grids kept): {chosen}. `chance`: a random training location (mean of several draws); `constant`: "
+        "the training set's densest location.",
     ]
     bundle = build_report(store, benchmark, latest["version"], notes)
     context.log.info("\n" + report_sql.text_table(bundle.rows) + "\n" + "\n".join(notes))
