@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 
 import mlflow
@@ -418,6 +419,8 @@ def test_tracking_follows_the_project_not_an_earlier_configuration(tmp_path):
     assert mlflow.get_tracking_uri() == second
     explicit = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     assert registry.configure(explicit, root=tmp_path / "b") == explicit
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ  # nothing leaks
+    assert mlflow.get_registry_uri() == explicit
 
 
 def test_a_user_tracking_uri_in_the_environment_wins_every_time(tmp_path, monkeypatch):

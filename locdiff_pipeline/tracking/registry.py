@@ -15,28 +15,28 @@ CHAMPION = "champion"
 VALIDATION_METRIC = "val_score"
 
 
-_last_configured: str | None = None
-_last_from_environment = False
+ECHOED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # what mlflow.set_*_uri write into os.environ
 
 
 def configure(tracking_uri: str | None = None, root: Path | None = None) -> str:
     """Point MLflow at the given URI, else $MLFLOW_TRACKING_URI, else the project's local backend.
 
-    mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment, so a value equal to
-    the one this function set last is ours, not the user's, and does not pin later calls to it."""
+    mlflow.set_tracking_uri and set_registry_uri also write their URI into the environment. The
+    environment is put back as it was, so it only ever holds the user's setting: a later project in the
+    same process (a test session, a notebook) is never pinned to this one's backend."""
     import mlflow
 
-    global _last_configured, _last_from_environment
-    from_environment = os.environ.get("MLFLOW_TRACKING_URI")
-    if from_environment == _last_configured and not _last_from_environment:
-        from_environment = None
-    uri = tracking_uri or from_environment or default_tracking_uri(root)
-    _last_from_environment = tracking_uri is None and from_environment is not None
+    before = {name: os.environ.get(name) for name in ECHOED}
+    uri = tracking_uri or before["MLFLOW_TRACKING_URI"] or default_tracking_uri(root)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    _last_configured = uri
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     return uri
 
 
