@@ -428,3 +428,28 @@ def test_a_user_tracking_uri_in_the_environment_wins_every_time(tmp_path, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", users)
     assert registry.configure(root=tmp_path / "a") == users
     assert registry.configure(root=tmp_path / "b") == users
+
+
+def test_a_warehouse_written_before_ranked_answers_still_reports(tmp_path):
+    """Predictions Parquet from an earlier version (no training_dataset, no ranked answers) still gets
+    an accuracy view, with those columns NULL, so checks and reports keep working after an upgrade."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from locdiff_pipeline.data.warehouse import Warehouse
+
+    store = Warehouse(tmp_path / "warehouse")
+    folder = store.partition_dir("predictions", dataset="old", model_version=1)
+    folder.mkdir(parents=True)
+    old = {
+        "image_id": ["a", "b"],
+        "split": ["test"] * 2,
+        "method": ["knn"] * 2,
+        "error_km": [10.0, 900.0],
+        "spread_km": [None, None],
+    }
+    old |= {"region_km": [float("nan")] * 2, "encoder": ["x"] * 2, "encoder_pretrained": [False] * 2}
+    pq.write_table(pa.table(old), folder / "part-00000.parquet")
+    (row,) = report_sql.accuracy_table(store)
+    assert (row["dataset"], row["training_dataset"], row["acc_25km"], row["acc_750km"]) == ("old", None, 0.5, 0.5)
+    assert row["top5_acc_750km"] is None

@@ -39,17 +39,29 @@ SHARDED = {
 }
 
 
-def accuracy_sql(source: str = "predictions") -> str:
+# columns added to `predictions` over time, with their types: NULL in partitions written before them
+LATER_COLUMNS = {"training_dataset": "VARCHAR", "top_error_km": "DOUBLE"}
+
+
+def accuracy_sql(source: str = "predictions", columns: set[str] | None = None) -> str:
+    """The accuracy report's SQL over `source`, whose `columns` (default: all of today's) decide which of
+    LATER_COLUMNS read as NULL, so a warehouse written by an earlier version still reports."""
+    value = {
+        name: name if columns is None or name in columns else f"CAST(NULL AS {kind})"
+        for name, kind in LATER_COLUMNS.items()
+    }
+    ranked_column = value["top_error_km"]
     accuracies = ",\n    ".join(
         f"avg(CASE WHEN error_km <= {t} THEN 1.0 ELSE 0.0 END) AS {accuracy_column(t)}" for t in THRESHOLDS_KM
     )
     ranked = ",\n    ".join(  # NULL for methods without ranked answers
-        f"avg(CASE WHEN top_error_km IS NULL THEN NULL WHEN top_error_km <= {t} THEN 1.0 ELSE 0.0 END) "
+        f"avg(CASE WHEN {ranked_column} IS NULL THEN NULL WHEN {ranked_column} <= {t} THEN 1.0 ELSE 0.0 END) "
         f"AS {TOP_PREFIX}{accuracy_column(t)}"
         for t in THRESHOLDS_KM
     )
     return f"""
-SELECT dataset, training_dataset, method, model_version, encoder, bool_and(encoder_pretrained) AS encoder_pretrained,
+SELECT dataset, {value["training_dataset"]} AS training_dataset, method, model_version, encoder,
+    bool_and(encoder_pretrained) AS encoder_pretrained,
     count(DISTINCT image_id) AS count,
     {accuracies},
     median(error_km) AS median_km,
@@ -98,7 +110,8 @@ def _define_views(con: duckdb.DuckDBPyConnection, warehouse: Warehouse) -> list[
         )
         created.append(table)
     if "predictions" in created:
-        con.execute(f"CREATE OR REPLACE VIEW accuracy AS {accuracy_sql()}")
+        columns = {row[0] for row in con.execute("DESCRIBE predictions").fetchall()}
+        con.execute(f"CREATE OR REPLACE VIEW accuracy AS {accuracy_sql(columns=columns)}")
         created.append("accuracy")
     return created
 
