@@ -159,6 +159,7 @@ def predict_benchmark(
 
     drawn = model.sample(embeddings, samples=samples_per_view, seed=settings.seed)
     bandwidth = density_bandwidth_km(model, settings)
+    separation = 2 * shdd.peak_width_km(model.config.L)  # ranked answers: the same spread for LocDiff and kNN
     tables, locdiff, fell_back = [], None, np.zeros(n, bool)
     for suffix, view_count in (("", used_views), (PLAIN_SUFFIX, 1)):
         prediction = model.combine(drawn, protocol.rule, view_count)
@@ -170,7 +171,6 @@ def predict_benchmark(
             region = uncertainty.sample_regions(
                 prediction.sample_lat, prediction.sample_lon, prediction.lat, prediction.lon, bandwidth, levels
             )[:, 0]
-        separation = 2 * shdd.peak_width_km(model.config.L)  # the same spread of candidates for both methods
         ranked = model.ranked(drawn, TOP_K, view_count) if model.config.representation == "shdd" else None
         hybrid, hybrid_fell_back = baselines.locdiff_h(
             side.gallery, inputs, prediction.lat, prediction.lon, settings.hybrid_radius_km
