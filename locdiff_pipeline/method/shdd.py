@@ -77,10 +77,12 @@ def default_tau(L: int) -> float:
     """Default KL temperature, relative to the peak height.
 
     The target softmax(F / (tau * peak)) puts exp(1/tau) times more weight at the peak than at the
-    first zero; the peak's cap covers about 1/(L+1)^2 of the sphere, so exp(1/tau) ~ 20 (L+1)^2
-    concentrates the target within about the peak's width for every L.
+    first zero; the peak's cap covers about 1/(L+1)^2 of the sphere, so exp(1/tau) ~ 20 (L+1)^2 would
+    concentrate the target within the peak's width. The default is twice that tau (exp(1/tau) ~
+    sqrt(20) (L+1)): a softer target, which validation preferred over it and over half of it in the
+    ablation on the leak-free bundled data (docs/results.md), for every L alike.
     """
-    return 1.0 / math.log(20.0 * num_coefficients(L))
+    return 2.0 / math.log(20.0 * num_coefficients(L))
 
 
 @functools.lru_cache(maxsize=64)
