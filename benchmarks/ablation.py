@@ -74,7 +74,7 @@ def main() -> None:
         f"({len(test_ids)} images, {views} views available); encoder {args.encoder}, L={args.L}, {args.steps} steps"
     )
     header = (
-        f"{'variant':<40} {'protocol (val)':<16} {'val score':>9} "
+        f"{'variant':<40} {'protocol (val)':<28} {'val score':>9} "
         + " ".join(f"{str(t) + 'km':>8}" for t in metrics.THRESHOLDS_KM)
         + f" {'median km':>10} {'train s':>8}"
     )
@@ -85,10 +85,11 @@ def main() -> None:
         result = train(config, embeddings, targets, log_every=10**9)
         seconds = time.perf_counter() - started
         chosen, _ = choose_test_protocol(store, dataset, result.model, training_manifest)
-        prediction = result.model.combine(result.model.sample(test_embeddings[:, : chosen.views]), chosen.rule)
+        drawn = result.model.sample(test_embeddings[:, : chosen.views])
+        prediction = result.model.combine(drawn, chosen.rule, plain_weight=chosen.plain_weight)
         scores = metrics.accuracy(true_lat, true_lon, prediction.lat, prediction.lon)
         lines.append(
-            f"{name:<40} {chosen.rule + ' x' + str(chosen.views):<16} {chosen.validation_score:>9.4f} "
+            f"{name:<40} {chosen.describe():<28} {chosen.validation_score:>9.4f} "
             + " ".join(f"{100 * scores[metrics.accuracy_column(t)]:>7.1f}%" for t in metrics.THRESHOLDS_KM)
             + f" {scores['median_km']:>10.0f} {seconds:>8.0f}"
         )

@@ -103,8 +103,8 @@ def predict(
     if readable:
         embeddings = encoder.embed_views(readable, [Path(n).name for n in names], views, protocol.imagery)
         drawn = loaded.sample(embeddings, samples=samples, seed=seed)
-        prediction = loaded.combine(drawn, rule)
-        ranked = loaded.ranked(drawn, top_k) if top_k else None
+        prediction = loaded.combine(drawn, rule, plain_weight=protocol.plain_weight)
+        ranked = loaded.ranked(drawn, top_k, plain_weight=protocol.plain_weight) if top_k else None
         for i, name in enumerate(names):
             places = [] if ranked is None else [tuple(float(a[i, r]) for a in ranked) for r in range(top_k)]
             point = (float(prediction.lat[i]), float(prediction.lon[i]), float(prediction.spread_km[i]))

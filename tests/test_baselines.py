@@ -7,6 +7,7 @@ import pytest
 from conftest import clustered_problem
 
 from locdiff_pipeline.method import baselines, metrics, sphere
+from locdiff_pipeline.method.views import MEAN_EMBEDDING, ViewRule
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,9 @@ def _chance(gallery, truth) -> float:
 
 def test_knn_beats_chance_and_picks_k_on_validation(problem):
     gallery, val, test = problem
-    k = baselines.fit_knn(gallery, *val)
-    assert k in baselines.KNN_K_CHOICES
-    prediction = baselines.knn_predict(gallery, test[0], k)
+    knn = baselines.fit_knn(gallery, *val)
+    assert knn.k in baselines.KNN_K_CHOICES
+    prediction = knn.predict(test[0])
     chance = _chance(gallery, test)
     assert chance < 0.3
     assert _acc750(test, prediction) > chance + 0.4
@@ -155,3 +156,36 @@ def test_baseline_hyper_parameters_are_chosen_on_validation_only(problem):
     assert score(regressor.predict(val[0])) >= score(
         baselines.fit_regressor(gallery, steps=90, learning_rate=1e-3).predict(val[0])
     )
+
+
+def _views(features: np.ndarray, seed: int) -> np.ndarray:
+    """Four views per image: the plain one, two lightly noisy ones and one that is pure noise."""
+    rng = np.random.default_rng(seed)
+    views = np.repeat(features[:, None, :], 4, axis=1) + rng.normal(0, 0.02, (len(features), 4, features.shape[1]))
+    views[:, 0] = features
+    views[:, 3] = rng.normal(0, 1, features.shape)
+    return views.astype(np.float32)
+
+
+def test_each_baseline_chooses_its_view_rule_on_validation(problem):
+    """Per-view predictions combined by LocDiff's rule or the mean embedding, whichever validation prefers,
+    jointly with the hyper-parameters; the choice is the best pair on validation."""
+    gallery, val, _ = problem
+    multi = (_views(val[0], 1), val[1], val[2])
+    rules = (ViewRule(MEAN_EMBEDDING, 0.5, 8), ViewRule("mixture", 0.5, 8))
+
+    def score(prediction) -> float:
+        return metrics.validation_score(metrics.accuracy(val[1], val[2], prediction.lat, prediction.lon))
+
+    knn = baselines.fit_knn(gallery, *multi, view_rules=rules)
+    cells = baselines.fit_cells(gallery, *multi, cells=32, C=1.0, view_rules=rules)
+    for fitted in (knn, cells):
+        assert fitted.view_rule in rules
+        chosen = score(fitted.predict(multi[0]))
+        for rule in rules:
+            fitted_rule, fitted.view_rule = fitted.view_rule, rule
+            assert score(fitted.predict(multi[0])) <= chosen
+            fitted.view_rule = fitted_rule
+    per_view = baselines.KnnRetrieval(gallery, 1, ViewRule("mixture", 0.5, 8)).predict(multi[0][:30])
+    nearest = baselines.knn_predict(gallery, multi[0][:30, 0], 1)  # the plain view weighs half: it wins
+    assert np.median(sphere.haversine_km(per_view.lat, per_view.lon, nearest.lat, nearest.lon)) < 300

@@ -14,6 +14,7 @@ from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel, Samples
 from locdiff_pipeline.method.protocol import choose_protocol
 from locdiff_pipeline.method.training import train
+from locdiff_pipeline.method.views import view_weights
 
 L = 20
 PARIS, MOSCOW = (48.86, 2.35), (55.76, 37.62)  # ~2,500 km apart: two well separated modes at L = 20
@@ -67,6 +68,32 @@ def test_combining_views_by_mixture_finds_the_majority_place_and_centre_falls_be
         model.combine(drawn, "median")
 
 
+def test_a_heavier_plain_view_outweighs_three_views_that_disagree():
+    """One plain view says Paris, three augmented views say Moscow: uniform weights answer Moscow, a plain
+    weight of 0.75 answers Paris, by mixture and by centre alike (the centre then sits nearer Paris)."""
+    points = [PARIS, MOSCOW, MOSCOW, MOSCOW]
+    vectors = torch.tensor(np.stack([shdd.encode([p[0]], [p[1]], L)[0] for p in points]), dtype=torch.float32)
+    drawn = Samples(
+        vectors[None, :, None, :], np.array([[[p[0]] for p in points]]), np.array([[[p[1]] for p in points]])
+    )
+    model = _model()
+    uniform, plain = model.combine(drawn, "mixture"), model.combine(drawn, "mixture", plain_weight=0.75)
+    assert _distances(uniform.lat[0], uniform.lon[0])[1] < 30 and _distances(plain.lat[0], plain.lon[0])[0] < 30
+    centre = model.combine(drawn, "centre", plain_weight=0.75)
+    assert _distances(centre.lat[0], centre.lon[0])[0] < _distances(centre.lat[0], centre.lon[0])[1]
+    ranked_lat, ranked_lon, _ = model.ranked(drawn, 2, plain_weight=0.75)
+    assert _distances(ranked_lat[0, 0], ranked_lon[0, 0])[0] < 30  # rank 1 is the weighted mixture's mode
+    assert plain.spread_km[0] == pytest.approx(np.sqrt(0.25) * _distances(*MOSCOW)[0], rel=0.02)
+
+
+def test_view_weights_sum_to_one_and_give_the_plain_view_its_share():
+    np.testing.assert_allclose(view_weights(4), [0.25] * 4)
+    np.testing.assert_allclose(view_weights(4, 0.5), [0.5, 1 / 6, 1 / 6, 1 / 6])
+    np.testing.assert_allclose(view_weights(1, 0.5), [1.0])
+    with pytest.raises(ValueError, match="plain_weight"):
+        view_weights(3, 1.5)
+
+
 def test_the_chosen_protocol_is_the_best_validation_candidate_and_never_below_the_plain_view():
     lat, lon, features = clustered_problem(n=900, dim=32, seed=3)
     config = LocDiffConfig(
@@ -86,11 +113,15 @@ def test_the_chosen_protocol_is_the_best_validation_candidate_and_never_below_th
     views = features[700:, None, :] + rng.normal(0, 0.05, (200, 4, 32)).astype(np.float32)  # noisy views
     views[:, 0] = features[700:]  # view 0 is the plain view
     protocol, grid = choose_protocol(model, views, lat[700:], lon[700:])
-    assert {(row["rule"], row["views"]) for row in grid} == {(r, v) for r in ("mixture", "centre") for v in (1, 2, 4)}
+    weights = {1: (None,), 2: (None, 0.5, 0.75), 4: (None, 0.5, 0.75)}
+    assert {(row["rule"], row["views"], row["plain_weight"]) for row in grid} == {
+        (r, v, w) for r in ("mixture", "centre") for v in (1, 2, 4) for w in weights[v]
+    }
     best = max(row["score"] for row in grid)
     assert protocol.validation_score == best
     assert protocol.validation_score >= max(row["score"] for row in grid if row["views"] == 1)
-    assert next(row for row in grid if (row["rule"], row["views"]) == (protocol.rule, protocol.views))["score"] == best
+    chosen = (protocol.rule, protocol.views, protocol.plain_weight)
+    assert next(row for row in grid if (row["rule"], row["views"], row["plain_weight"]) == chosen)["score"] == best
 
 
 def test_north_up_imagery_gets_no_flips_and_ground_photos_do():

@@ -12,18 +12,21 @@ the validation split (never on test):
 LocDiff-H refines a LocDiff prediction with the retrieval gallery: the best-matching gallery image
 within 200 km of it, or LocDiff's own prediction when that ring is empty.
 
-Multi-view inputs (N, V, D) are reduced to the normalised mean of their views: every method sees
-all test-time views.
+Multi-view inputs (N, V, D): every method sees all test-time views, combined by a view rule chosen on
+validation with its hyper-parameters (`views.ViewRule`): the normalised mean of the view embeddings, or
+per-view predictions combined by LocDiff's own rule (the mixture's mode, or the spherical centre).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from locdiff_pipeline.method import metrics, shdd, sphere
+from locdiff_pipeline.method import metrics, shdd, sphere, views
+from locdiff_pipeline.method.views import ViewRule
 
 KNN_K_CHOICES = (1, 3, 5, 10, 20)
 CELL_COUNT_CHOICES = (16, 32, 64, 128, 256)
@@ -60,13 +63,13 @@ class Gallery:
         self.embeddings = _unit(self.features)
         self.units = sphere.to_unit(self.lat, self.lon)
 
-    def standardise(self, embeddings: np.ndarray) -> np.ndarray:
+    def standardise(self, embeddings: np.ndarray, plain_weight: float | None = None) -> np.ndarray:
         """(N, D) or (N, views, D) embeddings as the baselines see them: view-averaged, standardised."""
-        return (normalise(embeddings) - self.mean) / self.std
+        return (views.mean_embedding(embeddings, plain_weight) - self.mean) / self.std
 
-    def queries(self, embeddings: np.ndarray) -> np.ndarray:
+    def queries(self, embeddings: np.ndarray, plain_weight: float | None = None) -> np.ndarray:
         """Unit-norm standardised embeddings, comparable by cosine with `embeddings`."""
-        return _unit(self.standardise(embeddings))
+        return _unit(self.standardise(embeddings, plain_weight))
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -75,13 +78,7 @@ def _unit(array: np.ndarray) -> np.ndarray:
 
 def normalise(embeddings: np.ndarray) -> np.ndarray:
     """Unit-norm rows; (N, V, D) multi-view input becomes the normalised mean of its views."""
-    array = np.asarray(embeddings, dtype=np.float32)
-    if array.ndim == 3:
-        array = array / np.linalg.norm(array, axis=-1, keepdims=True)
-        array = array.mean(axis=1)
-    if array.ndim != 2:
-        raise ValueError(f"embeddings must be (N, D) or (N, views, D), got {array.shape}")
-    return array / np.maximum(np.linalg.norm(array, axis=-1, keepdims=True), 1e-12)
+    return views.mean_embedding(embeddings)
 
 
 def top_k_similar(gallery: Gallery, queries: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
@@ -102,34 +99,59 @@ def knn_predict(gallery: Gallery, embeddings: np.ndarray, k: int) -> MethodPredi
     return MethodPrediction(lat, lon, spread)
 
 
-def _pick(candidates: list, predict, validation_embeddings: np.ndarray, val_lat: np.ndarray, val_lon: np.ndarray):
-    """The candidate whose prediction scores best on validation (mean of the five accuracies)."""
+def _pick(
+    candidates: list,
+    predict: Callable[[object, np.ndarray], MethodPrediction],
+    validation_embeddings: np.ndarray,
+    val_lat: np.ndarray,
+    val_lon: np.ndarray,
+    view_rules: Sequence[ViewRule] = (ViewRule(),),
+) -> tuple[object, ViewRule]:
+    """The (candidate, view rule) pair whose prediction scores best on validation (mean of the five
+    accuracies); `predict(candidate, embeddings)` takes (N, D) embeddings. Ties go to the earlier pair."""
     scored = []
     for candidate in candidates:
-        prediction = predict(candidate, validation_embeddings)
-        scored.append(
-            (
-                metrics.validation_score(metrics.accuracy(val_lat, val_lon, prediction.lat, prediction.lon)),
-                -len(scored),
-                candidate,
-            )
-        )
-    return max(scored)[2]
+        for rule in _distinct_rules(view_rules, validation_embeddings):
+            prediction = views.apply(lambda e, c=candidate: predict(c, e), validation_embeddings, rule)
+            score = metrics.validation_score(metrics.accuracy(val_lat, val_lon, prediction.lat, prediction.lon))
+            scored.append((score, -len(scored), candidate, rule))
+    best = max(scored, key=lambda row: row[:2])
+    return best[2], best[3]
+
+
+def _distinct_rules(view_rules: Sequence[ViewRule], embeddings: np.ndarray) -> list[ViewRule]:
+    """The rules worth scoring: with a single view every rule gives the same answer, so only the first."""
+    single = np.ndim(embeddings) == 2 or np.shape(embeddings)[1] == 1
+    return list(view_rules[:1]) if single else list(dict.fromkeys(view_rules))
+
+
+@dataclass
+class KnnRetrieval:
+    """kNN retrieval with its chosen k and view rule."""
+
+    gallery: Gallery
+    k: int
+    view_rule: ViewRule = field(default_factory=ViewRule)
+
+    def predict(self, embeddings: np.ndarray) -> MethodPrediction:
+        return views.apply(lambda e: knn_predict(self.gallery, e, self.k), embeddings, self.view_rule)
 
 
 def fit_knn(
-    gallery: Gallery, val_embeddings: np.ndarray, val_lat: np.ndarray, val_lon: np.ndarray, k: int | None = None
-) -> int:
-    """k for kNN retrieval: as given, else the best of KNN_K_CHOICES on validation."""
-    if k is not None:
-        return k
-    return _pick(
-        [c for c in KNN_K_CHOICES if c <= len(gallery.lat)],
-        lambda c, e: knn_predict(gallery, e, c),
-        val_embeddings,
-        val_lat,
-        val_lon,
+    gallery: Gallery,
+    val_embeddings: np.ndarray,
+    val_lat: np.ndarray,
+    val_lon: np.ndarray,
+    k: int | None = None,
+    view_rules: Sequence[ViewRule] = (ViewRule(),),
+) -> KnnRetrieval:
+    """kNN retrieval with k as given, else the best of KNN_K_CHOICES, and the best of `view_rules`, on
+    validation."""
+    candidates = [k] if k is not None else [c for c in KNN_K_CHOICES if c <= len(gallery.lat)]
+    best_k, rule = _pick(
+        candidates, lambda c, e: knn_predict(gallery, e, c), val_embeddings, val_lat, val_lon, view_rules
     )
+    return KnnRetrieval(gallery, best_k, rule)
 
 
 @dataclass
@@ -141,8 +163,12 @@ class CellClassifier:
     classifier: object
     gallery: Gallery
     C: float = 10.0
+    view_rule: ViewRule = field(default_factory=ViewRule)
 
     def predict(self, embeddings: np.ndarray) -> MethodPrediction:
+        return views.apply(self._predict_rows, embeddings, self.view_rule)
+
+    def _predict_rows(self, embeddings: np.ndarray) -> MethodPrediction:
         cell = self.classifier.predict(self.gallery.standardise(embeddings))
         return MethodPrediction(self.centroids_lat[cell], self.centroids_lon[cell])
 
@@ -193,10 +219,11 @@ def fit_cells(
     cells: int | None = None,
     seed: int = 0,
     C: float | None = None,
+    view_rules: Sequence[ViewRule] = (ViewRule(),),
 ) -> CellClassifier:
     """A cell classifier with the given cell count and C, else the best pair of CELL_COUNT_CHOICES x
-    CELL_C_CHOICES on validation (counts that leave fewer than MIN_IMAGES_PER_CELL training images per cell
-    are skipped)."""
+    CELL_C_CHOICES, and the best of `view_rules`, on validation (counts that leave fewer than
+    MIN_IMAGES_PER_CELL training images per cell are skipped)."""
     counts = (
         [cells] if cells is not None else [c for c in CELL_COUNT_CHOICES if c * MIN_IMAGES_PER_CELL <= len(gallery.lat)]
     )
@@ -204,9 +231,9 @@ def fit_cells(
     strengths = [C] if C is not None else list(CELL_C_CHOICES)
     partitions = {count: cell_partition(gallery, count, seed) for count in counts}
     fitted = {(n, c): fit_cell_classifier(gallery, n, seed, c, partitions[n]) for n in counts for c in strengths}
-    if len(fitted) == 1:
-        return next(iter(fitted.values()))
-    return fitted[_pick(list(fitted), lambda key, e: fitted[key].predict(e), val_embeddings, val_lat, val_lon)]
+    key, rule = _pick(list(fitted), lambda key, e: fitted[key].predict(e), val_embeddings, val_lat, val_lon, view_rules)
+    fitted[key].view_rule = rule
+    return fitted[key]
 
 
 class UnitVectorRegressor(torch.nn.Module):
@@ -215,6 +242,7 @@ class UnitVectorRegressor(torch.nn.Module):
     def __init__(self, gallery: Gallery, hidden: int = 512):
         super().__init__()
         self.gallery = gallery  # its training statistics standardise the inputs
+        self.view_rule = ViewRule()
         self.net = torch.nn.Sequential(
             torch.nn.Linear(gallery.features.shape[1], hidden),
             torch.nn.GELU(),
@@ -226,8 +254,11 @@ class UnitVectorRegressor(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(self.net(x), dim=-1)
 
-    @torch.no_grad()
     def predict(self, embeddings: np.ndarray) -> MethodPrediction:
+        return views.apply(self._predict_rows, embeddings, self.view_rule)
+
+    @torch.no_grad()
+    def _predict_rows(self, embeddings: np.ndarray) -> MethodPrediction:
         self.eval()
         units = self(torch.tensor(self.gallery.standardise(embeddings), dtype=torch.float32)).double().numpy()
         lat, lon = sphere.from_unit(units)
@@ -277,9 +308,10 @@ def fit_regressor_on_validation(
     val_lon: np.ndarray,
     steps: int = 1500,
     seed: int = 0,
+    view_rules: Sequence[ViewRule] = (ViewRule(),),
 ) -> UnitVectorRegressor:
     """The regressor whose learning rate (REGRESSION_LEARNING_RATES) and step count (a third of `steps`,
-    or all of them) score best on validation."""
+    or all of them), and view rule of `view_rules`, score best on validation."""
     candidates = [
         model
         for rate in REGRESSION_LEARNING_RATES
@@ -287,7 +319,9 @@ def fit_regressor_on_validation(
             gallery, steps, learning_rate=rate, seed=seed, snapshots=tuple(sorted({max(1, steps // 3), steps}))
         )
     ]
-    return _pick(candidates, lambda model, e: model.predict(e), val_embeddings, val_lat, val_lon)
+    model, rule = _pick(candidates, lambda model, e: model.predict(e), val_embeddings, val_lat, val_lon, view_rules)
+    model.view_rule = rule
+    return model
 
 
 def locdiff_h(
@@ -296,11 +330,13 @@ def locdiff_h(
     locdiff_lat: np.ndarray,
     locdiff_lon: np.ndarray,
     radius_km: float = HYBRID_RADIUS_KM,
+    plain_weight: float | None = None,
 ) -> tuple[MethodPrediction, np.ndarray]:
-    """LocDiff-H: the most similar gallery image within radius_km of LocDiff's prediction; where that
-    ring holds no gallery image, LocDiff's prediction itself. Returns the prediction and a boolean
-    mask of the images that fell back."""
-    queries = gallery.queries(embeddings)
+    """LocDiff-H: the most similar gallery image (by the views' mean embedding, weighted as LocDiff's
+    protocol weighs the views) within radius_km of LocDiff's prediction; where that ring holds no
+    gallery image, LocDiff's prediction itself. Returns the prediction and a boolean mask of the images
+    that fell back."""
+    queries = gallery.queries(embeddings, plain_weight)
     centres = sphere.to_unit(locdiff_lat, locdiff_lon)
     cos_radius = np.cos(radius_km / sphere.EARTH_RADIUS_KM)
     lat, lon = np.array(locdiff_lat, dtype=float), np.array(locdiff_lon, dtype=float)
@@ -333,13 +369,18 @@ def densest_location(gallery: Gallery, L: int = 20) -> tuple[float, float]:
 
 
 def knn_ranked(
-    gallery: Gallery, embeddings: np.ndarray, k: int, separation_km: float, neighbours: int = 50
+    gallery: Gallery,
+    embeddings: np.ndarray,
+    k: int,
+    separation_km: float,
+    neighbours: int = 50,
+    plain_weight: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """kNN's k ranked answers: the locations of the most similar training images, skipping any within
     separation_km of an answer already taken; each answer's probability is the share of the
     `neighbours` most similar images within separation_km / 2 of it. (N, k) arrays (lat, lon,
     probability); NaN where the neighbours hold fewer than k separate places."""
-    nearest = top_k_similar(gallery, gallery.queries(embeddings), neighbours)
+    nearest = top_k_similar(gallery, gallery.queries(embeddings, plain_weight), neighbours)
     apart, inside = np.cos(separation_km / sphere.EARTH_RADIUS_KM), np.cos(separation_km / 2 / sphere.EARTH_RADIUS_KM)
     lat, lon, probability = (np.full((len(nearest), k), np.nan) for _ in range(3))
     for i, row in enumerate(nearest):

@@ -22,16 +22,11 @@ from locdiff_pipeline.method.denoiser import CSUNet
 from locdiff_pipeline.method.devices import resolve_device, step_generator
 from locdiff_pipeline.method.diffusion import GaussianDiffusion
 from locdiff_pipeline.method.target_space import target_space
+from locdiff_pipeline.method.views import COMBINE_RULES, sample_weights
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
-
-
-# How an image's samples (views x samples per view) become one answer:
-# "mixture": the mean of their SHDD vectors is the mixture of their densities (SHDD is linear); decode its mode.
-# "centre": decode each sample, take the spherical centre (falls between modes when the samples disagree).
-COMBINE_RULES = ("mixture", "centre")
 
 
 @dataclass
@@ -110,37 +105,56 @@ class LocDiffModel:
         shape = (n, views, samples)
         return Samples(vectors.float().cpu().reshape(*shape, -1), lat.reshape(shape), lon.reshape(shape))
 
-    def combine(self, drawn: Samples, rule: str = "mixture", views: int | None = None) -> Prediction:
-        """One prediction per image from its first `views` views (all by default) under a COMBINE_RULES rule."""
+    def combine(
+        self, drawn: Samples, rule: str = "mixture", views: int | None = None, plain_weight: float | None = None
+    ) -> Prediction:
+        """One prediction per image from its first `views` views (all by default) under a COMBINE_RULES rule
+        (see `views`), the plain view weighing `plain_weight` (None: every view alike)."""
         if rule not in COMBINE_RULES:
             raise ValueError(f"rule must be one of {COMBINE_RULES}, got {rule!r}")
         chosen = drawn if views is None else drawn.first_views(views)
-        n = chosen.lat.shape[0]
+        n, view_count, samples = chosen.lat.shape
+        weights = sample_weights(view_count, samples, plain_weight)
         lat, lon = chosen.lat.reshape(n, -1), chosen.lon.reshape(n, -1)
         units = sphere.to_unit(lat.ravel(), lon.ravel()).reshape(n, -1, 3)
         if rule == "centre":
-            c_lat, c_lon, spread = sphere.grouped_centre_and_spread(units)
+            c_lat, c_lon, spread = sphere.grouped_centre_and_spread(units, weights)
             return Prediction(c_lat, c_lon, spread, lat, lon)
-        mixture = chosen.vectors.reshape(n, -1, chosen.vectors.shape[-1]).mean(dim=1)
-        c_lat, c_lon = self.space.decode(mixture.to(self.device))
-        return Prediction(c_lat, c_lon, sphere.spread_about_km(units, sphere.to_unit(c_lat, c_lon)), lat, lon)
+        c_lat, c_lon = self.space.decode(self._mixture(chosen, weights).to(self.device))
+        spread = sphere.spread_about_km(units, sphere.to_unit(c_lat, c_lon), weights)
+        return Prediction(c_lat, c_lon, spread, lat, lon)
 
-    def ranked(self, drawn: Samples, k: int, views: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The k most likely places of each image's mixture density (its first `views` views) with their
-        probabilities: (lat, lon, probability), each (N, k), best first; rank 1 is the mixture's mode."""
+    @staticmethod
+    def _mixture(chosen: Samples, weights: np.ndarray) -> torch.Tensor:
+        """The weighted mean of each image's sampled vectors (N, dim): the mixture of their densities."""
+        n = chosen.vectors.shape[0]
+        flat = chosen.vectors.reshape(n, -1, chosen.vectors.shape[-1])
+        return torch.einsum("nsk,s->nk", flat, torch.as_tensor(weights, dtype=flat.dtype))
+
+    def ranked(
+        self, drawn: Samples, k: int, views: int | None = None, plain_weight: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The k most likely places of each image's mixture density (its first `views` views, weighted as in
+        `combine`) with their probabilities: (lat, lon, probability), each (N, k), best first; rank 1 is
+        the mixture's mode."""
         if self.config.representation != "shdd":
             raise ValueError("ranked answers need the SHDD representation (a density), not raw xyz")
         chosen = drawn if views is None else drawn.first_views(views)
-        n = chosen.vectors.shape[0]
-        mixture = chosen.vectors.reshape(n, -1, chosen.vectors.shape[-1]).mean(dim=1)
+        _, view_count, samples = chosen.lat.shape
+        mixture = self._mixture(chosen, sample_weights(view_count, samples, plain_weight))
         return shdd.ranked_modes(mixture.to(self.device), self.config.L, k, rho=self.config.rho_km)
 
     def predict_embeddings(
-        self, embeddings: np.ndarray, samples: int = 1, seed: int = 0, rule: str = "mixture"
+        self,
+        embeddings: np.ndarray,
+        samples: int = 1,
+        seed: int = 0,
+        rule: str = "mixture",
+        plain_weight: float | None = None,
     ) -> Prediction:
         """Predict from (N, D) or (N, views, D) embeddings: every view sampled `samples` times and
-        combined by `rule` (COMBINE_RULES)."""
-        return self.combine(self.sample(embeddings, samples, seed), rule)
+        combined by `rule` (COMBINE_RULES), the plain view weighing `plain_weight`."""
+        return self.combine(self.sample(embeddings, samples, seed), rule, plain_weight=plain_weight)
 
     def save(self, directory: str | Path) -> Path:
         """Write the checkpoint folder atomically (a crash never leaves a half-written checkpoint)."""

@@ -2,9 +2,9 @@
 
 Test-time views help only when they agree with the plain view; with a weak encoder, or imagery whose
 augmentations move its content, they can pull a prediction away. So the protocol is not assumed but
-chosen: every (rule, views) pair is scored on the validation images' own test-time views, and the best
-is recorded with the model. The plain view (one view) is always a candidate, so the chosen protocol is
-never worse than the plain view on validation.
+chosen: every (rule, views, plain-view weight) candidate is scored on the validation images' own
+test-time views, and the best is recorded with the model. The plain view (one view) is always a
+candidate, so the chosen protocol is never worse than the plain view on validation.
 """
 
 from __future__ import annotations
@@ -14,19 +14,26 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from locdiff_pipeline.method import metrics
-from locdiff_pipeline.method.model import COMBINE_RULES, LocDiffModel
+from locdiff_pipeline.method.model import LocDiffModel
+from locdiff_pipeline.method.views import COMBINE_RULES, PLAIN_WEIGHTS
 
 VIEW_CHOICES = (1, 2, 4, 8, 16)
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """The recorded choice: combine the first `views` views by `rule`; views are made for `imagery`."""
+    """The recorded choice: combine the first `views` views by `rule`, the plain view weighing
+    `plain_weight` (None: every view alike); views are made for `imagery`."""
 
     rule: str = "mixture"
     views: int = 1
     validation_score: float | None = None
     imagery: str = "ground"
+    plain_weight: float | None = None
+
+    def describe(self) -> str:
+        weight = "" if self.views == 1 or self.plain_weight is None else f", plain view {self.plain_weight:g}"
+        return f"{self.rule} of {self.views} views{weight}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,10 +57,10 @@ def choose_protocol(
     seed: int = 0,
     imagery: str = "ground",
 ) -> tuple[Protocol, list[dict]]:
-    """The best (rule, views) on validation embeddings (N, V, D), and every candidate's scores.
+    """The best (rule, views, plain weight) on validation embeddings (N, V, D), and every candidate's scores.
 
     The samples are drawn once for all V views; a candidate with k views uses each image's first k.
-    Ties go to fewer views (cheaper at test time), then to the mixture rule."""
+    Ties go to fewer views (cheaper at test time), then to the mixture rule, then to uniform weights."""
     array = np.asarray(embeddings, dtype=np.float32)
     if array.ndim != 3:
         raise ValueError(f"validation embeddings must be (N, views, D), got {array.shape}")
@@ -61,8 +68,12 @@ def choose_protocol(
     grid = []
     for views in view_choices(array.shape[1]):
         for rule in COMBINE_RULES:
-            prediction = model.combine(drawn, rule, views)
-            scores = metrics.accuracy(lat, lon, prediction.lat, prediction.lon)
-            grid.append({"rule": rule, "views": views, "score": metrics.validation_score(scores), **scores})
-    best = max(grid, key=lambda row: (row["score"], -row["views"], row["rule"] == "mixture"))
-    return Protocol(best["rule"], best["views"], best["score"], imagery), grid
+            for plain_weight in PLAIN_WEIGHTS if views > 1 else (None,):
+                prediction = model.combine(drawn, rule, views, plain_weight)
+                scores = metrics.accuracy(lat, lon, prediction.lat, prediction.lon)
+                score = metrics.validation_score(scores)
+                grid.append({"rule": rule, "views": views, "plain_weight": plain_weight, "score": score, **scores})
+    best = max(
+        grid, key=lambda row: (row["score"], -row["views"], row["rule"] == "mixture", row["plain_weight"] is None)
+    )
+    return Protocol(best["rule"], best["views"], best["score"], imagery, best["plain_weight"]), grid

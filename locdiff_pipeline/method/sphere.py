@@ -106,28 +106,41 @@ def spherical_centre(lat: ArrayLike, lon: ArrayLike, weights: ArrayLike | None =
     return float(c_lat[0]), float(c_lon[0])
 
 
-def grouped_centre_and_spread(units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre and spread of G groups of S unit vectors, given as an array (G, S, 3).
+def grouped_centre_and_spread(
+    units: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre and spread of G groups of S unit vectors, given as an array (G, S, 3), with optional
+    weights (S,) of the S members (uniform by default).
 
-    Returns (lat, lon, spread_km): the spherical centre of each group and the root-mean-square
-    great-circle distance of the group's points from it. When a group's mean vector vanishes the
-    first point stands in as its centre.
+    Returns (lat, lon, spread_km): the (weighted) spherical centre of each group and the (weighted)
+    root-mean-square great-circle distance of the group's points from it. When a group's mean vector
+    vanishes the first point stands in as its centre.
     """
     if units.ndim != 3 or units.shape[-1] != 3:
         raise ValueError(f"expected (groups, samples, 3), got {units.shape}")
-    mean = units.mean(axis=1)
+    weights = _member_weights(units.shape[1], weights)
+    mean = np.einsum("gsk,s->gk", units, weights)
     norm = np.linalg.norm(mean, axis=-1)
     degenerate = norm < 1e-12
     mean[degenerate] = units[degenerate, 0]
     centre = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
     lat, lon = from_unit(centre)
-    return lat, lon, spread_about_km(units, centre)
+    return lat, lon, spread_about_km(units, centre, weights)
 
 
-def spread_about_km(units: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """RMS great-circle distance (km) of each group's points (G, S, 3) from its centre (G, 3)."""
+def spread_about_km(units: np.ndarray, centre: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(Weighted) RMS great-circle distance (km) of each group's points (G, S, 3) from its centre (G, 3)."""
     angles = angle_between_units(units, centre[:, None, :])
-    return EARTH_RADIUS_KM * np.sqrt(np.mean(angles**2, axis=1))
+    return EARTH_RADIUS_KM * np.sqrt(angles**2 @ _member_weights(units.shape[1], weights))
+
+
+def _member_weights(members: int, weights: np.ndarray | None) -> np.ndarray:
+    if weights is None:
+        return np.full(members, 1.0 / members)
+    weights = np.asarray(weights, dtype=float)
+    if weights.shape != (members,) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"weights must be {members} non-negative numbers with a positive sum, got {weights}")
+    return weights / weights.sum()
 
 
 def fibonacci_lattice(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -185,7 +185,13 @@ def train_and_register(
         protocol, grid = choose_test_protocol(warehouse, dataset, result.model, embeddings_manifest)
         result.model.metadata["protocol"] = protocol.to_dict()
         result.model.save(checkpoint_dir / "model")
-        mlflow.log_params({"protocol_rule": protocol.rule, "protocol_views": protocol.views})
+        mlflow.log_params(
+            {
+                "protocol_rule": protocol.rule,
+                "protocol_views": protocol.views,
+                "protocol_plain_weight": "uniform" if protocol.plain_weight is None else protocol.plain_weight,
+            }
+        )
         mlflow.log_dict({"chosen": protocol.to_dict(), "candidates": grid}, "protocol_choice.json")
         (checkpoint_dir / "model" / "encoder_note.txt").write_text(encoder_note(encoder) + "\n")
         from locdiff_pipeline.tracking.pyfunc_model import CHECKPOINT_ARTIFACT, LocDiffPyfunc

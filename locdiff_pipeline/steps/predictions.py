@@ -3,8 +3,9 @@ baselines and two reference rows.
 
 The training dataset alone provides the kNN gallery, the cells, the regressor's training data,
 LocDiff-H's retrieval and the validation split that tunes them; the benchmark provides only the images
-to score. LocDiff uses the test-time protocol recorded with the model (views and combination rule,
-chosen on validation); the baselines see the same views (the normalised mean of their embeddings).
+to score. LocDiff uses the test-time protocol recorded with the model (views, combination rule and the
+plain view's weight, chosen on validation); the baselines see the same views, combined by the mean of
+their embeddings or by LocDiff's rule on their per-view predictions, whichever validation prefers.
 Every method is also scored from the plain view alone, as NAME/plain. Reference rows: `chance` (a
 random training location, averaged over several draws) and `constant` (the training set's densest
 location): a method is worth its row only above them.
@@ -27,6 +28,7 @@ from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import baselines, shdd, uncertainty
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
+from locdiff_pipeline.method.views import MEAN_EMBEDDING, ViewRule
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
 from locdiff_pipeline.steps.locdiff_model import coordinates
 from locdiff_pipeline.steps.prediction_table import prediction_rows
@@ -80,7 +82,7 @@ class TrainingSide:
     """What every benchmark is scored against, fitted on the training dataset only."""
 
     gallery: baselines.Gallery
-    k: int
+    knn: baselines.KnnRetrieval
     cells: baselines.CellClassifier
     regressor: baselines.UnitVectorRegressor
     constant: tuple[float, float]
@@ -94,14 +96,27 @@ def _lat_lon(coords: dict, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return lat, lon
 
 
-def fit_training_side(warehouse: Warehouse, training: str, settings: MethodSettings, views: int = 1) -> TrainingSide:
-    """The gallery, the baselines tuned on validation (seeing the same `views` as at test: the normalised
-    mean of their embeddings) and the constant reference, fitted once per training data, settings and
-    views in a process (every benchmark of a run reuses them)."""
+def baseline_view_rules(protocol: Protocol, L: int) -> tuple[ViewRule, ...]:
+    """The view rules the baselines choose from on validation: the mean of the view embeddings, or LocDiff's
+    chosen rule on their per-view predictions; both weigh the plain view as LocDiff's protocol does."""
+    return tuple(ViewRule(rule, protocol.plain_weight, L) for rule in (MEAN_EMBEDDING, protocol.rule))
+
+
+def fit_training_side(
+    warehouse: Warehouse,
+    training: str,
+    settings: MethodSettings,
+    views: int = 1,
+    view_rules: tuple[ViewRule, ...] = (ViewRule(),),
+) -> TrainingSide:
+    """The gallery, the baselines tuned on validation (seeing the same `views` as at test, combined by the
+    best of `view_rules`) and the constant reference, fitted once per training data, settings, views and
+    rules in a process (every benchmark of a run reuses them)."""
     manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, training)
     if manifest is None:
         raise FileNotFoundError(f"the training dataset {training!r} has no complete embeddings yet")
-    key = (str(warehouse.root), training, manifest["fingerprint"], tuple(sorted(settings.to_dict().items())), views)
+    settings_key = tuple(sorted(settings.to_dict().items()))
+    key = (str(warehouse.root), training, manifest["fingerprint"], settings_key, views, view_rules)
     if key not in _fitted:
         coords = coordinates(warehouse, training)
         train_ids, train_embeddings = load_embeddings(warehouse, training, "train")
@@ -113,9 +128,11 @@ def fit_training_side(warehouse: Warehouse, training: str, settings: MethodSetti
         _fitted.clear()
         _fitted[key] = TrainingSide(
             gallery,
-            baselines.fit_knn(gallery, *validation, settings.knn_k),
-            baselines.fit_cells(gallery, *validation, settings.cells, seed),
-            baselines.fit_regressor_on_validation(gallery, *validation, steps=settings.regression_steps, seed=seed),
+            baselines.fit_knn(gallery, *validation, settings.knn_k, view_rules=view_rules),
+            baselines.fit_cells(gallery, *validation, settings.cells, seed, view_rules=view_rules),
+            baselines.fit_regressor_on_validation(
+                gallery, *validation, steps=settings.regression_steps, seed=seed, view_rules=view_rules
+            ),
             baselines.densest_location(gallery),
         )
     return _fitted[key]
@@ -140,7 +157,7 @@ def predict_benchmark(
     """Every method on the benchmark's test images (less `exclude`), from embeddings with `views` views."""
     protocol = Protocol.from_dict(model.metadata.get("protocol"))
     used_views = min(protocol.views, views)
-    side = fit_training_side(warehouse, training, settings, used_views)
+    side = fit_training_side(warehouse, training, settings, used_views, baseline_view_rules(protocol, model.config.L))
     ids, embeddings = load_embeddings(warehouse, benchmark, "test", views=views)
     excluded = set(exclude)
     keep = [i for i, image_id in enumerate(ids) if image_id not in excluded]
@@ -161,8 +178,9 @@ def predict_benchmark(
     bandwidth = density_bandwidth_km(model, settings)
     separation = 2 * shdd.peak_width_km(model.config.L)  # ranked answers: the same spread for LocDiff and kNN
     tables, locdiff, fell_back = [], None, np.zeros(n, bool)
+    weight = protocol.plain_weight
     for suffix, view_count in (("", used_views), (PLAIN_SUFFIX, 1)):
-        prediction = model.combine(drawn, protocol.rule, view_count)
+        prediction = model.combine(drawn, protocol.rule, view_count, weight)
         inputs = embeddings[:, :view_count]
         with_samples = prediction.sample_lat.shape[1] > 1  # one sample has no spread and no region of its own
         region = None
@@ -171,12 +189,12 @@ def predict_benchmark(
             region = uncertainty.sample_regions(
                 prediction.sample_lat, prediction.sample_lon, prediction.lat, prediction.lon, bandwidth, levels
             )[:, 0]
-        ranked = model.ranked(drawn, TOP_K, view_count) if model.config.representation == "shdd" else None
+        ranked = model.ranked(drawn, TOP_K, view_count, weight) if model.config.representation == "shdd" else None
         hybrid, hybrid_fell_back = baselines.locdiff_h(
-            side.gallery, inputs, prediction.lat, prediction.lon, settings.hybrid_radius_km
+            side.gallery, inputs, prediction.lat, prediction.lon, settings.hybrid_radius_km, weight
         )
-        knn = baselines.knn_predict(side.gallery, inputs, side.k)
-        knn_ranked = baselines.knn_ranked(side.gallery, inputs, TOP_K, separation)
+        knn = side.knn.predict(inputs)
+        knn_ranked = baselines.knn_ranked(side.gallery, inputs, TOP_K, separation, plain_weight=weight)
         spread = prediction.spread_km if with_samples else None
         tables += [
             rows(LOCDIFF + suffix, prediction, spread_km=spread, region_km=region, ranked=ranked),
@@ -203,13 +221,14 @@ def predict_benchmark(
         schema=SAMPLES_SCHEMA,
     )
     chosen = {
-        LOCDIFF: f"{protocol.rule} of {used_views} views x {samples_per_view} samples (chosen on validation)",
-        KNN: f"k={side.k} of {baselines.KNN_K_CHOICES}",
+        LOCDIFF: f"{Protocol(protocol.rule, used_views, plain_weight=weight).describe()} x {samples_per_view} "
+        "samples (chosen on validation)",
+        KNN: f"k={side.knn.k} of {baselines.KNN_K_CHOICES}; views: {side.knn.view_rule.describe()}",
         CELLS: f"cells={len(side.cells.centroids_lat)}, C={side.cells.C:g} of "
-        f"{baselines.CELL_COUNT_CHOICES} x {baselines.CELL_C_CHOICES}",
+        f"{baselines.CELL_COUNT_CHOICES} x {baselines.CELL_C_CHOICES}; views: {side.cells.view_rule.describe()}",
         REGRESSION: f"lr={side.regressor.learning_rate:g}, steps={side.regressor.steps} of "
         f"{baselines.REGRESSION_LEARNING_RATES} x ({max(1, settings.regression_steps // 3)}, "
-        f"{settings.regression_steps})",
+        f"{settings.regression_steps}); views: {side.regressor.view_rule.describe()}",
         LOCDIFF_H: f"radius={settings.hybrid_radius_km:g}km",
         CONSTANT: f"({side.constant[0]:.2f}, {side.constant[1]:.2f})",
         CHANCE: f"{draws} draws per image",

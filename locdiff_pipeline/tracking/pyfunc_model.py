@@ -24,6 +24,8 @@ class LocDiffPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         embeddings = np.stack([np.asarray(v, dtype=np.float32) for v in model_input["embedding"]])
         samples = int((params or {}).get("samples", 1))
-        rule = Protocol.from_dict(self.model.metadata.get("protocol")).rule
-        prediction = self.model.predict_embeddings(embeddings, samples=samples, rule=rule)
+        protocol = Protocol.from_dict(self.model.metadata.get("protocol"))
+        prediction = self.model.predict_embeddings(
+            embeddings, samples=samples, rule=protocol.rule, plain_weight=protocol.plain_weight
+        )
         return pd.DataFrame({"lat": prediction.lat, "lon": prediction.lon, "spread_km": prediction.spread_km})

@@ -173,8 +173,8 @@ def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource
     notes = [
         encoder_note(latest["encoder"]),
         scoring_note(scored["contamination"], excluded=scored["excluded_contaminated"] > 0),
-        f"Trained on `{scored['training_dataset']}` only; LocDiff combines {protocol.views} view(s) by the "
-        f"{protocol.rule} rule, chosen on that dataset's validation split, as every baseline setting was "
+        f"Trained on `{scored['training_dataset']}` only; LocDiff's protocol ({protocol.describe()}) was "
+        "chosen on that dataset's validation split, as every baseline setting and view rule was "
         f"(grids kept): {chosen}. `chance`: a random training location (mean of several draws); `constant`: "
         "the training set's densest location.",
     ]
