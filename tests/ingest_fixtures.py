@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -22,6 +23,32 @@ BAD_RECORDS = {
     "bad/corrupt.jpg": ("10", "10", "corrupt", "corrupt image"),
     "bad/truncated.jpg": ("10", "10", "truncated", "corrupt image"),
 }
+
+
+# what `read_image_file` says of each hostile file (after "PATH: ")
+HOSTILE_REASONS = {
+    "bomb": "image too large:",
+    "fifo": "not a regular file",
+    "loop": "cannot read file",
+}
+
+
+def bomb_png() -> bytes:
+    """A 20000 x 20000 PNG of a few tens of KB: 400 M pixels (1.2 GB as RGB) if anything decoded it."""
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def make_hostile_files(folder: Path, prefix: str = "") -> dict[str, Path]:
+    """A decompression bomb, a named pipe nobody writes to, and a symlink loop, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bomb, fifo, loop = (folder / f"{prefix}{name}" for name in ("bomb.png", "fifo.jpg", "loop.jpg"))
+    bomb.write_bytes(bomb_png())
+    os.mkfifo(fifo)
+    (folder / f"{prefix}loop_b.jpg").symlink_to(loop.name)
+    loop.symlink_to(f"{prefix}loop_b.jpg")
+    return {"bomb": bomb, "fifo": fifo, "loop": loop}
 
 
 def jpeg(seed: int, size: int = 16) -> bytes:

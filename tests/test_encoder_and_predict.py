@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ingest_fixtures import HOSTILE_REASONS, make_hostile_files
 from PIL import Image
 
 from locdiff_pipeline.data.bundled import BLUE_MARBLE, render_window
@@ -86,6 +87,7 @@ def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(good[0].read_bytes()[:200])  # a truncated JPEG
     missing = tmp_path / "missing.jpg"
+    hostile = make_hostile_files(tmp_path)  # a decompression bomb, a FIFO, a symlink loop: refused, no hang
     done = _run_cli(
         "predict",
         "--model",
@@ -95,6 +97,7 @@ def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
         str(good[0]),
         str(corrupt),
         str(missing),
+        *map(str, hostile.values()),
         *map(str, good[1:]),
         cwd=tmp_path,
     )
@@ -109,6 +112,8 @@ def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
         assert -90 <= float(row["lat"]) <= 90 and -180 <= float(row["lon"]) <= 180 and float(row["spread_km"]) >= 0
     assert f"{corrupt}: corrupt or truncated image" in done.stderr
     assert f"{missing}: file not found" in done.stderr
+    for kind, path in hostile.items():
+        assert f"{path}: {HOSTILE_REASONS[kind]}" in done.stderr, kind
 
 
 def test_predict_refuses_an_unknown_model(tmp_path):

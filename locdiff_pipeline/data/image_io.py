@@ -1,45 +1,111 @@
 """Decoding images with Pillow, with errors that name the image and the reason.
 
 torchvision's compiled decoders are unavailable on the CPU build of torch here, and Pillow gives clear
-errors for truncated or corrupt files, which ingest turns into per-record rejections.
+errors for truncated or corrupt files, which ingest turns into per-record rejections. Hostile input is
+refused before it costs anything: an image whose header declares more than `max_image_pixels()` pixels
+is refused before decoding (a 48 KB PNG can declare 20000 x 20000), and a path that is not a regular
+file (a FIFO, a device, a socket) is refused without being opened, so reading never hangs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import re
+import stat
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+MAX_IMAGE_PIXELS_ENV = "LOCDIFF_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # 100 Mpx: a 300 MB RGB decode, above any camera photo or map tile
 
 
 class ImageDecodeError(ValueError):
     """An image could not be read; the message names the image and why."""
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Fully decode image bytes to RGB, or raise ImageDecodeError naming `name`."""
+class ImageTooLargeError(ImageDecodeError):
+    """The image declares more pixels than the configured limit; it was not decoded."""
+
+
+class ImageReadError(ImageDecodeError):
+    """The file could not be read at all (not a regular file, a symlink loop, no permission, ...)."""
+
+
+def max_image_pixels() -> int:
+    """The pixel-count limit: $LOCDIFF_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
+    value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "")
+    try:
+        limit = int(value) if value else DEFAULT_MAX_IMAGE_PIXELS
+    except ValueError:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be a whole number of pixels, got {value!r}") from None
+    if limit < 1:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be positive, got {limit}")
+    return limit
+
+
+def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Fully decode image bytes to RGB, or raise ImageDecodeError naming `name`. Images declaring more than
+    `max_pixels` (default: max_image_pixels()) are refused from their header, before decoding."""
     if not data:
         raise ImageDecodeError(f"{name}: empty image file")
+    limit = max_pixels or max_image_pixels()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # force the full decode so truncated files fail here, not later
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides, below
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise ImageTooLargeError(
+                        f"{name}: image too large: {width} x {height} = {width * height:,} pixels, over the "
+                        f"limit of {limit:,} (set {MAX_IMAGE_PIXELS_ENV} to change it)"
+                    )
+                image.load()  # force the full decode so truncated files fail here, not later
+                return image.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as error:  # Pillow's own check, at twice its limit, fires first
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(declared[1]):,} pixels" if declared else "its declared size"
+        raise ImageTooLargeError(f"{name}: image too large: {size}, over the limit of {limit:,}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({error})") from None
 
 
-def read_image_file(path: str | Path) -> Image.Image:
-    """Read and decode an image file, naming it in any error (missing, unreadable, corrupt)."""
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of a regular file. Anything else is refused without opening it (opening a FIFO for
+    reading blocks until a writer comes), as are symlink loops and unreadable files: ImageReadError,
+    or FileNotFoundError when nothing is there."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        mode = os.stat(path).st_mode  # follows symlinks; a loop raises ELOOP here
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read file ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        raise ImageReadError(f"{path}: {kind}")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read file ({error.strerror or error})") from None
+
+
+def read_image_file(path: str | Path) -> Image.Image:
+    """Read and decode an image file, naming it in any error (missing, unreadable, special, too large, corrupt)."""
+    try:
+        data = read_file_bytes(path)
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: file not found") from None
-    except OSError as error:
-        raise ImageDecodeError(f"{path}: cannot read file ({error.strerror})") from None
     return decode_image(data, str(path))
 
 

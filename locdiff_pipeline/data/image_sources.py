@@ -19,6 +19,8 @@ from pathlib import Path
 
 import msgpack
 
+from locdiff_pipeline.data.image_io import ImageReadError, read_file_bytes
+
 
 class ImageMissingError(KeyError):
     """No image for this id in the source."""
@@ -39,33 +41,62 @@ def archive_paths(pattern: str) -> list[Path]:
     return matches
 
 
-def scan_archive(layout: str, path: Path) -> Iterator[tuple[str, str]]:
-    """(image_id, reference) for every record of one archive, streamed in archive order."""
+def scan_archive(layout: str, path: Path, problems: list[dict] | None = None) -> Iterator[tuple[str, str]]:
+    """(image_id, reference) for every record of one archive, streamed in archive order.
+
+    A corrupt stretch does not fail the dataset: the records before it are yielded, and the problem (the
+    archive, the byte offset, the reason) is appended to `problems` (raised as ValueError without it).
+    A record without an id is skipped the same way; bytes that break the archive's framing end its scan,
+    as nothing after them can be located."""
+
+    def problem(offset: int, reason: str) -> None:
+        found = {"archive": str(path), "offset": int(offset), "reason": f"{reason} at byte {offset} of {path}"}
+        if problems is None:
+            raise ValueError(found["reason"])
+        problems.append(found)
+
     if layout == "tar":
-        with tarfile.open(path, "r:*") as archive:
-            while (member := archive.next()) is not None:
-                if member.isfile():
-                    yield (
-                        member.name.removeprefix("./"),
-                        f"tar:{path}::{member.name}@{member.offset_data}+{member.size}",
-                    )
-                archive.members.clear()  # keep memory bounded by one member, not the archive
+        archive = None
+        try:
+            with tarfile.open(path, "r:*") as archive:
+                while (member := archive.next()) is not None:
+                    if member.isfile():
+                        yield (
+                            member.name.removeprefix("./"),
+                            f"tar:{path}::{member.name}@{member.offset_data}+{member.size}",
+                        )
+                    archive.members.clear()  # keep memory bounded by one member, not the archive
+        except (tarfile.TarError, OSError, EOFError) as error:
+            problem(archive.offset if archive is not None else 0, f"unreadable tar data ({error})")
     elif layout == "msgpack":
         with open(path, "rb") as handle:
             unpacker = msgpack.Unpacker(handle, raw=False)
             offset = 0
-            for record in unpacker:
-                yield str(_field(record, MSGPACK_ID_KEYS, path)), f"msgpack:{path}@{offset}"
+            while True:
+                try:
+                    record = next(unpacker)
+                except StopIteration:
+                    break
+                except Exception as error:  # msgpack raises FormatError, ExtraData, StackError, ValueError...
+                    problem(offset, f"corrupt msgpack data ({type(error).__name__}: {error})")
+                    break
+                image_id = _field(record, MSGPACK_ID_KEYS, path, required=False)
+                if image_id is None:
+                    problem(offset, f"a msgpack record with none of the id keys {MSGPACK_ID_KEYS}")
+                else:
+                    yield str(image_id), f"msgpack:{path}@{offset}"
                 offset = unpacker.tell()
     else:
         raise ValueError(f"layout {layout!r} has no archives to scan: use 'tar' or 'msgpack'")
 
 
-def _field(record: object, keys: tuple[str, ...], path: Path | str):
+def _field(record: object, keys: tuple[str, ...], path: Path | str, required: bool = True):
     if isinstance(record, dict):
         for key in keys:
             if key in record:
                 return record[key]
+    if not required:
+        return None
     raise ValueError(f"{path}: a record has none of the keys {keys}")
 
 
@@ -81,13 +112,19 @@ class FolderSource:
         return str(self.root / (image_id + self.suffix))
 
     def read(self, image_id: str) -> bytes:
-        path = (self.root / (image_id + self.suffix)).resolve()
-        if self.root.resolve() not in path.parents:
+        """The image's bytes; ImageMissingError when there is none, ImageReadError when it cannot be read
+        (a symlink loop, no permission, a FIFO or other special file, which is never opened)."""
+        path = self.root / (image_id + self.suffix)
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as error:  # RuntimeError: Python < 3.13 reports symlink loops so
+            raise ImageReadError(f"{path}: cannot resolve the path ({error})") from None
+        if self.root.resolve() not in resolved.parents:
             raise ImageMissingError(f"image id {image_id!r} points outside the image folder")
         try:
-            return path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            raise ImageMissingError(f"image not found at {path}") from None
+            return read_file_bytes(resolved)
+        except FileNotFoundError:
+            raise ImageMissingError(f"image not found at {resolved}") from None
 
 
 class IndexedSource:
@@ -122,10 +159,15 @@ def read_reference(reference: str) -> bytes:
             return handle.read(int(located["size"]))
     if reference.startswith("msgpack:"):
         shard, offset = reference.removeprefix("msgpack:").rsplit("@", 1)
-        with open(shard, "rb") as handle:
-            handle.seek(int(offset))
-            record = next(msgpack.Unpacker(handle, raw=False))
-        return bytes(_field(record, MSGPACK_IMAGE_KEYS, shard))
+        try:
+            with open(shard, "rb") as handle:
+                handle.seek(int(offset))
+                record = next(msgpack.Unpacker(handle, raw=False))
+            return bytes(_field(record, MSGPACK_IMAGE_KEYS, shard))
+        except FileNotFoundError:
+            raise ImageMissingError(f"archive not found: {shard}") from None
+        except Exception as error:  # any msgpack error, a missing image key, a non-bytes image field
+            raise ImageReadError(f"corrupt msgpack record at byte {offset} of {shard} ({error})") from None
     try:
         return Path(reference).read_bytes()
     except FileNotFoundError:

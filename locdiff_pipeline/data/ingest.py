@@ -24,7 +24,14 @@ import pyarrow.parquet as pq
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.datasets import DatasetSpec
-from locdiff_pipeline.data.image_io import ImageDecodeError, decode_image, perceptual_hash, sha256_bytes
+from locdiff_pipeline.data.image_io import (
+    ImageDecodeError,
+    ImageReadError,
+    ImageTooLargeError,
+    decode_image,
+    perceptual_hash,
+    sha256_bytes,
+)
 from locdiff_pipeline.data.image_sources import (
     ARCHIVE_LAYOUTS,
     FolderSource,
@@ -38,14 +45,16 @@ from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 IMAGES_TABLE = "images"
 REJECTED_TABLE = "rejected"
 INDEX_TABLE = "image_index"  # archive layouts: where each id's image lives, sharded like the metadata
-INGEST_VERSION = 3  # 3: a perceptual hash of every image (near-duplicate checks)
+INGEST_VERSION = 4  # 3: a perceptual hash of every image (near-duplicate checks); 4: surplus-field count
 ROW = "__row"  # the record's 1-based row in the metadata CSV, carried through the split
+SURPLUS = "__surplus_fields"  # how many fields the CSV row has beyond its header (such a row is rejected)
 SHARDED_TABLES = (IMAGES_TABLE, REJECTED_TABLE, "embeddings", "shdd")
 INDEX_SCHEMA = pa.schema([("image_id", pa.string()), ("reference", pa.string())])
 REJECTED_SCHEMA = pa.schema(
     [("image_id", pa.string()), ("source", pa.string()), ("reason", pa.string()), ("row", pa.int64())]
 )
 EMPTY_ARCHIVE = "empty shard: the archive holds no records"
+CSV_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark Excel writes
 
 
 @dataclass
@@ -92,7 +101,7 @@ def reason_kind(reason: str) -> str:
 
 
 def _metadata_header(spec: DatasetSpec) -> list[str]:
-    with open(spec.metadata_csv, newline="", encoding="utf-8") as handle:
+    with open(spec.metadata_csv, newline="", encoding=CSV_ENCODING) as handle:
         header = next(csv.reader(handle), None)
     if not header:
         raise ValueError(f"{spec.metadata_csv}: metadata CSV is empty (no header row)")
@@ -131,18 +140,25 @@ def split_metadata(spec: DatasetSpec, warehouse: Warehouse, keys: list[str], *, 
         and (not archives or warehouse.is_current(INDEX_TABLE, key, dataset=spec.name))
     ):
         return {**warehouse.manifest(shards.METADATA_TABLE, dataset=spec.name), "cached": True}
-    empty_archives = _split_archive_index(spec, warehouse, keys, key) if archives else []
-    schema = pa.schema([(ROW, pa.int64())] + [(c, pa.string()) for c in header])
+    empty_archives, archive_problems = _split_archive_index(spec, warehouse, keys, key) if archives else ([], [])
+    schema = pa.schema([(ROW, pa.int64()), (SURPLUS, pa.int32())] + [(c, pa.string()) for c in header])
     id_position = header.index(spec.id_column)
-    manifest = {"fingerprint": key, "shards": keys, "empty_archives": empty_archives, "columns": header}
+    manifest = {
+        "fingerprint": key,
+        "shards": keys,
+        "empty_archives": empty_archives,
+        "archive_problems": archive_problems,
+        "columns": header,
+    }
     with warehouse.write_partition(shards.METADATA_TABLE, manifest, dataset=spec.name) as writer:
         sharded = shards.ShardedParquet(writer.staging, schema, keys, spec.batch_rows)
         first_row = 1
-        for columns in _csv_column_batches(spec.metadata_csv, len(header), spec.batch_rows):
+        for surplus, columns in _csv_column_batches(spec.metadata_csv, len(header), spec.batch_rows):
             count = len(columns[0])
             table = pa.Table.from_arrays(
                 [
                     pa.array(range(first_row, first_row + count), pa.int64()),
+                    pa.array(surplus, pa.int32()),
                     *(pa.array(c, pa.string()) for c in columns),
                 ],
                 schema=schema,
@@ -155,9 +171,12 @@ def split_metadata(spec: DatasetSpec, warehouse: Warehouse, keys: list[str], *, 
     return {**warehouse.manifest(shards.METADATA_TABLE, dataset=spec.name), "cached": False}
 
 
-def _split_archive_index(spec: DatasetSpec, warehouse: Warehouse, keys: list[str], key: str) -> list[str]:
-    """Scan every archive once into image_index/dataset=NAME; returns the archives that hold no records."""
-    empty = []
+def _split_archive_index(
+    spec: DatasetSpec, warehouse: Warehouse, keys: list[str], key: str
+) -> tuple[list[str], list[dict]]:
+    """Scan every archive once into image_index/dataset=NAME; returns the archives that hold no records,
+    and the problems met (a corrupt stretch: the file, the byte offset and why), each to become a rejection."""
+    empty, problems = [], []
     with warehouse.write_partition(INDEX_TABLE, {"fingerprint": key, "shards": keys}, dataset=spec.name) as writer:
         sharded = shards.ShardedParquet(writer.staging, INDEX_SCHEMA, keys, spec.batch_rows)
 
@@ -166,7 +185,7 @@ def _split_archive_index(spec: DatasetSpec, warehouse: Warehouse, keys: list[str
 
         for path in archive_paths(spec.images):
             ids, references, records = [], [], 0
-            for image_id, reference in scan_archive(spec.layout, path):
+            for image_id, reference in scan_archive(spec.layout, path, problems):
                 ids.append(image_id)
                 references.append(reference)
                 records += 1
@@ -175,22 +194,24 @@ def _split_archive_index(spec: DatasetSpec, warehouse: Warehouse, keys: list[str
                     ids, references = [], []
             if ids:
                 add(ids, references)
-            if records == 0:
+            if records == 0 and not any(p["archive"] == str(path) for p in problems):
                 empty.append(str(path))
         writer.rows = sum(sharded.close().values())
-    return empty
+    return empty, problems
 
 
-def _csv_column_batches(path: str, width: int, batch_rows: int) -> Iterator[list[tuple[str, ...]]]:
-    """The CSV's data rows as column tuples, `batch_rows` rows at a time. Python's csv module keeps memory
-    flat at any file size (pyarrow's streaming CSV reader was measured growing ~0.8 MB of RSS per MB read).
-    Blank lines are skipped; a short row is padded with empty fields, so its record is rejected by name
-    (e.g. 'lon missing') instead of failing the file."""
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+def _csv_column_batches(path: str, width: int, batch_rows: int) -> Iterator[tuple[list[int], list[tuple[str, ...]]]]:
+    """The CSV's data rows as (surplus field counts, column tuples), `batch_rows` rows at a time. Python's csv
+    module keeps memory flat at any file size (pyarrow's streaming CSV reader was measured growing ~0.8 MB
+    of RSS per MB read). Blank lines are skipped; a short row is padded with empty fields, so its record is
+    rejected by name (e.g. 'lon missing') instead of failing the file; a long row keeps its first fields and
+    the count of the others, so it is rejected by name too, never silently cut."""
+    with open(path, newline="", encoding=CSV_ENCODING, errors="replace") as handle:
         records = (row for row in csv.reader(handle) if row)
         next(records, None)  # the header, read and checked by _metadata_header
         while rows := list(itertools.islice(records, batch_rows)):
-            yield list(zip(*(row[:width] + [""] * (width - len(row)) for row in rows)))
+            surplus = [max(0, len(row) - width) for row in rows]
+            yield surplus, list(zip(*(row[:width] + [""] * (width - len(row)) for row in rows)))
 
 
 def _drop_shards_outside(warehouse: Warehouse, dataset: str, keys: list[str]) -> None:
@@ -239,6 +260,15 @@ def ingest_shard(spec: DatasetSpec, warehouse: Warehouse, shard: str, *, force: 
         {"image_id": path, "source": path, "reason": EMPTY_ARCHIVE, "row": -1}
         for path in split["empty_archives"]
         if shards.shard_of(path, split["shards"]) == shard
+    ] + [
+        {
+            "image_id": problem["archive"],
+            "source": f"{problem['archive']}@{problem['offset']}",
+            "reason": f"corrupt archive: {problem['reason']}",
+            "row": -1,
+        }
+        for problem in split.get("archive_problems", [])
+        if shards.shard_of(problem["archive"], split["shards"]) == shard
     ]
     report = IngestReport(cached=False)
     first_seen: dict[str, int] = {}
@@ -314,6 +344,8 @@ def _check_record(
             }
         )
 
+    if record.get(SURPLUS):
+        return reject(f"too many fields: {record[SURPLUS]} more than the header has (is a field unquoted?)")
     if not image_id:
         return reject("missing id")
     if image_id in first_seen:
@@ -330,6 +362,10 @@ def _check_record(
         image = decode_image(data, image_id)
     except ImageMissingError as error:
         return reject(f"image missing: {error.args[0]}")
+    except ImageReadError as error:
+        return reject(f"unreadable image: {error}")
+    except ImageTooLargeError as error:
+        return reject(str(error).removeprefix(image_id + ": "))
     except ImageDecodeError as error:
         return reject(f"corrupt image: {str(error).removeprefix(image_id + ': ')}")
     if spec.split_column:
