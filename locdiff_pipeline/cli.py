@@ -3,6 +3,9 @@
 locdiff run                      materialize every asset on the bundled data, print the accuracy table
 locdiff predict --model models:/locdiff@champion IMAGE [IMAGE ...]
 locdiff report                   the accuracy table of the latest run (DuckDB over the warehouse)
+
+An error a person sees is one line naming the input and the reason (exit status 2); --debug shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ from pathlib import Path
 
 def _run(args: argparse.Namespace) -> int:
     from locdiff_pipeline.data.paths import project_root
+    from locdiff_pipeline.data.project_lock import project_lock
 
     root = project_root()
+    # One writer per project folder, taken before anything is created (two runs initialising Dagster's
+    # storage at once corrupt it); a second run waits --wait seconds, then exits naming the holder.
+    with project_lock(root, wait_seconds=args.wait, command="locdiff run"):
+        return _run_locked(args, root)
+
+
+def _run_locked(args: argparse.Namespace, root: Path) -> int:
     home = root / ".dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(home))  # runs show up in `dagster dev` started from the same root
     from dagster import DagsterInstance
 
-    from locdiff_pipeline.defs.jobs import materialize_all
+    from locdiff_pipeline.data.processes import owner_tags
+    from locdiff_pipeline.defs.jobs import fail_abandoned_runs, materialize_all
     from locdiff_pipeline.defs.resources import (
         DatasetsResource,
         EncoderResource,
@@ -59,7 +71,10 @@ def _run(args: argparse.Namespace) -> int:
         "mlflow": MlflowResource(),
     }
     started = time.perf_counter()
-    result = materialize_all(resources, instance=DagsterInstance.get(), raise_on_error=False)
+    instance = DagsterInstance.get()
+    for run_id in fail_abandoned_runs(instance):
+        print(f"marked run {run_id} failed: its process is gone", file=sys.stderr)
+    result = materialize_all(resources, instance=instance, raise_on_error=False, tags=owner_tags())
     seconds = time.perf_counter() - started
     evaluations = result.get_asset_check_evaluations()
     failed = [e.check_name for e in evaluations if not e.passed and e.severity.value == "ERROR"]
@@ -127,9 +142,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locdiff", description="LocDiff image geolocation pipeline")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
-        "run", help="materialize every asset (bundled data by default) and print the accuracy table"
+        "run",
+        help="materialize every asset (bundled data by default) and print the accuracy table",
+        parents=[common],
     )
     run.add_argument("--steps", type=int, help="training steps (default 3000)")
     run.add_argument("--L", type=int, help="SHDD degree to train on (default 20)")
@@ -140,8 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--count", type=int, help="how many bundled training locations to use (default 3000)")
     run.add_argument("--benchmark-count", type=int, help="held-out locations per bundled benchmark (default 300)")
     run.add_argument("--catalog", help="dataset catalog YAML (training + benchmarks); default: the bundled datasets")
+    run.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for another run writing this project folder (default 0: exit at once naming it)",
+    )
     run.set_defaults(handler=_run)
-    pred = commands.add_parser("predict", help="predict the location of image files; CSV on stdout")
+    pred = commands.add_parser("predict", help="predict the location of image files; CSV on stdout", parents=[common])
     pred.add_argument(
         "--model", required=True, help="checkpoint folder or MLflow reference, e.g. models:/locdiff@champion"
     )
@@ -160,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("images", nargs="+", type=Path)
     pred.set_defaults(handler=_predict)
-    rep = commands.add_parser("report", help="print the accuracy table from the warehouse")
+    rep = commands.add_parser("report", help="print the accuracy table from the warehouse", parents=[common])
     rep.add_argument("--dataset", default=None)
     rep.set_defaults(handler=_report)
     return parser
@@ -168,7 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"locdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"locdiff {args.command}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line: its message's first line, or its type when it has none."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= 500 else first[:497] + "..."
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
-"""`locdiff run` (the README's main command) end to end on a small bundled dataset, then `locdiff report`."""
+"""`locdiff run` (the README's main command) end to end on a small bundled dataset, then `locdiff report`;
+a second `locdiff run` started meanwhile is refused naming the first, a third after it succeeds; the
+project folder, moved elsewhere, still predicts with `models:/locdiff@champion`, and refuses a tampered
+checkpoint in one line."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from locdiff_pipeline.data.bundled import BUNDLED, HELDOUT, SHIFTED
+from locdiff_pipeline.data.project_lock import holder
 from locdiff_pipeline.steps.predictions import METHODS
 
 BENCHMARKS = (HELDOUT, SHIFTED)
@@ -16,7 +25,8 @@ BENCHMARKS = (HELDOUT, SHIFTED)
 def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
     locdiff = Path(sys.executable).with_name("locdiff")
     env = {**os.environ, "LOCDIFF_HOME": str(tmp_path)}
-    env.pop("DAGSTER_HOME", None)
+    for name in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
     arguments = [
         str(locdiff),
         "run",
@@ -33,8 +43,16 @@ def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
         "--L",
         "10",
     ]
-    first = subprocess.run(arguments, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    running = subprocess.Popen(arguments, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while holder(tmp_path).get("pid") != running.pid and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = subprocess.run(arguments, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out, err = running.communicate(timeout=600)
+    first = subprocess.CompletedProcess(arguments, running.returncode, out.decode(), err.decode())
     assert first.returncode == 0, first.stderr[-4000:]
+    assert second.returncode == 2 and f"is being written by pid {running.pid} (locdiff run" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1  # one line, no traceback
     table = [line.split() for line in first.stdout.splitlines() if line.startswith(BENCHMARKS)]
     for benchmark in BENCHMARKS:  # every method of every benchmark, each beside chance and constant
         assert sorted(row[2] for row in table if row[0] == benchmark) == sorted(METHODS)
@@ -46,3 +64,40 @@ def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
     )
     assert report.returncode == 0, report.stderr[-2000:]
     assert [line.split() for line in report.stdout.splitlines() if line.startswith(BENCHMARKS)] == table
+
+    third = subprocess.run(arguments, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-4000:]
+    _moved_project_predicts_and_refuses_tampering(tmp_path, locdiff, env)
+
+
+def _predict(locdiff: Path, project: Path, env: dict, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(locdiff), "predict", *arguments],
+        cwd=project,
+        env={**env, "LOCDIFF_HOME": str(project)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _moved_project_predicts_and_refuses_tampering(project: Path, locdiff: Path, env: dict) -> None:
+    moved = project.parent / f"{project.name}-moved"
+    shutil.copytree(project, moved, symlinks=True)
+    hidden = project.rename(project.parent / f"{project.name}-hidden")  # the original is gone
+    try:
+        image = moved / "photo.jpg"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
+        done = _predict(locdiff, moved, env, "--model", "models:/locdiff@champion", str(image))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.splitlines()[-1].startswith(f"{image},")
+        unknown = _predict(locdiff, moved, env, "--model", "models:/nope@champion", str(image))
+        assert unknown.returncode == 2 and "models:/nope@champion" in unknown.stderr
+        assert len(unknown.stderr.strip().splitlines()) == 1
+        (weights,) = (moved / "mlruns").rglob("weights.pt")
+        weights.write_bytes(weights.read_bytes() + b"tampered")
+        tampered = _predict(locdiff, moved, env, "--model", "models:/locdiff@champion", str(image))
+        assert tampered.returncode == 2 and "weights.pt" in tampered.stderr
+        assert "changed since registration" in tampered.stderr and "Traceback" not in tampered.stderr
+    finally:
+        hidden.rename(project)

@@ -12,9 +12,11 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import yaml
@@ -35,6 +37,7 @@ from locdiff_pipeline.defs.resources import (
     WarehouseResource,
 )
 from locdiff_pipeline.method import metrics, shdd, sphere
+from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.steps import report_sql
 from locdiff_pipeline.steps.predictions import CHANCE, METHODS
 from locdiff_pipeline.tracking import registry
@@ -157,6 +160,27 @@ def test_mlflow_run_and_registered_champion_exist(pipeline):
     assert len(client.get_metric_history(run.info.run_id, "loss")) >= 10  # per-step losses
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_score")] == [60]  # at its real step
     assert first.metadata("locdiff_model")["model_version"].value == 1
+
+
+def test_the_registered_model_is_code_not_a_pickle_and_refuses_changed_files(pipeline, tmp_path):
+    """models-from-code: loading runs the project's own module, never unpickles; the pyfunc serves
+    predictions, and a checkpoint whose weights changed after logging is refused."""
+    root, _, _ = pipeline
+    _champion_run(root)
+    location = mlflow.artifacts.download_artifacts("models:/locdiff@champion", dst_path=str(tmp_path / "copy"))
+    files = {path.name for path in Path(location).rglob("*")}
+    assert not any(name.endswith((".pkl", ".pickle", ".cloudpickle")) for name in files), files
+    flavour = yaml.safe_load((Path(location) / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavour["model_code_path"].endswith("pyfunc_code.py") and "python_model" not in flavour
+    model = mlflow.pyfunc.load_model(location)
+    embed_dim = LocDiffModel.load(next(Path(location).rglob("weights.pt")).parent).config.embed_dim
+    frame = pd.DataFrame({"embedding": list(np.random.default_rng(0).normal(size=(3, embed_dim)))})
+    served = model.predict(frame)
+    assert list(served.columns) == ["lat", "lon", "spread_km"] and served["lat"].between(-90, 90).all()
+    (weights,) = Path(location).rglob("weights.pt")
+    weights.write_bytes(weights.read_bytes() + b"x")
+    with pytest.raises(registry.ModelReferenceError, match="weights.pt .* changed since registration"):
+        mlflow.pyfunc.load_model(location)
 
 
 def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline):

@@ -126,11 +126,16 @@ class GraphRun:
 
 
 def materialize_all(
-    resources: dict, instance: DagsterInstance | None = None, selection=None, raise_on_error: bool = True
+    resources: dict,
+    instance: DagsterInstance | None = None,
+    selection=None,
+    raise_on_error: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> GraphRun:
     """The graph in process, with its checks: one run of ingest, features and training over every shard,
     then one evaluation run per benchmark of the catalog (what `dagster dev`'s backfill and sensor do).
-    With `selection`, only that run of the training side. Resources not given take their defaults."""
+    With `selection`, only that run of the training side. Resources not given take their defaults; `tags`
+    go on every run."""
     resources = {**default_resources(), **resources}
     instance = instance or DagsterInstance.ephemeral()
     everything = [*ALL_ASSETS, *ALL_CHECKS]
@@ -139,7 +144,7 @@ def materialize_all(
         resources=resources,
         instance=instance,
         selection=selection or TRAIN_SELECTION,
-        tags=all_shards_tags(),
+        tags={**all_shards_tags(), **(tags or {})},
         raise_on_error=raise_on_error,
     )
     results = [first]
@@ -152,7 +157,26 @@ def materialize_all(
                     instance=instance,
                     selection=EVALUATION_SELECTION,
                     partition_key=benchmark,
+                    tags=tags,
                     raise_on_error=raise_on_error,
                 )
             )
     return GraphRun(results)
+
+
+def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark as failed the runs still STARTED or STARTING whose process (recorded in its tags by
+    `locdiff run`) is gone: a run killed from outside (SIGKILL, a lost machine) otherwise stays STARTED in
+    Dagster for ever. Runs of live processes and runs without the tags are left alone. Returns their ids."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from locdiff_pipeline.data.processes import owner_is_gone
+
+    abandoned = [
+        run
+        for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING]))
+        if owner_is_gone(run.tags)
+    ]
+    for run in abandoned:
+        instance.report_run_failed(run, message=f"its process (pid {run.tags.get('locdiff.pid')}) is gone")
+    return [run.run_id for run in abandoned]

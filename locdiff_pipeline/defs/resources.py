@@ -5,28 +5,41 @@ UI's launchpad, in a run config YAML, or through the LOCDIFF_* environment varia
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 
 from locdiff_pipeline.data.bundled import BundledRecipe
 from locdiff_pipeline.data.catalog import Catalog, load_catalog
 from locdiff_pipeline.data.datasets import DatasetSpec
 from locdiff_pipeline.data.image_encoder import EncoderSpec
 from locdiff_pipeline.data.paths import project_root
+from locdiff_pipeline.data.project_lock import project_lock
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.steps.predictions import MethodSettings
 
 
 class WarehouseResource(ConfigurableResource):
-    """Where tables and MLflow live: the project root (default: $LOCDIFF_HOME or the current directory)."""
+    """Where tables and MLflow live: the project root (default: $LOCDIFF_HOME or the current directory).
+
+    A step that uses it holds the project's writer lock (data/project_lock.py) while it runs, waiting up to
+    `lock_wait_seconds` for another writer: steps of `locdiff run` work under that command's lock, and
+    runs launched from `dagster dev` never write the warehouse at the same time as another writer."""
 
     root: str = ""
+    lock_wait_seconds: float = float(os.environ.get("LOCDIFF_LOCK_WAIT", "7200"))
 
     def project_root(self) -> Path:
         return Path(self.root).resolve() if self.root else project_root()
+
+    @contextmanager
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator["WarehouseResource"]:
+        with project_lock(self.project_root(), self.lock_wait_seconds, command=_run_label(context)):
+            yield self.create_resource(context)
 
     def get(self) -> Warehouse:
         return Warehouse(self.project_root() / "warehouse")
@@ -165,3 +178,8 @@ def default_resources() -> dict:
         "evaluation": EvaluationResource(),
         "mlflow": MlflowResource(),
     }
+
+
+def _run_label(context: InitResourceContext) -> str:
+    run = getattr(context, "run", None)
+    return f"dagster run {run.run_id}" if run is not None else "dagster step"

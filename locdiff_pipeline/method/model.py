@@ -29,6 +29,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint folder whose files cannot be loaded; the message names the file and the reason."""
+
+
 @dataclass
 class Prediction:
     """Per image: the combined prediction, the spread of its samples around it, and every sample."""
@@ -184,14 +188,27 @@ class LocDiffModel:
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not config_path.is_file() or not weights_path.is_file():
             raise FileNotFoundError(f"{directory} is not a LocDiff checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        document = json.loads(config_path.read_text())
+        try:
+            document = json.loads(config_path.read_text())
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{config_path}: not a valid checkpoint config ({error})") from None
         if document.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{directory}: unsupported checkpoint format {document.get('format')!r}")
-        config = LocDiffConfig.from_dict(document["config"])
+            raise CheckpointError(f"{directory}: unsupported checkpoint format {document.get('format')!r}")
+        try:
+            config = LocDiffConfig.from_dict(document["config"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{config_path}: invalid model configuration ({error!r})") from None
         model = cls(
             config, document.get("encoder"), device=device or resolve_device("auto"), metadata=document.get("metadata")
         )
-        model.net.load_state_dict(torch.load(weights_path, map_location=model.device, weights_only=True))
+        try:
+            state = torch.load(weights_path, map_location=model.device, weights_only=True)
+            model.net.load_state_dict(state)
+        except Exception as error:  # unpickling refusals, truncated zips, shape mismatches
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{weights_path}: not loadable weights for this model ({reason[:300]})") from None
         model.net.eval()
         return model
 

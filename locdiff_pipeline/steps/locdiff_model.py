@@ -17,6 +17,7 @@ import numpy as np
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
+from locdiff_pipeline.data.processes import owner_is_gone, owner_tags
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 from locdiff_pipeline.method import distributed, metrics
 from locdiff_pipeline.method.config import LocDiffConfig
@@ -147,6 +148,7 @@ def train_and_register(
                 "encoder": encoder["label"],
                 "encoder_pretrained": str(encoder["is_pretrained"]).lower(),
                 "encoder_note": encoder_note(encoder),
+                **owner_tags(),
             }
         )
         mlflow.log_params(
@@ -194,15 +196,17 @@ def train_and_register(
         )
         mlflow.log_dict({"chosen": protocol.to_dict(), "candidates": grid}, "protocol_choice.json")
         (checkpoint_dir / "model" / "encoder_note.txt").write_text(encoder_note(encoder) + "\n")
-        from locdiff_pipeline.tracking.pyfunc_model import CHECKPOINT_ARTIFACT, LocDiffPyfunc
+        from locdiff_pipeline.tracking import pyfunc_model
 
+        digests = registry.checkpoint_digests(checkpoint_dir / "model")
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=LocDiffPyfunc(),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir / "model")},
+            python_model=pyfunc_model.MODEL_CODE,  # models-from-code: nothing pickled, nothing unpickled
+            artifacts={pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint_dir / "model")},
+            model_config={pyfunc_model.DIGESTS_CONFIG: digests},
             pip_requirements=_pip_requirements(),
         )
-        registration = registry.register_and_promote(info.model_uri, run.info.run_id, score)
+        registration = registry.register_and_promote(info.model_uri, run.info.run_id, score, digests)
         mlflow.set_tag("registered_version", str(registration.version))
         mlflow.set_tag("champion_after_run", str(registration.champion_version))
     return TrainedModel(
@@ -219,7 +223,8 @@ def train_and_register(
 
 
 def _fail_stale_runs(key: str) -> None:
-    """Mark runs of this fingerprint left RUNNING by a crash as FAILED (the retry resumes their checkpoint)."""
+    """Mark runs of this fingerprint left RUNNING by a crash as FAILED (the retry resumes their checkpoint):
+    only runs whose process is gone; a live run of another process is never touched."""
     import mlflow
 
     stale = mlflow.search_runs(
@@ -229,7 +234,8 @@ def _fail_stale_runs(key: str) -> None:
     )
     client = mlflow.MlflowClient()
     for run in stale:
-        client.set_terminated(run.info.run_id, status="FAILED")
+        if owner_is_gone(run.data.tags):
+            client.set_terminated(run.info.run_id, status="FAILED")
 
 
 def _pip_requirements() -> list[str]:

@@ -1,18 +1,35 @@
 """MLflow glue: a local SQLite tracking backend under mlruns/, the `locdiff` registered model and its
-`champion` alias, which moves only when a new version beats the current champion on validation."""
+`champion` alias, which moves only when a new version beats the current champion on validation.
+
+Each version records the SHA-256 of its checkpoint files (tag CHECKSUM_TAG); a checkpoint whose files
+changed since registration is refused. MLflow stores absolute artifact paths, so a project folder that
+was moved or copied is re-rooted on load: a location under the old folder's mlruns/ is looked up under
+this project's mlruns/.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
+from locdiff_pipeline.data.image_io import sha256_file
 from locdiff_pipeline.data.paths import default_tracking_uri, mlruns_dir
 
 EXPERIMENT = "locdiff"
 REGISTERED_MODEL = "locdiff"
 CHAMPION = "champion"
 VALIDATION_METRIC = "val_score"
+CHECKSUM_TAG = "checkpoint_sha256"
+CHECKPOINT_FILES = ("config.json", "weights.pt")
+_MODEL_REFERENCE = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?")
+
+
+class ModelReferenceError(ValueError):
+    """A model reference that does not resolve to a usable checkpoint; the message names it and why."""
 
 
 ECHOED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # what mlflow.set_*_uri write into os.environ
@@ -72,13 +89,32 @@ def champion_score(client) -> tuple[int | None, float | None]:
     return int(version.version), score
 
 
-def register_and_promote(model_uri: str, run_id: str, score: float) -> Registration:
-    """Register a new version and move `champion` to it only if it beats the current champion."""
+def checkpoint_digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of each file of a LocDiff checkpoint folder (what registration records)."""
+    return {name: sha256_file(Path(directory) / name) for name in CHECKPOINT_FILES}
+
+
+def verify_checkpoint(directory: Path, expected: dict[str, str], reference: str) -> None:
+    """Refuse a checkpoint whose files differ from the digests recorded at registration."""
+    changed = [name for name, digest in checkpoint_digests(directory).items() if expected.get(name) != digest]
+    if changed:
+        raise ModelReferenceError(
+            f"model {reference!r}: {', '.join(changed)} in {directory} changed since registration "
+            "(SHA-256 differs); refusing to load it"
+        )
+
+
+def register_and_promote(
+    model_uri: str, run_id: str, score: float, digests: dict[str, str] | None = None
+) -> Registration:
+    """Register a new version (with its checkpoint digests) and move `champion` to it only if it beats the
+    current champion."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    version = int(mlflow.register_model(model_uri, REGISTERED_MODEL, tags={"run_id": run_id}).version)
+    tags = {"run_id": run_id, **({CHECKSUM_TAG: json.dumps(digests, sort_keys=True)} if digests else {})}
+    version = int(mlflow.register_model(model_uri, REGISTERED_MODEL, tags=tags).version)
     current_version, current_score = champion_score(client)
     promoted = current_score is None or score > current_score
     if promoted:
@@ -110,11 +146,59 @@ def find_finished_run(fingerprint_value: str) -> dict | None:
 
 
 def download_checkpoint(reference: str) -> Path:
-    """Local folder of the LocDiff checkpoint behind a models:/ or runs:/ reference."""
+    """Local folder of the LocDiff checkpoint behind a models:/ or runs:/ reference; for a registered
+    version, checked against the digests recorded at registration. ModelReferenceError says why not."""
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=reference))
+    version = _model_version(reference)
+    try:
+        local = _rerooted(version) or Path(mlflow.artifacts.download_artifacts(artifact_uri=reference))
+    except Exception as error:  # MLflow raises many kinds for a missing model, alias or artifact
+        raise ModelReferenceError(f"model {reference!r}: {_first_line(error)}") from None
     for candidate in [local, *local.rglob("*")]:
-        if candidate.is_dir() and (candidate / "config.json").is_file() and (candidate / "weights.pt").is_file():
+        if candidate.is_dir() and all((candidate / name).is_file() for name in CHECKPOINT_FILES):
+            if version is not None and CHECKSUM_TAG in version.tags:
+                verify_checkpoint(candidate, json.loads(version.tags[CHECKSUM_TAG]), reference)
             return candidate
-    raise FileNotFoundError(f"{reference} holds no LocDiff checkpoint (config.json + weights.pt)")
+    raise ModelReferenceError(f"model {reference!r} holds no LocDiff checkpoint (config.json + weights.pt)")
+
+
+def _model_version(reference: str):
+    """The registered version a models:/NAME@ALIAS or models:/NAME/VERSION reference names, else None."""
+    from mlflow import MlflowClient
+
+    match = _MODEL_REFERENCE.fullmatch(reference)
+    if match is None:
+        return None
+    client = MlflowClient()
+    try:
+        if match["alias"]:
+            return client.get_model_version_by_alias(match["name"], match["alias"])
+        return client.get_model_version(match["name"], match["version"])
+    except Exception as error:
+        raise ModelReferenceError(f"model {reference!r}: {_first_line(error)}") from None
+
+
+def _rerooted(version) -> Path | None:
+    """The version's artifact folder under this project's mlruns/ when MLflow recorded it under another
+    folder that no longer holds it (the project was moved or copied); None when the recorded place is
+    fine or the version is not a local file."""
+    from mlflow import MlflowClient
+
+    if version is None:
+        return None
+    location = MlflowClient().get_model_version_download_uri(version.name, version.version)
+    if not location or not location.startswith("file:"):
+        return None
+    recorded = Path(unquote(urlparse(location).path))
+    if recorded.exists() or "mlruns" not in recorded.parts:
+        return None
+    parts = recorded.parts
+    inside = parts[len(parts) - 1 - parts[::-1].index("mlruns") + 1 :]
+    moved = mlruns_dir().joinpath(*inside)
+    return moved if moved.is_dir() else None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
