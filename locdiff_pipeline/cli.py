@@ -29,8 +29,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, root: Path) -> int:
-    home = root / ".dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
+    from locdiff_pipeline.defs.instance import prepare_dagster_home
+
+    home = prepare_dagster_home(root)
     os.environ.setdefault("DAGSTER_HOME", str(home))  # runs show up in `dagster dev` started from the same root
     from dagster import DagsterInstance
 
@@ -127,12 +128,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from locdiff_pipeline.data.datasets import check_name
     from locdiff_pipeline.data.paths import warehouse_dir
     from locdiff_pipeline.data.warehouse import Warehouse
     from locdiff_pipeline.steps import report_sql
 
+    dataset = None if args.dataset is None else check_name(args.dataset)
     store = Warehouse(warehouse_dir())
-    rows = report_sql.accuracy_table(store, dataset=args.dataset)
+    rows = report_sql.accuracy_table(store, dataset=dataset)
     if not rows:
         print("no predictions in the warehouse yet: run `locdiff run` first", file=sys.stderr)
         return 1

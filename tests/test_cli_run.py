@@ -58,13 +58,20 @@ def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
         assert sorted(row[2] for row in table if row[0] == benchmark) == sorted(METHODS)
     assert {row[1] for row in table} == {BUNDLED} and f"trained on {BUNDLED}" in first.stdout
     assert "NO pretrained weights" in first.stdout
-    assert (tmp_path / "mlruns" / "mlflow.db").is_file() and (tmp_path / ".dagster_home").is_dir()
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file() and (tmp_path / ".dagster_home" / "dagster.yaml").is_file()
+    assert "Telemetry" not in first.stdout + first.stderr  # the project's dagster.yaml turns it off
     report = subprocess.run(
         [str(locdiff), "report"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert report.returncode == 0, report.stderr[-2000:]
     assert [line.split() for line in report.stdout.splitlines() if line.startswith(BENCHMARKS)] == table
 
+    injection = "x'; COPY (SELECT 'pwned' AS s) TO 'INJ.csv'; SELECT * FROM accuracy WHERE dataset = 'bluemarble"
+    refused = subprocess.run(
+        [str(locdiff), "report", "--dataset", injection], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "dataset name must be letters" in refused.stderr
+    assert not (tmp_path / "INJ.csv").exists()
     third = subprocess.run(arguments, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-4000:]
     _moved_project_predicts_and_refuses_tampering(tmp_path, locdiff, env)

@@ -100,3 +100,28 @@ def test_a_bom_csv_ingests_every_row_and_long_rows_are_rejected_by_name(tmp_path
     images, rejected = _tables(warehouse)
     assert sorted(images) == sorted(good) and report.accepted == len(good)
     assert reason_kind(rejected[f"{good[0]}_long"]["reason"]) == "too many fields"
+
+
+INJECTION = "x'; COPY (SELECT 'pwned' AS s) TO 'INJ.csv'; SELECT * FROM accuracy WHERE dataset = 'bluemarble"
+
+
+def test_an_injection_in_run_config_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    from dagster import materialize
+
+    from locdiff_pipeline.defs.assets.ingest import image_metadata
+    from locdiff_pipeline.defs.resources import DatasetsResource, WarehouseResource
+
+    monkeypatch.chdir(tmp_path)
+    made = make_dataset(tmp_path / "data", "folder", good=4, extra_column=False)
+    datasets = DatasetsResource(
+        training={"name": INJECTION, "metadata_csv": made["metadata"], "images": made["images"]}
+    )
+    result = materialize(
+        [image_metadata],
+        resources={"warehouse": WarehouseResource(root=str(tmp_path)), "datasets": datasets},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert "dataset name must be letters" in failure.cause.message
+    assert not list(tmp_path.rglob("INJ.csv"))

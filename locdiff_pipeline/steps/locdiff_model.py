@@ -250,11 +250,18 @@ LATEST = "models/latest.json"
 
 
 def read_latest(warehouse: Warehouse) -> dict:
-    """The model the downstream assets use: version, MLflow run id, checkpoint folder, encoder."""
+    """The model the downstream assets use: version, MLflow run id, checkpoint folder, encoder. The
+    checkpoint is recorded relative to the warehouse, so a moved project folder still finds it."""
     path = warehouse.root / LATEST
     if not path.is_file():
         raise FileNotFoundError(f"no trained model recorded at {path}: materialize locdiff_model first")
-    return json.loads(path.read_text())
+    latest = json.loads(path.read_text())
+    latest["checkpoint"] = str(warehouse.root / latest["checkpoint"])  # an absolute path stays as it is
+    return latest
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    return str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else str(path)
 
 
 def write_latest(warehouse: Warehouse, model: TrainedModel, dataset: str) -> None:
@@ -267,7 +274,7 @@ def write_latest(warehouse: Warehouse, model: TrainedModel, dataset: str) -> Non
             {
                 "version": model.version,
                 "run_id": model.run_id,
-                "checkpoint": str(model.checkpoint),
+                "checkpoint": _relative_to(model.checkpoint, warehouse.root),
                 "encoder": model.encoder,
                 "training_dataset": dataset,
             },
