@@ -113,3 +113,20 @@ def test_a_run_killed_from_outside_is_marked_failed_and_a_live_one_is_not(tmp_pa
         assert fail_abandoned_runs(instance) == [run.run_id]
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
     assert not owner_is_gone(owner_tags())  # this process is alive
+
+
+def test_single_partition_writers_share_the_lock_but_never_with_an_exclusive_writer(tmp_path):
+    shared_holder = HOLD.replace('command="holder under test"', 'command="shard run", shared=True')
+    process = subprocess.Popen([sys.executable, "-c", shared_holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        with project_lock(tmp_path, shared=True) as record:  # a second shard run: side by side
+            assert record["shared"] and holder(tmp_path)["pid"] == process.pid
+        with pytest.raises(ProjectLocked, match=rf"pid {process.pid} \(shard run"):
+            with project_lock(tmp_path):
+                pass
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    with project_lock(tmp_path, wait_seconds=5):
+        assert holder(tmp_path)["pid"] == os.getpid()

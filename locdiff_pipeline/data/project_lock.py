@@ -1,11 +1,15 @@
-"""One writer per project folder: the exclusive lock that `locdiff run` and every Dagster step that writes
-the warehouse hold.
+"""One writer per project folder: the lock `locdiff run` and every Dagster run that writes the warehouse hold.
 
 The lock is `fcntl.flock` on `<root>/.locdiff.lock`: the kernel releases it when its holder dies (SIGKILL
 included), so a stale lock of a dead process is free by construction and the next writer simply takes it.
-The file's text names the holder (pid, start time, command) for the message a second writer sees. The
-processes a holder starts (the multiprocess executor's step processes) inherit LOCK_TOKEN_ENV and work
-under their parent's lock instead of waiting for it.
+The file's text names the holder (pid, start time, command) for the message a second writer sees.
+
+It is a readers-writer lock. `locdiff run` and any run that writes more than one partition (ingest's
+split, training) hold it exclusively; a run of one partition (one shard, one benchmark), which writes
+only that partition's files and swaps them in atomically, holds it shared, so a backfill's shard runs
+still run in parallel with each other, never beside an exclusive writer. The processes an exclusive
+holder starts (the multiprocess executor's step processes) inherit LOCK_TOKEN_ENV and work under their
+parent's lock instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -45,9 +49,12 @@ def describe(record: dict) -> str:
 
 
 @contextmanager
-def project_lock(root: str | Path, wait_seconds: float = 0.0, command: str | None = None) -> Iterator[dict]:
-    """Hold the project's writer lock for the block; wait up to `wait_seconds` (inf: for ever) for a
-    holder to finish, else raise ProjectLocked naming it. Yields the holder record written."""
+def project_lock(
+    root: str | Path, wait_seconds: float = 0.0, command: str | None = None, shared: bool = False
+) -> Iterator[dict]:
+    """Hold the project's writer lock for the block (`shared`: beside other shared holders only); wait up
+    to `wait_seconds` (inf: for ever) for a holder to finish, else raise ProjectLocked naming it. Yields
+    the holder record written."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     inherited = os.environ.get(LOCK_TOKEN_ENV)
@@ -56,39 +63,50 @@ def project_lock(root: str | Path, wait_seconds: float = 0.0, command: str | Non
         return
     descriptor = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _acquire(descriptor, root, wait_seconds)
+        _acquire(descriptor, root, wait_seconds, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         record = {
             "pid": os.getpid(),
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200],
-            "token": uuid.uuid4().hex,
+            "shared": shared,
+            "token": None if shared else uuid.uuid4().hex,
         }
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps(record).encode(), 0)
-        os.environ[LOCK_TOKEN_ENV] = record["token"]
+        if not shared:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, json.dumps(record).encode(), 0)
+            os.environ[LOCK_TOKEN_ENV] = record["token"]
+        elif not holder(root):  # the first of the shared holders names itself; the others leave it be
+            os.pwrite(descriptor, json.dumps(record).encode(), 0)
         try:
             yield record
         finally:
-            if inherited is None:
-                os.environ.pop(LOCK_TOKEN_ENV, None)
-            else:
-                os.environ[LOCK_TOKEN_ENV] = inherited
-            os.ftruncate(descriptor, 0)
+            if not shared:
+                if inherited is None:
+                    os.environ.pop(LOCK_TOKEN_ENV, None)
+                else:
+                    os.environ[LOCK_TOKEN_ENV] = inherited
+                os.ftruncate(descriptor, 0)
+            elif _try_lock(descriptor, fcntl.LOCK_EX):  # the last shared holder: nobody is left to name
+                os.ftruncate(descriptor, 0)
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
 
 
-def _acquire(descriptor: int, root: Path, wait_seconds: float) -> None:
+def _try_lock(descriptor: int, mode: int) -> bool:
+    try:
+        fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _acquire(descriptor: int, root: Path, wait_seconds: float, mode: int) -> None:
     deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise ProjectLocked(
-                    f"{root} is being written by {describe(holder(root))}: wait for it to finish, "
-                    "or give a waiting time (locdiff run --wait SECONDS)"
-                ) from None
-            time.sleep(POLL_SECONDS)
+    while not _try_lock(descriptor, mode):
+        if time.monotonic() >= deadline:
+            raise ProjectLocked(
+                f"{root} is being written by {describe(holder(root))}: wait for it to finish, "
+                "or give a waiting time (locdiff run --wait SECONDS)"
+            )
+        time.sleep(POLL_SECONDS)

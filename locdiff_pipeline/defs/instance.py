@@ -1,8 +1,7 @@
 """The project's Dagster instance folder (`.dagster_home`), shared by `locdiff run` and `dagster dev`.
 
 Its dagster.yaml turns telemetry off (an offline tool; Dagster otherwise prints its notice on every fresh
-run), lets the daemon start one UI-launched run at a time (they write the same warehouse), and enables
-run monitoring (runs that never start are failed; `locdiff run` itself fails runs whose process died,
+run) and enables run monitoring (runs that never start are failed; `locdiff run` itself fails runs whose process died,
 see `jobs.fail_abandoned_runs`). A dagster.yaml the user wrote is never replaced.
 """
 
@@ -15,8 +14,6 @@ INSTANCE_YAML = """\
 # The project's Dagster instance (DAGSTER_HOME=.dagster_home), written by `locdiff run`; edit freely.
 telemetry:
   enabled: false
-run_queue:
-  max_concurrent_runs: 1
 run_monitoring:
   enabled: true
   start_timeout_seconds: 300

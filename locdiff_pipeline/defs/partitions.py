@@ -15,6 +15,8 @@ from locdiff_pipeline.data import shards
 SHARDS = StaticPartitionsDefinition(shards.shard_keys(shards.shard_count()))
 BENCHMARKS = DynamicPartitionsDefinition(name="benchmarks")
 
+# Dagster's run tag of a run of one partition.
+PARTITION_TAG = "dagster/partition"
 # Dagster's run tags for a run over a range of partitions (what "materialize all shards in one run" sets).
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"

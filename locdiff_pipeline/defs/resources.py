@@ -19,6 +19,7 @@ from locdiff_pipeline.data.image_encoder import EncoderSpec
 from locdiff_pipeline.data.paths import project_root
 from locdiff_pipeline.data.project_lock import project_lock
 from locdiff_pipeline.data.warehouse import Warehouse
+from locdiff_pipeline.defs.partitions import PARTITION_TAG
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.steps.predictions import MethodSettings
 
@@ -26,9 +27,10 @@ from locdiff_pipeline.steps.predictions import MethodSettings
 class WarehouseResource(ConfigurableResource):
     """Where tables and MLflow live: the project root (default: $LOCDIFF_HOME or the current directory).
 
-    A step that uses it holds the project's writer lock (data/project_lock.py) while it runs, waiting up to
-    `lock_wait_seconds` for another writer: steps of `locdiff run` work under that command's lock, and
-    runs launched from `dagster dev` never write the warehouse at the same time as another writer."""
+    A run that uses it holds the project's writer lock (data/project_lock.py) while it runs, waiting up to
+    `lock_wait_seconds` for another writer: shared for a run of one partition (one shard, one benchmark:
+    it writes only that partition), exclusive otherwise. Steps of `locdiff run` work under that command's
+    lock; runs launched from `dagster dev` never write beside an exclusive writer."""
 
     root: str = ""
     lock_wait_seconds: float = float(os.environ.get("LOCDIFF_LOCK_WAIT", "7200"))
@@ -38,7 +40,10 @@ class WarehouseResource(ConfigurableResource):
 
     @contextmanager
     def yield_for_execution(self, context: InitResourceContext) -> Iterator["WarehouseResource"]:
-        with project_lock(self.project_root(), self.lock_wait_seconds, command=_run_label(context)):
+        run = getattr(context, "run", None)
+        one_partition = run is not None and PARTITION_TAG in run.tags
+        label = f"dagster run {run.run_id}" if run is not None else "dagster step"
+        with project_lock(self.project_root(), self.lock_wait_seconds, command=label, shared=one_partition):
             yield self.create_resource(context)
 
     def get(self) -> Warehouse:
@@ -178,8 +183,3 @@ def default_resources() -> dict:
         "evaluation": EvaluationResource(),
         "mlflow": MlflowResource(),
     }
-
-
-def _run_label(context: InitResourceContext) -> str:
-    run = getattr(context, "run", None)
-    return f"dagster run {run.run_id}" if run is not None else "dagster step"
