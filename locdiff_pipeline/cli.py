@@ -108,7 +108,7 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from locdiff_pipeline.predict import predict, to_csv
+    from locdiff_pipeline.predict import FORMATS, predict
 
     result = predict(
         args.images,
@@ -121,7 +121,7 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
         top_k=args.top_k,
     )
-    sys.stdout.write(to_csv(result))
+    sys.stdout.write(FORMATS[args.format](result).rstrip("\n") + "\n")
     for reason in result.errors.values():
         print(f"error: {reason}", file=sys.stderr)
     return 1 if result.errors else 0
@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for another run writing this project folder (default 0: exit at once naming it)",
     )
     run.set_defaults(handler=_run)
-    pred = commands.add_parser("predict", help="predict the location of image files; CSV on stdout", parents=[common])
+    pred = commands.add_parser(
+        "predict", help="predict the location of image files; CSV, JSON or GeoJSON on stdout", parents=[common]
+    )
     pred.add_argument(
         "--model", required=True, help="checkpoint folder or MLflow reference, e.g. models:/locdiff@champion"
     )
@@ -185,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", default=None)
     pred.add_argument(
         "--top-k", type=int, default=None, help="print the K most likely places per image: rank, lat, lon, probability"
+    )
+    pred.add_argument(
+        "--format",
+        choices=("csv", "json", "geojson"),
+        default="csv",
+        help="csv (default), json, or geojson (one Point Feature per image, ranked places as properties)",
     )
     pred.add_argument("images", nargs="+", type=Path)
     pred.set_defaults(handler=_predict)

@@ -133,4 +133,49 @@ def to_csv(result: PredictResult) -> str:
     return buffer.getvalue()
 
 
-__all__ = ["predict", "to_csv", "PredictResult", "ImagePrediction", "resolve_model"]
+def to_json(result: PredictResult) -> str:
+    """One JSON document: the model, the encoder note, each prediction (with its ranked places when asked
+    for) and the images that could not be read."""
+    import json
+
+    return json.dumps(
+        {
+            "model": result.model,
+            "encoder": result.encoder_note,
+            "predictions": [_prediction_dict(p) for p in result.predictions],
+            "errors": result.errors,
+        },
+        indent=2,
+    )
+
+
+def to_geojson(result: PredictResult) -> str:
+    """A GeoJSON FeatureCollection (RFC 7946: [lon, lat] order, WGS 84): one Point Feature per image with
+    its spread and, when asked for, its ranked places; the model and encoder note as foreign members."""
+    import json
+
+    features = [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [p.lon, p.lat]},
+            "properties": {k: v for k, v in _prediction_dict(p).items() if k not in ("lat", "lon")},
+        }
+        for p in result.predictions
+    ]
+    collection = {"type": "FeatureCollection", "features": features, "model": result.model}
+    return json.dumps({**collection, "encoder": result.encoder_note}, indent=2)
+
+
+def _prediction_dict(prediction: ImagePrediction) -> dict:
+    row = {"image": prediction.image, "lat": prediction.lat, "lon": prediction.lon, "spread_km": prediction.spread_km}
+    if prediction.ranked:
+        row["ranked"] = [
+            {"rank": rank, "lat": lat, "lon": lon, "probability": probability}
+            for rank, (lat, lon, probability) in enumerate(prediction.ranked, start=1)
+        ]
+    return row
+
+
+FORMATS = {"csv": to_csv, "json": to_json, "geojson": to_geojson}
+
+__all__ = ["predict", "to_csv", "to_json", "to_geojson", "FORMATS", "PredictResult", "ImagePrediction", "resolve_model"]

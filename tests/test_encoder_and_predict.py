@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -153,3 +154,22 @@ def test_predict_top_k_prints_ranked_places_with_probabilities(tmp_path, world):
         )
         errors = [sphere.haversine_km([lat], [lon], [float(r["lat"])], [float(r["lon"])])[0] for r in mine]
         assert min(errors) <= errors[0]  # the best of three is never farther than rank 1
+
+    geojson = _run_cli(*common, "--top-k", "3", "--format", "geojson", *images, cwd=tmp_path)
+    assert geojson.returncode == 0, geojson.stderr
+    _assert_valid_geojson(json.loads(geojson.stdout), images, points)
+
+
+def _assert_valid_geojson(document: dict, images: list[str], points: list[dict]) -> None:
+    """RFC 7946: a FeatureCollection of Features with Point geometries as [lon, lat] in range."""
+    assert document["type"] == "FeatureCollection" and len(document["features"]) == len(images)
+    for feature, image, point in zip(document["features"], images, points, strict=True):
+        assert feature["type"] == "Feature" and set(feature) >= {"geometry", "properties"}
+        geometry = feature["geometry"]
+        assert geometry["type"] == "Point" and len(geometry["coordinates"]) == 2
+        lon, lat = geometry["coordinates"]
+        assert -180 <= lon <= 180 and -90 <= lat <= 90
+        assert (lat, lon) == pytest.approx((float(point["lat"]), float(point["lon"])), abs=1e-5)
+        properties = feature["properties"]
+        assert properties["image"] == image and properties["spread_km"] >= 0
+        assert [r["rank"] for r in properties["ranked"]] == [1, 2, 3]
