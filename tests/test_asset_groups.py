@@ -4,7 +4,7 @@ projects: a group needs only what the groups before it wrote."""
 from __future__ import annotations
 
 import pytest
-from dagster import AssetSelection, DagsterInstance, materialize
+from dagster import AssetCheckSeverity, AssetSelection, DagsterInstance, materialize
 
 from locdiff_pipeline.data import bundled
 from locdiff_pipeline.definitions import defs
@@ -53,7 +53,11 @@ def _materialize_group(project, group: str, **run):
     )
     assert result.success
     assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == GROUP_ASSETS[group]
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    evaluations = result.get_asset_check_evaluations()
+    assert all(e.passed for e in evaluations if e.severity == AssetCheckSeverity.ERROR)
+    for warning in (e for e in evaluations if e.check_name == "model_beats_chance_and_champion"):
+        found = {k: v.value for k, v in warning.metadata.items()}
+        assert warning.passed == (found["val_score"] > found["chance"] and found["is_champion"])
     return result
 
 
@@ -78,3 +82,38 @@ def test_evaluation_group_for_one_benchmark(project):
     _materialize_group(project, "evaluation", partition_key=bundled.SHIFTED)
     reports = project[0] / "warehouse" / "reports"
     assert (reports / bundled.SHIFTED / "v1" / "accuracy.md").is_file() and not (reports / bundled.HELDOUT).exists()
+
+
+def test_every_asset_has_kinds_and_the_code_version_of_its_fingerprint():
+    from locdiff_pipeline.data.ingest import INGEST_VERSION
+    from locdiff_pipeline.steps.locdiff_model import TRAINING_VERSION
+    from locdiff_pipeline.steps.predictions import PREDICTIONS_VERSION
+
+    specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
+    assert set(specs) == set().union(*GROUP_ASSETS.values())
+    assert all(1 <= len(spec.kinds) <= 3 and spec.code_version for spec in specs.values())
+    assert specs["images"].code_version == str(INGEST_VERSION)
+    assert specs["locdiff_model"].code_version == str(TRAINING_VERSION) and "mlflow" in specs["locdiff_model"].kinds
+    assert specs["predictions"].code_version == str(PREDICTIONS_VERSION)
+
+
+def test_a_failing_blocking_check_stops_training(project):
+    """rejected_share fails (no share is under a negative threshold): it blocks, so nothing downstream of
+    images runs, training included."""
+    _, resources, instance = project
+    strict = {
+        **resources,
+        "datasets": DatasetsResource(bundled_count=160, bundled_benchmark_count=12, max_rejected_share=-1),
+    }
+    result = materialize(
+        [*defs.assets, *defs.asset_checks],
+        resources=strict,
+        instance=instance,
+        selection=AssetSelection.groups("ingest", "features", "model"),
+        tags=all_shards_tags(),
+        raise_on_error=False,
+    )
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert "rejected_share" in failed
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert "images" in materialized and not materialized & {"clip_embeddings", "shdd_tables", "locdiff_model"}

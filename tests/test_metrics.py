@@ -32,3 +32,12 @@ def test_accuracy_rejects_bad_errors():
         metrics.accuracy_from_errors([])
     with pytest.raises(ValueError):
         metrics.accuracy_from_errors([1.0, np.nan])
+
+
+def test_per_image_scores_average_to_the_validation_score():
+    rng = np.random.default_rng(4)
+    lat, lon = rng.uniform(-60, 60, 50), rng.uniform(-170, 170, 50)
+    pred_lat, pred_lon = np.clip(lat + rng.normal(0, 5, 50), -90, 90), lon
+    per_image = metrics.per_image_score(lat, lon, pred_lat, pred_lon)
+    assert per_image.shape == (50,) and set(np.round(per_image * 5).astype(int)) <= set(range(6))
+    assert per_image.mean() == pytest.approx(metrics.validation_score(metrics.accuracy(lat, lon, pred_lat, pred_lon)))

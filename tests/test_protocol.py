@@ -12,7 +12,7 @@ from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
 from locdiff_pipeline.method import shdd, sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel, Samples
-from locdiff_pipeline.method.protocol import choose_protocol
+from locdiff_pipeline.method.protocol import choose_protocol, select
 from locdiff_pipeline.method.training import train
 from locdiff_pipeline.method.views import view_weights
 
@@ -117,11 +117,31 @@ def test_the_chosen_protocol_is_the_best_validation_candidate_and_never_below_th
     assert {(row["rule"], row["views"], row["plain_weight"]) for row in grid} == {
         (r, v, w) for r in ("mixture", "centre") for v in (1, 2, 4) for w in weights[v]
     }
-    best = max(row["score"] for row in grid)
+    best = max(row["score"] for row in grid if row["eligible"])
     assert protocol.validation_score == best
     assert protocol.validation_score >= max(row["score"] for row in grid if row["views"] == 1)
     chosen = (protocol.rule, protocol.views, protocol.plain_weight)
-    assert next(row for row in grid if (row["rule"], row["views"], row["plain_weight"]) == chosen)["score"] == best
+    row = next(row for row in grid if (row["rule"], row["views"], row["plain_weight"]) == chosen)
+    assert row["score"] == best and row["eligible"]
+    assert all(r["gain_over_plain"] > 2 * r["gain_standard_error"] for r in grid if r["eligible"] and r["views"] > 1)
+
+
+def _candidate(views: int, per_image: list[float]) -> tuple[dict, np.ndarray]:
+    scores = np.array(per_image, dtype=float)
+    return {"rule": "mixture", "views": views, "plain_weight": None, "score": scores.mean()}, scores
+
+
+def test_more_views_are_chosen_only_for_a_gain_beyond_noise():
+    """One image better out of 200 is noise: the plain view stays. A gain on 30 images of 200, lost on
+    none, is not: the views are chosen."""
+    plain = [0.2] * 200
+    noisy = plain.copy()
+    noisy[0] = 0.4
+    clear = [0.4] * 30 + [0.2] * 170
+    for candidates, chosen_views in ((((1, plain), (8, noisy)), 1), (((1, plain), (8, noisy), (4, clear)), 4)):
+        grid, per_image = (list(x) for x in zip(*(_candidate(v, scores) for v, scores in candidates), strict=True))
+        assert select(grid, per_image)["views"] == chosen_views
+        assert grid[1]["score"] > grid[0]["score"] and not grid[1]["eligible"]  # higher, yet noise
 
 
 def test_north_up_imagery_gets_no_flips_and_ground_photos_do():

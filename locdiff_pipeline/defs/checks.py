@@ -6,12 +6,13 @@ dataset. Checks of the evaluation assets look at their benchmark's partition. Da
 keys reach SQL as bound parameters.
 """
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, asset_check
 
 from locdiff_pipeline.data.ingest import IMAGES_TABLE, REJECTED_TABLE
-from locdiff_pipeline.defs.assets.evaluation import contamination, predictions
+from locdiff_pipeline.defs.assets.evaluation import accuracy_report, contamination, predictions
 from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
 from locdiff_pipeline.defs.assets.ingest import images
+from locdiff_pipeline.defs.assets.model import locdiff_model
 from locdiff_pipeline.defs.resources import (
     DatasetsResource,
     EncoderResource,
@@ -38,7 +39,11 @@ def _in_run(context: AssetCheckExecutionContext, datasets: DatasetsResource) -> 
     return [[entry.name for entry in datasets.get().entries], list(context.partition_keys)]
 
 
-@asset_check(asset=images, description="Every accepted location has finite lat in [-90, 90] and lon in [-180, 180].")
+@asset_check(
+    blocking=True,
+    asset=images,
+    description="Every accepted location has finite lat in [-90, 90] and lon in [-180, 180].",
+)
 def coordinates_in_range(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
 ) -> AssetCheckResult:
@@ -51,6 +56,7 @@ def coordinates_in_range(
 
 
 @asset_check(
+    blocking=True,
     asset=images,
     description=(
         "Image ids are unique per dataset within the run's shards (the id hash sends every copy of an id to one shard)."
@@ -68,6 +74,7 @@ def unique_image_ids(
 
 
 @asset_check(
+    blocking=True,
     asset=images,
     description="The share of rejected records in the run's shards stays under max_rejected_share, for every dataset.",
 )
@@ -94,7 +101,7 @@ def rejected_share(
     )
 
 
-@asset_check(asset=clip_embeddings, description="No NaN/inf embeddings; every embedding has unit norm.")
+@asset_check(blocking=True, asset=clip_embeddings, description="No NaN/inf embeddings; every embedding has unit norm.")
 def embeddings_finite_unit_norm(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
 ) -> AssetCheckResult:
@@ -108,6 +115,7 @@ def embeddings_finite_unit_norm(
 
 
 @asset_check(
+    blocking=True,
     asset=clip_embeddings,
     description="Embedding rows = images (plain view) + validation and test images x (views - 1).",
 )
@@ -128,7 +136,9 @@ def embedding_rows_match_images(
     return AssetCheckResult(passed=embedding_rows == expected, metadata={"expected": expected, "found": embedding_rows})
 
 
-@asset_check(asset=shdd_tables, description="Each SHDD table has one row per image, with (L+1)^2 coefficients.")
+@asset_check(
+    blocking=True, asset=shdd_tables, description="Each SHDD table has one row per image, with (L+1)^2 coefficients."
+)
 def shdd_rows_match_images(
     context: AssetCheckExecutionContext,
     warehouse: WarehouseResource,
@@ -204,6 +214,67 @@ def predictions_cover_benchmark(
     )
 
 
+@asset_check(
+    blocking=True,
+    asset=shdd_tables,
+    description="SHDD rows equal the encoder applied to their images' coordinates (a sample of up to 256 per L).",
+)
+def shdd_matches_coordinates(
+    context: AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    datasets: DatasetsResource,
+    training: TrainingResource,
+) -> AssetCheckResult:
+    import numpy as np
+
+    from locdiff_pipeline.method import shdd
+
+    worst = {}
+    with report_sql.in_memory_views(warehouse.get()) as con:
+        for L in training.degrees():
+            rows = con.execute(
+                """SELECT i.lat, i.lon, s.coefficients FROM shdd s JOIN images i USING (dataset, shard, image_id)
+                    WHERE list_contains($1, s.dataset) AND list_contains($2, s.shard) AND s.L = $3
+                    ORDER BY s.dataset, s.image_id LIMIT 256""",
+                [*_in_run(context, datasets), L],
+            ).fetchall()
+            if rows:
+                lat, lon, stored = zip(*rows, strict=True)
+                expected = shdd.encode(np.array(lat), np.array(lon), L)
+                worst[str(L)] = float(np.max(np.abs(np.array(stored, dtype=np.float64) - expected)))
+    return AssetCheckResult(
+        passed=bool(worst) and max(worst.values()) < 1e-4, metadata={"max_abs_difference_by_L": worst}
+    )
+
+
+@asset_check(
+    asset=locdiff_model,
+    description=(
+        "Warns when the new model's validation score is not above chance's (a random training location) or is "
+        "below the champion's (it was then not promoted)."
+    ),
+)
+def model_beats_chance_and_champion(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(AssetKey("locdiff_model"))
+    metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    floor, score = metadata["val_score_of_chance"], metadata["val_score"]
+    champion = metadata["champion_version"] == metadata["model_version"]
+    return AssetCheckResult(
+        passed=score > floor and champion,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"val_score": score, "chance": floor, "is_champion": champion},
+    )
+
+
+@asset_check(asset=accuracy_report, description="The benchmark's report has a row for every method.")
+def report_has_every_method(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+    store = warehouse.get()
+    version = read_latest(store)["version"]
+    rows = report_sql.accuracy_table(store, dataset=context.partition_key, model_version=version)
+    missing = sorted(set(METHODS) - {row["method"] for row in rows})
+    return AssetCheckResult(passed=not missing, metadata={"rows": len(rows), "missing_methods": missing})
+
+
 ALL_CHECKS = [
     coordinates_in_range,
     unique_image_ids,
@@ -211,6 +282,9 @@ ALL_CHECKS = [
     embeddings_finite_unit_norm,
     embedding_rows_match_images,
     shdd_rows_match_images,
+    shdd_matches_coordinates,
+    model_beats_chance_and_champion,
     contamination_share,
     predictions_cover_benchmark,
+    report_has_every_method,
 ]

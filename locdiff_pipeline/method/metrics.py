@@ -34,6 +34,13 @@ def accuracy(true_lat: ArrayLike, true_lon: ArrayLike, pred_lat: ArrayLike, pred
     return accuracy_from_errors(haversine_km(true_lat, true_lon, pred_lat, pred_lon))
 
 
+def per_image_score(true_lat: ArrayLike, true_lon: ArrayLike, pred_lat: ArrayLike, pred_lon: ArrayLike) -> np.ndarray:
+    """Each image's share of the five thresholds its error is within: their mean is the validation score,
+    and paired differences of them compare two predictions of the same images."""
+    errors = haversine_km(true_lat, true_lon, pred_lat, pred_lon)
+    return np.mean([errors <= t for t in THRESHOLDS_KM], axis=0)
+
+
 def validation_score(scores: dict[str, float]) -> float:
     """One number to rank models on validation: the mean of the five accuracies (higher is better)."""
     return float(np.mean([scores[accuracy_column(t)] for t in THRESHOLDS_KM]))

@@ -31,6 +31,8 @@ from locdiff_pipeline.steps.shdd_tables import SHDD_TABLE, load_shdd
 from locdiff_pipeline.tracking import registry
 
 CHECKPOINTS = "checkpoints"
+# 2: the test-time protocol adds the plain view's weight; the pyfunc is logged from code with digests
+TRAINING_VERSION = 2
 
 
 @dataclass
@@ -49,6 +51,20 @@ class TrainedModel:
 def coordinates(warehouse: Warehouse, dataset: str) -> dict[str, tuple[float, float]]:
     table = shards.read(warehouse, IMAGES_TABLE, dataset, columns=["image_id", "lat", "lon"])
     return dict(zip(table["image_id"].to_pylist(), zip(table["lat"].to_pylist(), table["lon"].to_pylist())))
+
+
+def chance_validation_score(warehouse: Warehouse, dataset: str, draws: int = 20, seed: int = 0) -> float:
+    """The validation score of a guess that ignores the image (a random training location, averaged over
+    `draws`): the floor a trained model must clear to be worth anything."""
+    table = shards.read(warehouse, IMAGES_TABLE, dataset, columns=["split", "lat", "lon"])
+    split = np.array(table["split"].to_pylist())
+    lat, lon = table["lat"].to_numpy(), table["lon"].to_numpy()
+    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if len(train) == 0 or len(val) == 0:
+        return 0.0
+    picks = np.random.default_rng(seed).choice(train, size=len(val) * draws)
+    scores = metrics.accuracy(np.repeat(lat[val], draws), np.repeat(lon[val], draws), lat[picks], lon[picks])
+    return metrics.validation_score(scores)
 
 
 def training_data(
@@ -98,7 +114,11 @@ def train_and_register(
         raise FileNotFoundError(f"embeddings and the L={config.L} SHDD table of {dataset!r} must be materialized first")
     encoder = embeddings_manifest["encoder"]
     key = fingerprint(
-        config.to_dict(), embeddings_manifest["fingerprint"], shdd_manifest and shdd_manifest["fingerprint"], dataset
+        TRAINING_VERSION,
+        config.to_dict(),
+        embeddings_manifest["fingerprint"],
+        shdd_manifest and shdd_manifest["fingerprint"],
+        dataset,
     )
     checkpoint_dir = warehouse.root / CHECKPOINTS / key
     import mlflow

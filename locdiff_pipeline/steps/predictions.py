@@ -33,6 +33,7 @@ from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embedd
 from locdiff_pipeline.steps.locdiff_model import coordinates
 from locdiff_pipeline.steps.prediction_table import prediction_rows
 
+PREDICTIONS_VERSION = 2  # 2: the baselines choose their view rule on validation; LocDiff weighs the plain view
 LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION = "locdiff", "locdiff_h", "knn", "cell_classification", "regression"
 CHANCE, CONSTANT = "chance", "constant"
 PLAIN_SUFFIX = "/plain"

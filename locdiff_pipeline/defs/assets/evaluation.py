@@ -18,18 +18,25 @@ from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
 from locdiff_pipeline.steps import report_sql
-from locdiff_pipeline.steps.accuracy_report import build_report, scoring_note
+from locdiff_pipeline.steps.accuracy_report import REPORT_VERSION, build_report, scoring_note
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
-from locdiff_pipeline.steps.contamination import CONTAMINATION_TABLE, build_contamination, contaminated_ids
+from locdiff_pipeline.steps.contamination import (
+    CONTAMINATION_TABLE,
+    CONTAMINATION_VERSION,
+    build_contamination,
+    contaminated_ids,
+)
 from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
-from locdiff_pipeline.steps.predictions import METHODS, predict_benchmark
+from locdiff_pipeline.steps.predictions import METHODS, PREDICTIONS_VERSION, predict_benchmark
 
 GROUP = "evaluation"
 ALL_SHARDS = AllPartitionMapping()  # a benchmark's partition reads every shard of the data stages
 
 
 @asset(
+    kinds={"duckdb", "parquet"},
+    code_version=str(CONTAMINATION_VERSION),
     group_name=GROUP,
     partitions_def=BENCHMARKS,
     deps=[AssetDep(images, partition_mapping=ALL_SHARDS), AssetDep(clip_embeddings, partition_mapping=ALL_SHARDS)],
@@ -67,6 +74,8 @@ def contamination(
 
 
 @asset(
+    kinds={"pytorch", "parquet"},
+    code_version=str(PREDICTIONS_VERSION),
     group_name=GROUP,
     partitions_def=BENCHMARKS,
     deps=[locdiff_model, contamination],
@@ -92,6 +101,7 @@ def predictions(
     settings = evaluation.settings()
     excluded = contaminated_ids(store, benchmark) if evaluation.exclude_contaminated else set()
     key = fingerprint(
+        PREDICTIONS_VERSION,
         version,
         latest["run_id"],
         embeddings["fingerprint"],
@@ -154,6 +164,8 @@ def predictions(
 
 
 @asset(
+    kinds={"duckdb", "matplotlib"},
+    code_version=str(REPORT_VERSION),
     group_name=GROUP,
     partitions_def=BENCHMARKS,
     deps=[predictions],

@@ -11,13 +11,15 @@ from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.partitions import SHARDS, span
 from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.method.devices import resolve_device
-from locdiff_pipeline.steps.clip_embeddings import build_embeddings
-from locdiff_pipeline.steps.shdd_tables import build_shdd_table
+from locdiff_pipeline.steps.clip_embeddings import EMBEDDING_VERSION, build_embeddings
+from locdiff_pipeline.steps.shdd_tables import SHDD_VERSION, build_shdd_table
 
 GROUP = "features"
 
 
 @asset(
+    kinds={"pytorch", "parquet"},
+    code_version=str(EMBEDDING_VERSION),
     group_name=GROUP,
     deps=[images],
     partitions_def=SHARDS,
@@ -67,6 +69,8 @@ def clip_embeddings(
 
 
 @asset(
+    kinds={"numpy", "parquet"},
+    code_version=str(SHDD_VERSION),
     group_name=GROUP,
     deps=[images],
     partitions_def=SHARDS,

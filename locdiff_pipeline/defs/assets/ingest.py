@@ -5,7 +5,7 @@ import time
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from locdiff_pipeline.data.ingest import IngestReport, ingest_shard, split_metadata
+from locdiff_pipeline.data.ingest import INGEST_VERSION, IngestReport, ingest_shard, split_metadata
 from locdiff_pipeline.defs.partitions import BENCHMARKS, SHARDS, span
 from locdiff_pipeline.defs.resources import DatasetsResource, WarehouseResource
 
@@ -13,6 +13,8 @@ GROUP = "ingest"
 
 
 @asset(
+    kinds={"csv", "parquet"},
+    code_version=str(INGEST_VERSION),
     group_name=GROUP,
     description=(
         "Every dataset of the catalog (training and benchmarks): the metadata CSV split into id-hash shards "
@@ -55,6 +57,8 @@ def image_metadata(
 
 
 @asset(
+    kinds={"parquet"},
+    code_version=str(INGEST_VERSION),
     group_name=GROUP,
     deps=[image_metadata],
     partitions_def=SHARDS,

@@ -6,9 +6,15 @@ from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
 from locdiff_pipeline.defs.resources import DatasetsResource, MlflowResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.method import metrics
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
-from locdiff_pipeline.steps.locdiff_model import train_and_register, write_latest
+from locdiff_pipeline.steps.locdiff_model import (
+    TRAINING_VERSION,
+    chance_validation_score,
+    train_and_register,
+    write_latest,
+)
 
 GROUP = "model"
 
@@ -18,6 +24,8 @@ class ModelRunConfig(Config):
 
 
 @asset(
+    kinds={"pytorch", "mlflow"},
+    code_version=str(TRAINING_VERSION),
     group_name=GROUP,
     deps=[clip_embeddings, shdd_tables],
     description=(
@@ -57,6 +65,8 @@ def locdiff_model(
             "champion_version": trained.champion_version if trained.champion_version is not None else -1,
             "validation": MetadataValue.md(table),
             "val_median_km": float(trained.validation.get("median_km", float("nan"))),
+            "val_score": metrics.validation_score(trained.validation),
+            "val_score_of_chance": chance_validation_score(store, training_dataset),
             "device": str(resolve_device(model_config.device)),
             "cached": trained.cached,
             "train_seconds": round(trained.seconds, 1),
