@@ -95,7 +95,7 @@ def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_sin
     assert all("multiprocess executor" in output and "RUN_SUCCESS" in output for output in outputs)
     for output in outputs:  # each shard's run checked its own shard, concurrently with the others
         verdicts = re.findall(r"Asset check '(\w+)' on '\w+' (passed|failed)", output)
-        assert len(verdicts) == 6 and all(verdict == "passed" for _, verdict in verdicts), verdicts
+        assert len(verdicts) == 7 and all(verdict == "passed" for _, verdict in verdicts), verdicts  # 3 + 2 + 2
 
     one, many = Warehouse(single / "warehouse"), Warehouse(parallel / "warehouse")
     assert shards.dataset_shards(one, "bluemarble") == keys

@@ -9,7 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method.distributed import current_world
+from locdiff_pipeline.steps.locdiff_model import read_latest
 
 WORKER = textwrap.dedent(
     """
@@ -122,7 +124,7 @@ def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "locdiff v1" in completed.stdout and "2 process(es)" in completed.stdout
-    latest = json.loads((tmp_path / "warehouse" / "models" / "latest.json").read_text())
+    latest = read_latest(Warehouse(tmp_path / "warehouse"))
     assert latest["version"] == 1 and Path(latest["checkpoint"], "weights.pt").is_file()
     import mlflow
 

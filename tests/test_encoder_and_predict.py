@@ -117,9 +117,19 @@ def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
         assert f"{path}: {HOSTILE_REASONS[kind]}" in done.stderr, kind
 
 
-def test_predict_refuses_an_unknown_model(tmp_path):
+def test_predict_refuses_an_unknown_or_broken_model_in_one_line(tmp_path):
     done = _run_cli("predict", "--model", str(tmp_path / "nope"), str(tmp_path / "a.jpg"), cwd=tmp_path)
-    assert done.returncode != 0 and "neither a checkpoint folder nor an MLflow reference" in done.stderr
+    assert done.returncode == 2 and "neither a checkpoint folder nor an MLflow reference" in done.stderr
+    encoder = ImageEncoder(EncoderSpec(TINY_ENCODER))
+    config = LocDiffConfig(L=4, embed_dim=encoder.identity.embed_dim, hidden_dims=(16,), time_dim=8, timesteps=10)
+    for broken, damage in (("bad_weights", "weights.pt"), ("bad_config", "config.json")):
+        folder = LocDiffModel(config, encoder.identity.to_dict()).save(tmp_path / broken)
+        (folder / damage).write_bytes(b"{ this is not what it should be")
+        done = _run_cli("predict", "--model", str(folder), str(tmp_path / "a.jpg"), cwd=tmp_path)
+        assert done.returncode == 2 and f"{folder / damage}: " in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    debug = _run_cli("predict", "--debug", "--model", str(tmp_path / "bad_config"), "a.jpg", cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 
 
 def _csv_rows(stdout: str) -> list[dict]:
