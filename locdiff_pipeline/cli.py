@@ -75,7 +75,13 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
     instance = DagsterInstance.get()
     for run_id in fail_abandoned_runs(instance):
         print(f"marked run {run_id} failed: its process is gone", file=sys.stderr)
-    result = materialize_all(resources, instance=instance, raise_on_error=False, tags=owner_tags())
+    run_tags = {
+        **owner_tags(),
+        "locdiff/trigger": "locdiff run",
+        "locdiff/dataset": datasets.training_name(),
+        "locdiff/encoder": encoder.model_name + ("" if encoder.checkpoint else f"@seeded-init-{encoder.seed}"),
+    }
+    result = materialize_all(resources, instance=instance, raise_on_error=False, tags=run_tags)
     seconds = time.perf_counter() - started
     evaluations = result.get_asset_check_evaluations()
     failed = [e.check_name for e in evaluations if not e.passed and e.severity.value == "ERROR"]

@@ -17,6 +17,7 @@ from locdiff_pipeline.defs.resources import (
     TrainingResource,
     WarehouseResource,
 )
+from locdiff_pipeline.steps.predictions import METHODS
 
 GROUP_ASSETS = {
     "ingest": {"image_metadata", "images"},
@@ -79,7 +80,12 @@ def test_model_group(project):
 
 
 def test_evaluation_group_for_one_benchmark(project):
-    _materialize_group(project, "evaluation", partition_key=bundled.SHIFTED)
+    result = _materialize_group(project, "evaluation", partition_key=bundled.SHIFTED)
+    metadata = result.asset_materializations_for_node("accuracy_report")[0].metadata
+    table = metadata["accuracy_table"].value
+    assert {record.data["method"] for record in table.records} == set(METHODS)
+    assert metadata["dagster/row_count"].value == len(METHODS)
+    assert 0.0 <= metadata["locdiff acc_750km"].value <= 1.0 and metadata["chance median_km"].value > 0
     reports = project[0] / "warehouse" / "reports"
     assert (reports / bundled.SHIFTED / "v1" / "accuracy.md").is_file() and not (reports / bundled.HELDOUT).exists()
 

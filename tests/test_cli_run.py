@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from dagster import DagsterInstance
 from PIL import Image
 
 from locdiff_pipeline.data.bundled import BUNDLED, HELDOUT, SHIFTED
@@ -60,6 +61,11 @@ def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
     assert "NO pretrained weights" in first.stdout
     assert (tmp_path / "mlruns" / "mlflow.db").is_file() and (tmp_path / ".dagster_home" / "dagster.yaml").is_file()
     assert "Telemetry" not in first.stdout + first.stderr  # the project's dagster.yaml turns it off
+    with DagsterInstance.from_config(str(tmp_path / ".dagster_home")) as instance:
+        runs = instance.get_runs()
+    assert sorted(run.job_name for run in runs) == ["locdiff_evaluate", "locdiff_evaluate", "locdiff_train"]
+    assert all(run.tags["locdiff/trigger"] == "locdiff run" and run.tags["locdiff/dataset"] == BUNDLED for run in runs)
+    assert all(run.tags["locdiff/encoder"] == "locdiff-tiny-vit@seeded-init-0" for run in runs)
     report = subprocess.run(
         [str(locdiff), "report"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )

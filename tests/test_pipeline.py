@@ -174,6 +174,8 @@ def test_the_registered_model_is_code_not_a_pickle_and_refuses_changed_files(pip
     flavour = yaml.safe_load((Path(location) / "MLmodel").read_text())["flavors"]["python_function"]
     assert flavour["model_code_path"].endswith("pyfunc_code.py") and "python_model" not in flavour
     model = mlflow.pyfunc.load_model(location)
+    assert model.metadata.get_input_schema().input_names() == ["embedding"]
+    assert model.metadata.get_output_schema().input_names() == ["lat", "lon", "spread_km"]
     embed_dim = LocDiffModel.load(next(Path(location).rglob("weights.pt")).parent).config.embed_dim
     frame = pd.DataFrame({"embedding": list(np.random.default_rng(0).normal(size=(3, embed_dim)))})
     served = model.predict(frame)

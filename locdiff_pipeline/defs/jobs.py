@@ -15,6 +15,7 @@ from dagster import (
     DagsterInstance,
     DefaultScheduleStatus,
     DefaultSensorStatus,
+    Definitions,
     ExecuteInProcessResult,
     RunRequest,
     SensorEvaluationContext,
@@ -132,33 +133,37 @@ def materialize_all(
     raise_on_error: bool = True,
     tags: dict[str, str] | None = None,
 ) -> GraphRun:
-    """The graph in process, with its checks: one run of ingest, features and training over every shard,
-    then one evaluation run per benchmark of the catalog (what `dagster dev`'s backfill and sensor do).
-    With `selection`, only that run of the training side. Resources not given take their defaults; `tags`
-    go on every run."""
+    """The graph in process, with its checks, as the named jobs: one `locdiff_train` run of ingest, features
+    and training over every shard, then one `locdiff_evaluate` run per benchmark of the catalog (what
+    `dagster dev`'s backfill and sensor do). With `selection`, only that selection of the training side
+    (an ad-hoc run). Resources not given take their defaults; `tags` go on every run."""
     resources = {**default_resources(), **resources}
     instance = instance or DagsterInstance.ephemeral()
-    everything = [*ALL_ASSETS, *ALL_CHECKS]
-    first = materialize(
-        everything,
-        resources=resources,
-        instance=instance,
-        selection=selection or TRAIN_SELECTION,
-        tags={**all_shards_tags(), **(tags or {})},
-        raise_on_error=raise_on_error,
+    training_tags = {**all_shards_tags(), **(tags or {})}
+    if selection is not None:
+        everything = [*ALL_ASSETS, *ALL_CHECKS]
+        run = materialize(
+            everything,
+            resources=resources,
+            instance=instance,
+            selection=selection,
+            tags=training_tags,
+            raise_on_error=raise_on_error,
+        )
+        return GraphRun([run])
+    definitions = Definitions(
+        assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[train_job, evaluate_job], resources=resources
+    )
+    first = definitions.resolve_job_def(train_job.name).execute_in_process(
+        instance=instance, tags=training_tags, raise_on_error=raise_on_error
     )
     results = [first]
-    if selection is None and first.success:
+    if first.success:
+        evaluate = definitions.resolve_job_def(evaluate_job.name)
         for benchmark in resources["datasets"].get().benchmark_names:
             results.append(
-                materialize(
-                    everything,
-                    resources=resources,
-                    instance=instance,
-                    selection=EVALUATION_SELECTION,
-                    partition_key=benchmark,
-                    tags=tags,
-                    raise_on_error=raise_on_error,
+                evaluate.execute_in_process(
+                    instance=instance, partition_key=benchmark, tags=tags, raise_on_error=raise_on_error
                 )
             )
     return GraphRun(results)

@@ -224,6 +224,7 @@ def train_and_register(
             python_model=pyfunc_model.MODEL_CODE,  # models-from-code: nothing pickled, nothing unpickled
             artifacts={pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint_dir / "model")},
             model_config={pyfunc_model.DIGESTS_CONFIG: digests},
+            signature=pyfunc_model.signature(),
             pip_requirements=_pip_requirements(),
         )
         registration = registry.register_and_promote(info.model_uri, run.info.run_id, score, digests)

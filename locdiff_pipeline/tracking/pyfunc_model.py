@@ -21,6 +21,18 @@ DIGESTS_CONFIG = "checkpoint_sha256"
 MODEL_CODE = str(Path(__file__).with_name("pyfunc_code.py"))
 
 
+def signature():
+    """What the served model takes and returns: an `embedding` column (the image encoder's vector) in;
+    lat, lon (degrees) and spread_km out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array(DataType.double), "embedding")]),
+        outputs=Schema([ColSpec(DataType.double, name) for name in ("lat", "lon", "spread_km")]),
+    )
+
+
 class LocDiffPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from locdiff_pipeline.method.model import LocDiffModel

@@ -4,7 +4,17 @@ method's predictions, and the DuckDB accuracy report."""
 import base64
 import time
 
-from dagster import AllPartitionMapping, AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AllPartitionMapping,
+    AssetDep,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
@@ -14,6 +24,7 @@ from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.assets.model import locdiff_model
 from locdiff_pipeline.defs.partitions import BENCHMARKS
 from locdiff_pipeline.defs.resources import DatasetsResource, EvaluationResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.method import metrics
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
@@ -201,8 +212,31 @@ def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource
     return MaterializeResult(
         metadata={
             "accuracy": MetadataValue.md(bundle.markdown),
+            "accuracy_table": accuracy_metadata_table(bundle.rows),
+            "dagster/row_count": len(bundle.rows),
+            **per_method_numbers(bundle.rows),
             **pictures,
             "report_folder": MetadataValue.path(str(bundle.folder)),
             "encoder_note": notes[0],
         }
     )
+
+
+REPORTED_NUMBERS = ("acc_750km", "acc_2500km", "median_km")
+
+
+def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
+    """The accuracy rows as a Dagster table (a sortable table in the UI, not a Markdown link)."""
+    columns = ["method", "count", *(metrics.accuracy_column(t) for t in metrics.THRESHOLDS_KM), "median_km"]
+    schema = TableSchema(columns=[TableColumn(name, "string" if name == "method" else "float") for name in columns])
+    records = [TableRecord({name: _plain(row[name]) for name in columns}) for row in rows]
+    return MetadataValue.table(records, schema)
+
+
+def per_method_numbers(rows: list[dict]) -> dict[str, float]:
+    """`METHOD acc_750km`-style numbers per method, so the UI's Plots tab trends them across runs."""
+    return {f"{row['method']} {name}": float(row[name]) for row in rows for name in REPORTED_NUMBERS}
+
+
+def _plain(value):
+    return value if isinstance(value, str) else float(value)
