@@ -56,10 +56,11 @@ def build_embeddings(
     batch_rows: int = 256,
     force: bool = False,
     load: Callable[[], ImageEncoder] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Write embeddings/dataset=NAME/shard=KEY; returns a summary (rows, encoder identity, cached or not).
     `load` (e.g. a cached factory) lets several shards share one loaded encoder; it is called only when
-    the shard is not current."""
+    the shard is not current. `progress` is told how many images each batch embedded."""
     key = embedding_fingerprint(warehouse, dataset, shard, spec, test_views, imagery)
     if not force and warehouse.is_current(EMBEDDINGS_TABLE, key, dataset=dataset, shard=shard):
         return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": True}
@@ -83,6 +84,8 @@ def build_embeddings(
                         views.append(view)
                         vectors.append(vector)
             writer.write(_embedding_batch(ids, splits, views, np.asarray(vectors, dtype=np.float32), identity.label))
+            if progress is not None:
+                progress(len(rows))
     return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": False}
 
 

@@ -7,11 +7,13 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data.image_encoder import ImageEncoder, encoder_note
+from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.partitions import SHARDS, span
 from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDING_VERSION, build_embeddings
+from locdiff_pipeline.steps.progress import Progress
 from locdiff_pipeline.steps.shdd_tables import SHDD_VERSION, build_shdd_table
 
 GROUP = "features"
@@ -37,6 +39,13 @@ def clip_embeddings(
     load = functools.cache(
         lambda: ImageEncoder(encoder.spec(), device=device)
     )  # loaded once, at the first shard to embed
+    specs = datasets.specs(store)
+    total = sum(
+        (store.manifest(IMAGES_TABLE, dataset=spec.name, shard=shard) or {}).get("rows", 0)
+        for spec in specs
+        for shard in context.partition_keys
+    )
+    progress = Progress(f"embedding shards {span(context.partition_keys)}", total, context.log.info, unit="images")
     summaries = [
         build_embeddings(
             store,
@@ -47,8 +56,9 @@ def clip_embeddings(
             imagery=spec.imagery,
             device=device,
             load=load,
+            progress=progress.advance,
         )
-        for spec in datasets.specs(store)
+        for spec in specs
         for shard in context.partition_keys
     ]
     identity = summaries[0]["encoder"]

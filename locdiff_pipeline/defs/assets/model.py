@@ -15,6 +15,7 @@ from locdiff_pipeline.steps.locdiff_model import (
     train_and_register,
     write_latest,
 )
+from locdiff_pipeline.steps.progress import Progress
 
 GROUP = "model"
 
@@ -45,7 +46,10 @@ def locdiff_model(
     embed_dim = shards.manifest(store, EMBEDDINGS_TABLE, training_dataset)["encoder"]["embed_dim"]
     model_config = training.config(embed_dim)
 
+    progress = Progress("training", model_config.steps, context.log.info, unit="steps")
+
     def log(step: int, record: dict) -> None:
+        progress.advance(step - progress.done)
         if "val_acc_750km" in record or step == model_config.steps:
             context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
 
