@@ -4,7 +4,14 @@ locdiff_pipeline.definitions` load this. It only assembles what `locdiff_pipelin
 from dagster import Definitions
 
 from locdiff_pipeline.defs.checks import ALL_CHECKS
-from locdiff_pipeline.defs.jobs import ALL_ASSETS, evaluate_job, evaluate_new_model, retrain_schedule, train_job
+from locdiff_pipeline.defs.jobs import (
+    ALL_ASSETS,
+    evaluate_job,
+    evaluate_new_model,
+    retrain_on_new_data,
+    retrain_schedule,
+    train_job,
+)
 from locdiff_pipeline.defs.resources import default_resources
 
 defs = Definitions(
@@ -12,6 +19,6 @@ defs = Definitions(
     asset_checks=ALL_CHECKS,
     jobs=[train_job, evaluate_job],
     schedules=[retrain_schedule],
-    sensors=[evaluate_new_model],
+    sensors=[evaluate_new_model, retrain_on_new_data],
     resources=default_resources(),
 )

@@ -480,3 +480,31 @@ def test_a_warehouse_written_before_ranked_answers_still_reports(tmp_path):
     (row,) = report_sql.accuracy_table(store)
     assert (row["dataset"], row["training_dataset"], row["acc_25km"], row["acc_750km"]) == ("old", None, 0.5, 0.5)
     assert row["top5_acc_750km"] is None
+
+
+def test_the_new_data_sensor_requests_a_run_when_training_files_change_and_not_otherwise(tmp_path):
+    from dagster import SkipReason, build_sensor_context
+
+    from locdiff_pipeline.defs.jobs import retrain_on_new_data
+
+    metadata = tmp_path / "metadata.csv"
+    metadata.write_text("IMG_ID,LAT,LON\na.jpg,1,2\n")
+    datasets = DatasetsResource(training={"name": "mine", "metadata_csv": str(metadata), "images": str(tmp_path)})
+    sensor = defs.get_repository_def().get_sensor_def("retrain_on_new_data")
+    assert sensor.job_name == "locdiff_train"
+
+    def tick(cursor):
+        context = build_sensor_context(cursor=cursor, resources={"datasets": datasets})
+        result = retrain_on_new_data(context)
+        return result, context.cursor
+
+    first, cursor = tick(None)
+    assert isinstance(first, SkipReason) and cursor  # the first look records the files
+    unchanged, same = tick(cursor)
+    assert isinstance(unchanged, SkipReason) and same == cursor
+    with open(metadata, "a") as handle:
+        handle.write("b.jpg,3,4\n")  # new records arrive
+    request, moved = tick(cursor)
+    assert request.run_key.startswith("mine:") and request.tags["locdiff/trigger"] == "new data" and moved != cursor
+    again, _ = tick(moved)
+    assert isinstance(again, SkipReason)

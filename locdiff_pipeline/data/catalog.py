@@ -15,6 +15,7 @@ benchmarks (see data/bundled.py). An entry with `kind: bundled` renders one of t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import yaml
 
 from locdiff_pipeline.data import bundled
 from locdiff_pipeline.data.datasets import IMAGERY, PRESETS, DatasetSpec, check_name
+from locdiff_pipeline.data.image_sources import ARCHIVE_LAYOUTS, archive_paths
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 
 FILES, BUNDLED_KIND = "files", "bundled"
@@ -55,6 +57,24 @@ class DatasetEntry:
             raise ValueError(f"dataset {self.name!r}: unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.imagery is not None and self.imagery not in IMAGERY:
             raise ValueError(f"dataset {self.name!r}: imagery must be one of {IMAGERY}, got {self.imagery!r}")
+
+    def source_fingerprint(self, recipe: bundled.BundledRecipe) -> str:
+        """A fingerprint of the dataset's source files (size and modification time), without reading or
+        rendering anything: it changes when the metadata CSV or an archive is replaced or appended to (a
+        folder layout's images are not listed; its metadata CSV is). What the new-data sensor watches."""
+        if self.kind == BUNDLED_KIND:
+            files = [bundled.TRAINING_COORDINATES, bundled.HELDOUT_COORDINATES, bundled.BLUE_MARBLE, bundled.ETOPO]
+            extra = recipe.to_dict()
+        else:
+            files = [Path(self.metadata_csv)]
+            if self.layout in ARCHIVE_LAYOUTS:
+                try:
+                    files += archive_paths(self.images)
+                except FileNotFoundError:
+                    pass  # no archive yet: the CSV alone
+            extra = None
+        stats = [(str(f), *_size_and_mtime(f)) for f in files]
+        return fingerprint(self.name, stats, extra)
 
     @classmethod
     def from_dict(cls, data: dict) -> DatasetEntry:
@@ -158,3 +178,11 @@ def load_catalog(
         DatasetEntry.from_dict(training) if training else base.training,
         tuple(DatasetEntry.from_dict(b) for b in benchmarks) if benchmarks else base.benchmarks,
     )
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return (-1, -1)
+    return stat.st_size, stat.st_mtime_ns

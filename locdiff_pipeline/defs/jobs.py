@@ -19,10 +19,12 @@ from dagster import (
     ExecuteInProcessResult,
     RunRequest,
     SensorEvaluationContext,
+    SkipReason,
     asset_sensor,
     define_asset_job,
     materialize,
     schedule,
+    sensor,
 )
 
 from locdiff_pipeline.defs.assets.evaluation import GROUP as EVALUATION
@@ -35,7 +37,7 @@ from locdiff_pipeline.defs.assets.model import GROUP as MODEL
 from locdiff_pipeline.defs.assets.model import locdiff_model
 from locdiff_pipeline.defs.checks import ALL_CHECKS
 from locdiff_pipeline.defs.partitions import BENCHMARKS, all_shards_tags
-from locdiff_pipeline.defs.resources import default_resources
+from locdiff_pipeline.defs.resources import DatasetsResource, default_resources
 
 ALL_ASSETS = [
     image_metadata,
@@ -97,6 +99,30 @@ def retrain_schedule(context) -> RunRequest:
 def evaluate_new_model(context: SensorEvaluationContext, asset_event):
     for benchmark in context.instance.get_dynamic_partitions(BENCHMARKS.name):
         yield RunRequest(run_key=f"{asset_event.run_id}:{benchmark}", partition_key=benchmark)
+
+
+@sensor(
+    job=train_job,
+    name="retrain_on_new_data",
+    minimum_interval_seconds=int(os.environ.get("LOCDIFF_DATA_SENSOR_INTERVAL", "300")),
+    default_status=DefaultSensorStatus.RUNNING
+    if os.environ.get("LOCDIFF_DATA_SENSOR") == "on"
+    else DefaultSensorStatus.STOPPED,
+    description=(
+        "Retrain when the training dataset's source files change (metadata CSV or archives: size and mtime), "
+        "besides the weekly schedule; LOCDIFF_DATA_SENSOR=on starts it on."
+    ),
+)
+def retrain_on_new_data(context: SensorEvaluationContext, datasets: DatasetsResource):
+    entry = datasets.get().training
+    current = entry.source_fingerprint(datasets.recipe())
+    if context.cursor is None:  # the first look: remember what is there, train nothing yet
+        context.update_cursor(current)
+        return SkipReason(f"watching {entry.name}: its source files are recorded")
+    if context.cursor == current:
+        return SkipReason(f"{entry.name}: source files unchanged")
+    context.update_cursor(current)
+    return RunRequest(run_key=f"{entry.name}:{current}", tags={**all_shards_tags(), "locdiff/trigger": "new data"})
 
 
 @dataclass
