@@ -508,3 +508,60 @@ def test_the_new_data_sensor_requests_a_run_when_training_files_change_and_not_o
     assert request.run_key.startswith("mine:") and request.tags["locdiff/trigger"] == "new data" and moved != cursor
     again, _ = tick(moved)
     assert isinstance(again, SkipReason)
+
+
+def test_mlflow_models_serve_answers_a_scoring_request(pipeline):
+    """`mlflow models serve -m models:/locdiff@champion` (the user's command, local environment, bound to
+    127.0.0.1) answers a real HTTP scoring request with predictions."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root, _, _ = pipeline
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+        "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}",  # as with the venv activated
+    }
+    server = subprocess.Popen(
+        [str(mlflow_cli), "models", "serve", "-m", "models:/locdiff@champion", "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "the model server did not come up"
+                time.sleep(1)
+        _champion_run(root)
+        embed_dim = json.loads(next((root / "warehouse" / "checkpoints").glob("*/model/config.json")).read_text())[
+            "config"
+        ]["embed_dim"]
+        rows = np.random.default_rng(1).normal(size=(2, embed_dim)).tolist()
+        body = json.dumps({"dataframe_split": {"columns": ["embedding"], "data": [[row] for row in rows]}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    predictions = answer["predictions"]
+    assert len(predictions) == 2 and all(-90 <= p["lat"] <= 90 and -180 <= p["lon"] <= 180 for p in predictions)
+    assert all(p["spread_km"] >= 0 for p in predictions)
