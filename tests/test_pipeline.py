@@ -161,6 +161,15 @@ def test_mlflow_run_and_registered_champion_exist(pipeline):
     assert len(client.get_metric_history(run.info.run_id, "loss")) >= 10  # per-step losses
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_score")] == [60]  # at its real step
     assert first.metadata("locdiff_model")["model_version"].value == 1
+    assert {item.path for item in client.list_artifacts(run.info.run_id, "reports")} == {
+        f"reports/{benchmark}" for benchmark in BENCHMARKS
+    }
+    inputs = run.inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == [bundled.BUNDLED] and inputs[0].tags[0].value == "training"
+    version = client.get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION)
+    assert bundled.BUNDLED in version.description and "NO pretrained weights" in version.description
+    assert client.get_registered_model(registry.REGISTERED_MODEL).description == registry.MODEL_DESCRIPTION
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.note.content"] == registry.EXPERIMENT_DESCRIPTION
 
 
 def test_the_registered_model_is_code_not_a_pickle_and_refuses_changed_files(pipeline, tmp_path):

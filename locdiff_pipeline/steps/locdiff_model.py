@@ -171,6 +171,7 @@ def train_and_register(
                 **owner_tags(),
             }
         )
+        registry.log_dataset_input(dataset, warehouse.partition_dir(EMBEDDINGS_TABLE, dataset=dataset), key)
         mlflow.log_params(
             {
                 **config.to_dict(),
@@ -228,6 +229,11 @@ def train_and_register(
             pip_requirements=_pip_requirements(),
         )
         registration = registry.register_and_promote(info.model_uri, run.info.run_id, score, digests)
+        registry.describe_version(
+            registration.version,
+            f"LocDiff trained on `{dataset}` (input fingerprint {key}); validation score {score:.4f} (mean of "
+            f"the five accuracies); test-time protocol: {protocol.describe()}. {encoder_note(encoder)}",
+        )
         mlflow.set_tag("registered_version", str(registration.version))
         mlflow.set_tag("champion_after_run", str(registration.champion_version))
     return TrainedModel(

@@ -57,8 +57,20 @@ def configure(tracking_uri: str | None = None, root: Path | None = None) -> str:
     return uri
 
 
+EXPERIMENT_DESCRIPTION = (
+    "LocDiff training runs: SHDD diffusion conditioned on frozen image embeddings. Each run logs its "
+    "parameters, per-step loss, validation accuracy at 1/25/200/750/2500 km and val_score (their mean), "
+    "the chosen test-time protocol, and registers a `locdiff` version; `champion` moves only to a better one."
+)
+MODEL_DESCRIPTION = (
+    "LocDiff image geolocation: serves lat, lon and spread_km from an image-encoder embedding. Each version "
+    "says which dataset, input fingerprint, validation score and encoder it has; the `champion` alias is "
+    "the best on validation. Versions trained without pretrained encoder weights say so."
+)
+
+
 def ensure_experiment(root: Path | None = None) -> str:
-    """The experiment id, creating it with its artifacts under mlruns/artifacts on first use."""
+    """The experiment id, creating it (described) with its artifacts under mlruns/artifacts on first use."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
@@ -66,7 +78,36 @@ def ensure_experiment(root: Path | None = None) -> str:
         return experiment.experiment_id
     artifacts = mlruns_dir(root) / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    return mlflow.create_experiment(
+        EXPERIMENT, artifact_location=artifacts.as_uri(), tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION}
+    )
+
+
+def log_dataset_input(name: str, location: Path, digest: str) -> None:
+    """Record the training dataset (its embeddings table in the warehouse) as the active run's input."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = resolve_dataset_source(Path(location).as_uri())
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context="training")
+
+
+def describe_version(version: int, text: str) -> None:
+    """Describe a registered version, and the registered model itself when it has no description yet."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if not client.get_registered_model(REGISTERED_MODEL).description:
+        client.update_registered_model(REGISTERED_MODEL, description=MODEL_DESCRIPTION)
+    client.update_model_version(REGISTERED_MODEL, str(version), description=text)
+
+
+def log_report(run_id: str, folder: Path, benchmark: str) -> None:
+    """Attach a benchmark's report files (accuracy.md, plots) to the training run that made the model."""
+    from mlflow import MlflowClient
+
+    MlflowClient().log_artifacts(run_id, str(folder), artifact_path=f"reports/{benchmark}")
 
 
 @dataclass

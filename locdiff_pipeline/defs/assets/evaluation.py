@@ -23,7 +23,13 @@ from locdiff_pipeline.defs.assets.features import clip_embeddings
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.assets.model import locdiff_model
 from locdiff_pipeline.defs.partitions import BENCHMARKS
-from locdiff_pipeline.defs.resources import DatasetsResource, EvaluationResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.defs.resources import (
+    DatasetsResource,
+    EvaluationResource,
+    MlflowResource,
+    TrainingResource,
+    WarehouseResource,
+)
 from locdiff_pipeline.method import metrics
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.method.model import LocDiffModel
@@ -40,6 +46,7 @@ from locdiff_pipeline.steps.contamination import (
 from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
 from locdiff_pipeline.steps.predictions import METHODS, PREDICTIONS_VERSION, predict_benchmark
+from locdiff_pipeline.tracking import registry
 
 GROUP = "evaluation"
 ALL_SHARDS = AllPartitionMapping()  # a benchmark's partition reads every shard of the data stages
@@ -186,7 +193,9 @@ def predictions(
         "calibration and density maps."
     ),
 )
-def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+def accuracy_report(
+    context: AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
+) -> MaterializeResult:
     store = warehouse.get()
     benchmark = context.partition_key
     latest = read_latest(store)
@@ -202,6 +211,8 @@ def accuracy_report(context: AssetExecutionContext, warehouse: WarehouseResource
         "the training set's densest location.",
     ]
     bundle = build_report(store, benchmark, latest["version"], notes)
+    registry.configure(mlflow.uri(), root=warehouse.project_root())
+    registry.log_report(latest["run_id"], bundle.folder, benchmark)  # the files beside the run that made the model
     context.log.info("\n" + report_sql.text_table(bundle.rows) + "\n" + "\n".join(notes))
     pictures = {
         name.removesuffix(".png"): MetadataValue.md(
