@@ -181,8 +181,15 @@ def train_and_register(
             }
         )
 
+        validated_at: set[int] = set()
+
         def log_step(step: int, record: dict[str, float]) -> None:
-            mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "step"}, step=step)
+            values = {k: float(v) for k, v in record.items() if k != "step"}
+            if all(f"val_{metrics.accuracy_column(t)}" in values for t in metrics.THRESHOLDS_KM):
+                scores = {k.removeprefix("val_"): v for k, v in values.items()}
+                values[registry.VALIDATION_METRIC] = metrics.validation_score(scores)  # a curve, not one point
+                validated_at.add(step)
+            mlflow.log_metrics(values, step=step)
             if log is not None:
                 log(step, record)
 
@@ -197,10 +204,10 @@ def train_and_register(
             log_every=max(1, config.steps // 50),
         )
         score = metrics.validation_score(result.validation)
+        final = {f"val_{k}": float(v) for k, v in result.validation.items()} | {registry.VALIDATION_METRIC: score}
         mlflow.log_metrics(
             {
-                **{f"val_{k}": float(v) for k, v in result.validation.items()},
-                registry.VALIDATION_METRIC: score,
+                **({} if config.steps in validated_at else final),  # each metric once per step
                 "train_seconds": result.seconds,
             },
             step=config.steps,
