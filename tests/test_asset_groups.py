@@ -38,7 +38,7 @@ def project(tmp_path_factory):
             L=4, shdd_degrees=[4], steps=20, batch_size=32, hidden_dims=[32], timesteps=20, sample_steps=3
         ),
         "evaluation": EvaluationResource(regression_steps=20, chance_draws=2),
-        "mlflow": MlflowResource(),
+        "mlflow": MlflowResource(ui_url="http://127.0.0.1:5000"),  # links in the metadata
     }
     return root, resources, DagsterInstance.ephemeral()
 
@@ -76,7 +76,12 @@ def test_features_group(project):
 
 def test_model_group(project):
     result = _materialize_group(project, "model")
-    assert result.asset_materializations_for_node("locdiff_model")[0].metadata["model_version"].value == 1
+    metadata = result.asset_materializations_for_node("locdiff_model")[0].metadata
+    assert metadata["model_version"].value == 1
+    run_id = metadata["mlflow_run_id"].value
+    assert metadata["mlflow_run"].url.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert metadata["mlflow_run"].url.endswith(f"/runs/{run_id}")
+    assert metadata["registered_version"].url == "http://127.0.0.1:5000/#/models/locdiff/versions/1"
 
 
 def test_evaluation_group_for_one_benchmark(project):

@@ -168,9 +168,23 @@ class MlflowResource(ConfigurableResource):
     SQLite backend under mlruns/ (what `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` shows)."""
 
     tracking_uri: str = ""
+    ui_url: str = os.environ.get("LOCDIFF_MLFLOW_UI", "")  # e.g. http://127.0.0.1:5000: links in Dagster
 
     def uri(self) -> str | None:
         return self.tracking_uri or None
+
+    def links(self, run_id: str, version: int) -> dict[str, str]:
+        """Links to the run and the registered version in the MLflow UI, when its address is configured."""
+        if not self.ui_url:
+            return {}
+        import mlflow as mlflow_api
+
+        experiment = mlflow_api.get_run(run_id).info.experiment_id
+        base = self.ui_url.rstrip("/")
+        return {
+            "mlflow_run": f"{base}/#/experiments/{experiment}/runs/{run_id}",
+            "registered_version": f"{base}/#/models/locdiff/versions/{version}",
+        }
 
 
 def default_resources() -> dict:

@@ -75,5 +75,6 @@ def locdiff_model(
             "cached": trained.cached,
             "train_seconds": round(trained.seconds, 1),
             "encoder_note": encoder_note(trained.encoder),
+            **{name: MetadataValue.url(url) for name, url in mlflow.links(trained.run_id, trained.version).items()},
         }
     )
