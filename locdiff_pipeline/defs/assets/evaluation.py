@@ -168,6 +168,7 @@ def predictions(
     return MaterializeResult(
         metadata={
             "rows": rows,
+            "dagster/row_count": rows,
             "model_version": version,
             "training_dataset": training_dataset,
             "images_scored": scored.images,

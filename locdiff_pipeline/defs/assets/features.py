@@ -67,6 +67,7 @@ def clip_embeddings(
         metadata={
             "shards": span(context.partition_keys),
             "rows": sum(s["rows"] for s in summaries),
+            "dagster/row_count": sum(s["rows"] for s in summaries),
             "encoder": identity["label"],
             "encoder_pretrained": identity["is_pretrained"],
             "encoder_note": encoder_note(identity),

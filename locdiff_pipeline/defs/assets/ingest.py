@@ -91,6 +91,7 @@ def images(
         metadata={
             "shards": span(context.partition_keys),
             "accepted": sum(r.accepted for r in per_dataset.values()),
+            "dagster/row_count": sum(r.accepted for r in per_dataset.values()),
             "rejected": sum(r.rejected for r in per_dataset.values()),
             "splits": MetadataValue.json({name: dict(r.splits) for name, r in per_dataset.items()}),
             "rejected_by_reason": MetadataValue.md(
