@@ -1,6 +1,6 @@
 """Ablation on the bundled data: SHDD-KL (both directions, three temperatures) vs SHDD-MSE vs raw xyz.
 
-    python benchmarks/ablation.py [--steps 3000] [--root /tmp/locdiff-ablation] [--count 3000]
+    python benchmarks/ablation.py [--steps 3000] [--root /tmp/locdiff-ablation] [--count 3000] [--only tau]
 
 Materializes the cached upstream assets (ingest, embeddings, SHDD tables) of the bundled catalog in
 --root, then trains six variants (SHDD with the KL loss in both directions and at three temperatures,
@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--L", type=int, default=20)
     parser.add_argument("--encoder", default="ViT-S-32")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only the variants whose name contains one of these strings"
+    )
     args = parser.parse_args()
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -79,6 +82,8 @@ def main() -> None:
         + f" {'median km':>10} {'train s':>8}"
     )
     lines = [header, "-" * len(header)]
+    if args.only:
+        variants = {name: config for name, config in variants.items() if any(key in name for key in args.only)}
     for name, config in variants.items():
         embeddings, targets, _ = training_data(store, dataset, config)
         started = time.perf_counter()

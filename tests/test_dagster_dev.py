@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from locdiff_pipeline.defs.instance import prepare_dagster_home
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 EXPECTED_ASSETS = {
     "image_metadata",
@@ -47,8 +49,7 @@ def _graphql(port: int, query: str) -> dict:
 @pytest.fixture
 def dagster_dev(tmp_path):
     port = _free_port()
-    home = tmp_path / "dagster_home"
-    home.mkdir()
+    home = prepare_dagster_home(tmp_path)  # the project's dagster.yaml, as `locdiff run` writes it
     # a small configuration through the resources' environment variables, for the backfill test
     env = {
         **os.environ,
@@ -112,7 +113,8 @@ def test_dagster_dev_serves_the_asset_graph_and_stops_by_pid(dagster_dev):
         for repo in sensors["data"]["repositoriesOrError"]["nodes"]
         for s in repo["sensors"]
     }
-    assert states == {"evaluate_new_model": "RUNNING"}
+    assert states == {"evaluate_new_model": "RUNNING", "retrain_on_new_data": "STOPPED"}  # the new-data one: opt-in
+    assert "Telemetry" not in log.read_text()
     os.kill(process.pid, signal.SIGTERM)
     assert process.wait(timeout=30) is not None
 

@@ -124,6 +124,7 @@ def test_the_chosen_protocol_is_the_best_validation_candidate_and_never_below_th
     row = next(row for row in grid if (row["rule"], row["views"], row["plain_weight"]) == chosen)
     assert row["score"] == best and row["eligible"]
     assert all(r["gain_over_plain"] > 2 * r["gain_standard_error"] for r in grid if r["eligible"] and r["views"] > 1)
+    assert all(type(r["eligible"]) is bool for r in grid)  # plain JSON in protocol_choice.json, not "False"
 
 
 def _candidate(views: int, per_image: list[float]) -> tuple[dict, np.ndarray]:

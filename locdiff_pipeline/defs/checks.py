@@ -31,8 +31,12 @@ IN_RUN = "list_contains($1, dataset) AND list_contains($2, shard)"
 
 
 def _row(warehouse: WarehouseResource, sql: str, parameters: list) -> tuple:
-    with report_sql.in_memory_views(warehouse.get()) as con:
-        return con.execute(sql, parameters).fetchall()[0]
+    return _rows(warehouse, sql, parameters)[0]
+
+
+def _rows(warehouse: WarehouseResource, sql: str, parameters: list) -> list[tuple]:
+    with report_sql.in_memory_views(warehouse.get()) as con:  # never the database file: checks run in parallel
+        return con.execute(sql, parameters).fetchall()
 
 
 def _in_run(context: AssetCheckExecutionContext, datasets: DatasetsResource) -> list:
@@ -268,10 +272,16 @@ def model_beats_chance_and_champion(context: AssetCheckExecutionContext) -> Asse
 
 @asset_check(asset=accuracy_report, description="The benchmark's report has a row for every method.")
 def report_has_every_method(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-    store = warehouse.get()
-    version = read_latest(store)["version"]
-    rows = report_sql.accuracy_table(store, dataset=context.partition_key, model_version=version)
-    missing = sorted(set(METHODS) - {row["method"] for row in rows})
+    version = read_latest(warehouse.get())["version"]
+    rows = _rows(
+        warehouse,
+        "SELECT method FROM accuracy WHERE dataset = $1 AND model_version = $2",
+        [
+            context.partition_key,
+            version,
+        ],
+    )
+    missing = sorted(set(METHODS) - {method for (method,) in rows})
     return AssetCheckResult(passed=not missing, metadata={"rows": len(rows), "missing_methods": missing})
 
 

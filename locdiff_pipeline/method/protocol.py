@@ -39,7 +39,7 @@ class Protocol:
 
     def describe(self) -> str:
         weight = "" if self.views == 1 or self.plain_weight is None else f", plain view {self.plain_weight:g}"
-        return f"{self.rule} of {self.views} views{weight}"
+        return f"{self.rule} of {self.views} view{'s' if self.views > 1 else ''}{weight}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,5 +99,5 @@ def select(grid: list[dict], per_image: list[np.ndarray]) -> dict:
         gain = scores - per_image[plain]
         error = float(np.std(gain, ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
         row["gain_over_plain"], row["gain_standard_error"] = float(gain.mean()), error
-        row["eligible"] = row["views"] == 1 or gain.mean() > MARGIN_STANDARD_ERRORS * error
+        row["eligible"] = bool(row["views"] == 1 or gain.mean() > MARGIN_STANDARD_ERRORS * error)
     return max((row for row in grid if row["eligible"]), key=preference)

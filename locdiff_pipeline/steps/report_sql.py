@@ -7,6 +7,7 @@ the user's own DuckDB session (README), against the views in warehouse/locdiff.d
 from __future__ import annotations
 
 import glob
+import time
 
 import duckdb
 
@@ -14,6 +15,7 @@ from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method.metrics import THRESHOLDS_KM, accuracy_column
 
 DATABASE = "locdiff.duckdb"
+LOCK_WAIT_SECONDS = 120.0  # how long a run waits for another process to close the database file
 TOP_PREFIX = "top5_"  # accuracy of the best of a method's five ranked answers
 REPORTS = "reports"
 
@@ -75,10 +77,21 @@ ORDER BY dataset, model_version, method
 """
 
 
-def connect(warehouse: Warehouse, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """The warehouse's DuckDB database (views over the Parquet tables)."""
+def connect(
+    warehouse: Warehouse, read_only: bool = False, wait_seconds: float = LOCK_WAIT_SECONDS
+) -> duckdb.DuckDBPyConnection:
+    """The warehouse's DuckDB database (views over the Parquet tables). DuckDB lets one process at a time
+    open the file: runs of different benchmarks (one partition each, in parallel) take turns, each
+    holding it for the few statements it runs, so a busy file is waited for, up to `wait_seconds`."""
     warehouse.root.mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(str(warehouse.root / DATABASE), read_only=read_only)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return duckdb.connect(str(warehouse.root / DATABASE), read_only=read_only)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def create_views(warehouse: Warehouse) -> list[str]:
