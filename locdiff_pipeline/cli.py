@@ -3,6 +3,7 @@
 locdiff run                      materialize every asset on the bundled data, print the accuracy table
 locdiff predict --model models:/locdiff@champion IMAGE [IMAGE ...]
 locdiff report                   the accuracy table of the latest run (DuckDB over the warehouse)
+locdiff dev                      `dagster dev` on the project's Dagster instance (stops on SIGTERM)
 
 An error a person sees is one line naming the input and the reason (exit status 2); --debug shows the
 traceback instead.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -149,6 +151,24 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev(args: argparse.Namespace) -> int:
+    """Replace this process with `dagster dev` on the project's instance (.dagster_home), with SIGINT's
+    default handling restored first. Why: `dagster dev` handles SIGTERM with whatever handles SIGINT, and a
+    shell starts a background job (`dagster dev &` in a script, a CI step) with SIGINT ignored, so such a
+    `dagster dev` and its four child processes ignored SIGTERM for ever; restored, they stop within seconds."""
+    from locdiff_pipeline.data.paths import project_root
+    from locdiff_pipeline.defs.instance import prepare_dagster_home
+
+    env = {**os.environ, "DAGSTER_HOME": os.environ.get("DAGSTER_HOME") or str(prepare_dagster_home(project_root()))}
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    command = [dagster, "dev", "-m", "locdiff_pipeline.definitions", "-h", args.host, "-p", str(args.port)]
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # kept across exec: the new Python installs its handler
+    sys.stdout.flush()
+    extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
+    os.execve(dagster, command + extra, env)
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locdiff", description="LocDiff image geolocation pipeline")
     common = argparse.ArgumentParser(add_help=False)
@@ -205,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser("report", help="print the accuracy table from the warehouse", parents=[common])
     rep.add_argument("--dataset", default=None)
     rep.set_defaults(handler=_report)
+    dev = commands.add_parser(
+        "dev", help="start the Dagster UI (dagster dev) on this project's instance; SIGTERM or Ctrl-C stops it"
+    )
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="further `dagster dev` options, after --")
+    dev.set_defaults(handler=_dev, debug=False)
     return parser
 
 

@@ -2,9 +2,8 @@
 
 Its dagster.yaml turns telemetry off (an offline tool; Dagster otherwise prints its notice on every fresh
 run). Runs whose process died are failed by the next `locdiff run` (`jobs.fail_abandoned_runs`); Dagster's
-own run monitoring is left off: with the default run launcher it only times out runs that never start,
-and with it on, `dagster dev` took over 30 s to stop on SIGTERM on a loaded 2-core machine (the cause was
-not isolated from the load).
+own run monitoring is left off: with the default run launcher it only times out runs that never start.
+(`dagster dev` outliving SIGTERM was not this file: it was SIGINT ignored by a background job; `locdiff dev`.)
 A dagster.yaml the user wrote is never replaced.
 """
 
