@@ -12,6 +12,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -83,7 +84,19 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
         "locdiff/dataset": datasets.training_name(),
         "locdiff/encoder": encoder.model_name + ("" if encoder.checkpoint else f"@seeded-init-{encoder.seed}"),
     }
-    result = materialize_all(resources, instance=instance, raise_on_error=False, tags=run_tags)
+    from locdiff_pipeline.steps.progress import terminal_bars
+
+    bars = _wants_bars()
+    if bars:  # live bars instead of the run log's lines; the log keeps every event (the UI shows it)
+        print("progress bars below; the full run log: `locdiff dev`, or LOCDIFF_PROGRESS=off", file=sys.stderr)
+    with terminal_bars() if bars else contextlib.nullcontext():
+        result = materialize_all(
+            resources,
+            instance=instance,
+            raise_on_error=False,
+            tags=run_tags,
+            console_level="WARNING" if bars else None,
+        )
     seconds = time.perf_counter() - started
     evaluations = result.get_asset_check_evaluations()
     failed = [e.check_name for e in evaluations if not e.passed and e.severity.value == "ERROR"]
@@ -113,6 +126,12 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
         print(f"asset checks failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _wants_bars() -> bool:
+    """Live progress bars when stderr is a terminal; LOCDIFF_PROGRESS=bars or =off overrides."""
+    setting = os.environ.get("LOCDIFF_PROGRESS", "auto")
+    return setting == "bars" or (setting == "auto" and sys.stderr.isatty())
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
+from locdiff_pipeline.data.image_encoder import ImageEncoder, recorded_encoder
 from locdiff_pipeline.data.image_io import ImageDecodeError, read_image_file
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
@@ -49,23 +49,8 @@ def resolve_model(reference: str) -> Path:
 
 
 def encoder_for(model: LocDiffModel, checkpoint: str | None, device) -> ImageEncoder:
-    """The encoder the model was trained with; a pretrained one needs its checkpoint file, checked by hash."""
-    recorded = model.encoder
-    if not recorded:
-        raise ValueError("the model records no image encoder; it cannot embed images")
-    if recorded.get("is_pretrained") and checkpoint is None:
-        raise ValueError(
-            f"the model was trained on {recorded['label']}: pass that encoder checkpoint (--encoder-checkpoint PATH)"
-        )
-    encoder = ImageEncoder(
-        EncoderSpec(
-            recorded["model_name"], checkpoint if recorded.get("is_pretrained") else None, int(recorded.get("seed", 0))
-        ),
-        device=device,
-    )
-    if encoder.identity.label != recorded["label"]:
-        raise ValueError(f"encoder {encoder.identity.label} does not match the model's {recorded['label']}")
-    return encoder
+    """The encoder the model was trained with (`recorded_encoder`)."""
+    return recorded_encoder(model.encoder, checkpoint, device)
 
 
 def predict(

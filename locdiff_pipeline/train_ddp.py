@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden_dims))
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--force", action="store_true", help="train even if a finished run of the same inputs exists")
+    parser.add_argument(
+        "--encoder-checkpoint",
+        help="the pretrained encoder's weights the embeddings came from, logged so the served model embeds images",
+    )
     args = parser.parse_args(argv)
     store = Warehouse(warehouse_dir())
     manifest = shards.manifest(store, EMBEDDINGS_TABLE, args.dataset)
@@ -49,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         embed_dim=manifest["encoder"]["embed_dim"],
     )
-    trained = train_and_register(store, args.dataset, config, force=args.force)
+    trained = train_and_register(
+        store, args.dataset, config, force=args.force, encoder_checkpoint=args.encoder_checkpoint
+    )
     world = distributed.current_world()
     if world.is_main and trained is not None:
         write_latest(store, trained, args.dataset)

@@ -3,8 +3,13 @@ projects: a group needs only what the groups before it wrote."""
 
 from __future__ import annotations
 
+import base64
+import io
+import re
+
 import pytest
 from dagster import AssetCheckSeverity, AssetSelection, DagsterInstance, materialize
+from PIL import Image
 
 from locdiff_pipeline.data import bundled
 from locdiff_pipeline.definitions import defs
@@ -17,6 +22,7 @@ from locdiff_pipeline.defs.resources import (
     TrainingResource,
     WarehouseResource,
 )
+from locdiff_pipeline.steps.figures import DIALOG_WIDTH_PX
 from locdiff_pipeline.steps.predictions import METHODS
 
 GROUP_ASSETS = {
@@ -92,6 +98,11 @@ def test_evaluation_group_for_one_benchmark(project):
     assert metadata["dagster/row_count"].value == len(METHODS)
     assert 0.0 <= metadata["locdiff acc_750km"].value <= 1.0 and metadata["chance median_km"].value > 0
     reports = project[0] / "warehouse" / "reports"
+    for name in ("error_cdf", "error_map", "calibration", "density_maps"):  # pictures fit the metadata dialog
+        encoded = re.search(r"base64,([A-Za-z0-9+/=]+)\)", metadata[name].value)[1]
+        shown = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        full = Image.open(reports / bundled.SHIFTED / "v1" / f"{name}.png")
+        assert shown.width <= DIALOG_WIDTH_PX and abs(shown.height / shown.width - full.height / full.width) < 0.01
     assert (reports / bundled.SHIFTED / "v1" / "accuracy.md").is_file() and not (reports / bundled.HELDOUT).exists()
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -239,4 +240,27 @@ def test_a_backfill_runs_each_shard_as_its_own_run_then_training_then_the_sensor
     )["data"]["assetOrError"]["assetMaterializations"]
     trained_at = max(float(e["timestamp"]) / 1000 for e in model)  # the sensor reacts to the materialization
     assert all(r["startTime"] >= trained_at for r in evaluations)  # (the training run's checks may still run)
+    _the_browser_shows_the_graph_and_the_report(port)
     _stop(process, port)
+
+
+def _the_browser_shows_the_graph_and_the_report(port: int) -> None:
+    """What a user sees, in a real browser (Debian's chromium): the asset graph draws every asset, and
+    accuracy_report's page shows the accuracy table with its rows (not a "[Show Markdown]" link)."""
+    sys.path.insert(0, str(REPOSITORY / "scripts"))
+    import ui_browser
+
+    if not ui_browser.chromium_available():
+        assert os.environ.get("LOCDIFF_REQUIRE_BROWSER") != "1", f"no chromium at {ui_browser.CHROMIUM}"
+        warnings.warn(
+            f"no chromium at {ui_browser.CHROMIUM}: the browser check did not run (.ci/run installs it)", stacklevel=2
+        )
+        return
+    base = f"http://127.0.0.1:{port}"
+    with ui_browser.browser_page() as page:
+        drawn = ui_browser.open_asset_graph(page, base, sorted(EXPECTED_ASSETS))
+        assert {name for name in EXPECTED_ASSETS if name not in drawn} == set()
+        ui_browser.open_asset(page, base, "accuracy_report", "etopo_shift", wait_for="accuracy_table")
+        table = page.locator("table").filter(has_text="acc_750km").last  # the innermost: the accuracy table
+        cells = {text.strip() for text in table.locator("td").all_inner_texts()}
+        assert {"locdiff", "locdiff/plain", "chance", "constant", "knn"} <= cells, sorted(cells)[:20]

@@ -7,6 +7,7 @@ to the catalog: only its own work is done, and its contamination is found and ca
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -106,6 +107,26 @@ def test_every_stage_wrote_its_rows(pipeline):
     assert len(evaluations) == 7 + 1 + 3 * len(BENCHMARKS)
 
 
+def test_a_run_over_every_shard_describes_each_shard_on_its_own(pipeline):
+    """One run covers all shards; each shard's Partitions view still gets that shard's own counts (an
+    observation per shard), which add up to the run's totals and match the rows written per shard."""
+    root, instance, _ = pipeline
+    images = _table(root, "images").to_pandas()
+    images["shard"] = images["shard"].map(lambda number: f"{int(number):03d}")  # the partition key
+    for asset_name in ("images", "clip_embeddings", "shdd_tables"):
+        records = instance.fetch_observations(AssetKey(asset_name), limit=1000).records
+        by_shard = {r.partition_key: r.asset_observation.metadata for r in records}
+        assert set(by_shard) == set(images["shard"].unique()) and len(by_shard) > 1, asset_name
+        assert all(m["shard"].value == shard for shard, m in by_shard.items())
+    observed = instance.fetch_observations(AssetKey("images"), limit=1000).records
+    accepted = {r.partition_key: r.asset_observation.metadata["accepted"].value for r in observed}
+    assert accepted == images.groupby("shard").size().to_dict()
+    embedded = _table(root, "embeddings").to_pandas().groupby("shard").size()
+    embedded = {f"{int(number):03d}": int(count) for number, count in embedded.items()}
+    observed = instance.fetch_observations(AssetKey("clip_embeddings"), limit=1000).records
+    assert {r.partition_key: r.asset_observation.metadata["dagster/row_count"].value for r in observed} == embedded
+
+
 def test_the_chosen_protocol_is_never_worse_than_the_plain_view_on_validation(pipeline):
     root, _, _ = pipeline
     tracking_run = _champion_run(root)
@@ -186,12 +207,29 @@ def test_the_registered_model_is_code_not_a_pickle_and_refuses_changed_files(pip
     flavour = yaml.safe_load((Path(location) / "MLmodel").read_text())["flavors"]["python_function"]
     assert flavour["model_code_path"].endswith("pyfunc_code.py") and "python_model" not in flavour
     model = mlflow.pyfunc.load_model(location)
-    assert model.metadata.get_input_schema().input_names() == ["embedding"]
-    assert model.metadata.get_output_schema().input_names() == ["lat", "lon", "spread_km"]
+    assert model.metadata.get_input_schema().input_names() == ["image", "path", "embedding"]
+    assert model.metadata.get_output_schema().input_names()[:3] == ["lat", "lon", "spread_km"]
+    assert {p.name for p in model.metadata.get_params_schema().params} == {"samples", "top_k"}
+    example = model.metadata.load_input_example(location)  # one real image of the dataset, as bytes
+    assert list(example.columns) == ["image"]
+    stored = example["image"][0]  # bytes, or their base64 text as JSON keeps them
+    image_bytes = stored if isinstance(stored, bytes) else base64.b64decode(stored)
+    assert Image.open(io.BytesIO(image_bytes)).size[0] > 0
     embed_dim = LocDiffModel.load(next(Path(location).rglob("weights.pt")).parent).config.embed_dim
     frame = pd.DataFrame({"embedding": list(np.random.default_rng(0).normal(size=(3, embed_dim)))})
     served = model.predict(frame)
     assert list(served.columns) == ["lat", "lon", "spread_km"] and served["lat"].between(-90, 90).all()
+    image_file = tmp_path / "example.png"
+    image_file.write_bytes(image_bytes)
+    by_bytes = model.predict(example, params={"top_k": 3})
+    by_path = model.predict(pd.DataFrame({"path": [str(image_file)]}), params={"top_k": 3})
+    assert np.allclose(by_bytes[["lat", "lon"]].values, by_path[["lat", "lon"]].values)  # same image, same answer
+    probability = np.asarray(by_bytes["top_probability"][0])
+    assert len(by_bytes["top_lat"][0]) == 3 and probability[0] == probability.max() and probability.sum() <= 1 + 1e-9
+    with pytest.raises(ValueError, match="row 0: .*not a recognised image format"):
+        model.predict(pd.DataFrame({"image": [b"not an image"]}))
+    with pytest.raises(ValueError, match="give exactly one of"):
+        model.predict(pd.DataFrame({"path": [str(image_file)], "image": [image_bytes]}))
     (weights,) = Path(location).rglob("weights.pt")
     weights.write_bytes(weights.read_bytes() + b"x")
     with pytest.raises(registry.ModelReferenceError, match="weights.pt .* changed since registration"):
@@ -567,12 +605,15 @@ def test_mlflow_models_serve_answers_a_scoring_request(pipeline):
             "config"
         ]["embed_dim"]
         rows = np.random.default_rng(1).normal(size=(2, embed_dim)).tolist()
-        body = json.dumps({"dataframe_split": {"columns": ["embedding"], "data": [[row] for row in rows]}}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        image = _table(root, "images").slice(0, 1)["image_bytes"][0].as_py()
+        by_vector = _score(port, {"dataframe_split": {"columns": ["embedding"], "data": [[row] for row in rows]}})
+        by_image = _score(
+            port,
+            {
+                "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image).decode()]]},
+                "params": {"top_k": 2},
+            },
         )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -580,6 +621,25 @@ def test_mlflow_models_serve_answers_a_scoring_request(pipeline):
         except subprocess.TimeoutExpired:  # a loaded machine: what is under test is the answer, not the exit
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
-    predictions = answer["predictions"]
-    assert len(predictions) == 2 and all(-90 <= p["lat"] <= 90 and -180 <= p["lon"] <= 180 for p in predictions)
-    assert all(p["spread_km"] >= 0 for p in predictions)
+    predictions = by_vector["predictions"] + by_image["predictions"]
+    assert len(predictions) == 3 and all(-90 <= p["lat"] <= 90 and -180 <= p["lon"] <= 180 for p in predictions)
+    assert all(p["spread_km"] >= 0 for p in predictions) and len(predictions[2]["top_lat"]) == 2
+    served_locally = mlflow.pyfunc.load_model("models:/locdiff@champion").predict(
+        pd.DataFrame({"image": [image]}), params={"top_k": 2}
+    )
+    assert np.allclose([predictions[2]["lat"], predictions[2]["lon"]], served_locally[["lat", "lon"]].values[0])
+
+
+def _score(port: int, request: dict) -> dict:
+    """POST a scoring request; an HTTP error fails with the server's own message."""
+    import urllib.error
+    import urllib.request
+
+    posted = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", json.dumps(request).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(posted, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise AssertionError(f"HTTP {error.code}: {error.read().decode()[:2000]}") from None

@@ -24,3 +24,20 @@ def test_big_jumps_report_once_and_an_empty_step_says_nothing():
     silent: list[str] = []
     Progress("nothing", 0, silent.append).advance(5)
     assert silent == []
+
+
+def test_inside_terminal_bars_each_progress_draws_a_live_bar_that_ends_full():
+    import io
+
+    from locdiff_pipeline.steps.progress import terminal_bars
+
+    screen, said = io.StringIO(), []
+    with terminal_bars(screen):
+        progress = Progress("embedding", 50, said.append, unit="images")
+        for _ in range(50):
+            progress.advance()
+    Progress("after", 10, said.append).advance(10)  # outside the block: no bar
+    drawn = screen.getvalue()
+    assert "embedding" in drawn and "50/50" in drawn and "100%" in drawn and "images/s" in drawn
+    assert "after" not in drawn
+    assert len(said) == 11  # the log still gets every tenth

@@ -164,3 +164,21 @@ def _augmentation(preprocess, flips: bool):
             normalize,
         ]
     )
+
+
+def recorded_encoder(recorded: dict | None, checkpoint: str | None, device) -> ImageEncoder:
+    """The encoder a model records it was trained with (its `encoder` metadata), rebuilt: a seeded init from
+    its seed; a pretrained one needs its checkpoint file, whose hash must match the record."""
+    if not recorded:
+        raise ValueError("the model records no image encoder; it cannot embed images")
+    if recorded.get("is_pretrained") and checkpoint is None:
+        raise ValueError(
+            f"the model was trained on {recorded['label']}: pass that encoder checkpoint (--encoder-checkpoint PATH)"
+        )
+    spec = EncoderSpec(
+        recorded["model_name"], checkpoint if recorded.get("is_pretrained") else None, int(recorded.get("seed", 0))
+    )
+    encoder = ImageEncoder(spec, device=device)
+    if encoder.identity.label != recorded["label"]:
+        raise ValueError(f"encoder {encoder.identity.label} does not match the model's {recorded['label']}")
+    return encoder

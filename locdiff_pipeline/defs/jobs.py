@@ -158,12 +158,15 @@ def materialize_all(
     selection=None,
     raise_on_error: bool = True,
     tags: dict[str, str] | None = None,
+    console_level: str | None = None,
 ) -> GraphRun:
     """The graph in process, with its checks, as the named jobs: one `locdiff_train` run of ingest, features
     and training over every shard, then one `locdiff_evaluate` run per benchmark of the catalog (what
     `dagster dev`'s backfill and sensor do). With `selection`, only that selection of the training side
-    (an ad-hoc run). Resources not given take their defaults; `tags` go on every run."""
+    (an ad-hoc run). Resources not given take their defaults; `tags` go on every run; `console_level`
+    (e.g. WARNING) quiets the terminal's copy of the run log (the instance keeps every event)."""
     resources = {**default_resources(), **resources}
+    run_config = {"loggers": {"console": {"config": {"log_level": console_level}}}} if console_level else None
     instance = instance or DagsterInstance.ephemeral()
     training_tags = {**all_shards_tags(), **(tags or {})}
     if selection is not None:
@@ -175,13 +178,14 @@ def materialize_all(
             selection=selection,
             tags=training_tags,
             raise_on_error=raise_on_error,
+            run_config=run_config,
         )
         return GraphRun([run])
     definitions = Definitions(
         assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[train_job, evaluate_job], resources=resources
     )
     first = definitions.resolve_job_def(train_job.name).execute_in_process(
-        instance=instance, tags=training_tags, raise_on_error=raise_on_error
+        instance=instance, tags=training_tags, raise_on_error=raise_on_error, run_config=run_config
     )
     results = [first]
     if first.success:
@@ -189,7 +193,11 @@ def materialize_all(
         for benchmark in resources["datasets"].get().benchmark_names:
             results.append(
                 evaluate.execute_in_process(
-                    instance=instance, partition_key=benchmark, tags=tags, raise_on_error=raise_on_error
+                    instance=instance,
+                    partition_key=benchmark,
+                    tags=tags,
+                    raise_on_error=raise_on_error,
+                    run_config=run_config,
                 )
             )
     return GraphRun(results)

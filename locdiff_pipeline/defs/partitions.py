@@ -8,7 +8,7 @@ the dataset catalog, so adding one to the catalog adds a partition (and only its
 reloading the code, and the UI shows each benchmark's predictions and report on their own.
 """
 
-from dagster import DynamicPartitionsDefinition, StaticPartitionsDefinition
+from dagster import AssetExecutionContext, AssetObservation, DynamicPartitionsDefinition, StaticPartitionsDefinition
 
 from locdiff_pipeline.data import shards
 
@@ -31,3 +31,14 @@ def all_shards_tags() -> dict[str, str]:
 def span(keys: list[str]) -> str:
     """'001', or '000...003' for a run over a range of shards (for logs and metadata)."""
     return keys[0] if len(keys) == 1 else f"{keys[0]}...{keys[-1]}"
+
+
+def observe_each_shard(context: AssetExecutionContext, per_shard: dict[str, dict]) -> None:
+    """In a run over a range of shards, one observation per shard with that shard's own figures (its
+    Partitions view then describes it). Why: Dagster gives every partition of a range run the same
+    materialization metadata (the run's totals), and takes no per-partition metadata (dagster#18123).
+    A one-shard run's materialization already describes its shard."""
+    if len(context.partition_keys) < 2:
+        return
+    for shard, metadata in per_shard.items():
+        context.log_event(AssetObservation(asset_key=context.asset_key, partition=shard, metadata=metadata))

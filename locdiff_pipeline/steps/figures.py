@@ -157,3 +157,20 @@ def density_maps_png(panels: list[dict], title: str, background: Path | None = N
     axes.flat[0].legend(loc="lower left", fontsize=7)
     figure.suptitle(title, fontsize=10)
     return _png(figure)
+
+
+DIALOG_WIDTH_PX = 720  # what Dagster's metadata dialog shows without clipping
+
+
+def fit_width(png: bytes, width: int = DIALOG_WIDTH_PX) -> bytes:
+    """The PNG scaled down to at most `width` pixels wide (aspect kept), for a UI that shows it at its
+    natural size; the full-size file stays in the report folder."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        if image.width <= width:
+            return png
+        height = round(image.height * width / image.width)
+        out = io.BytesIO()
+        image.resize((width, height), Image.Resampling.LANCZOS).save(out, format="PNG", optimize=True)
+        return out.getvalue()

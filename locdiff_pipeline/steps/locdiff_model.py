@@ -105,9 +105,12 @@ def train_and_register(
     log=None,
     force: bool = False,
     tracking_uri: str | None = None,
+    encoder_checkpoint: str | None = None,
 ) -> TrainedModel | None:
     """Train (or reuse the finished run of the same inputs), log to MLflow and register. Under torchrun
-    every rank calls this; rank 0 returns the TrainedModel, the other ranks None."""
+    every rank calls this; rank 0 returns the TrainedModel, the other ranks None. `encoder_checkpoint`
+    (the pretrained encoder's weights, when the embeddings came from one) is logged with the served model
+    so that it can embed images; without it that model takes embeddings only."""
     embeddings_manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, dataset)
     shdd_manifest = shards.manifest(warehouse, SHDD_TABLE, dataset, L=config.L)
     if embeddings_manifest is None or (config.representation == "shdd" and shdd_manifest is None):
@@ -227,12 +230,20 @@ def train_and_register(
         from locdiff_pipeline.tracking import pyfunc_model
 
         digests = registry.checkpoint_digests(checkpoint_dir / "model")
+        artifacts = {pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint_dir / "model")}
+        if encoder.get("is_pretrained") and encoder_checkpoint:
+            artifacts[pyfunc_model.ENCODER_ARTIFACT] = str(encoder_checkpoint)
+        import pandas as pd
+
+        servable = not encoder.get("is_pretrained") or encoder_checkpoint  # can the served model embed images?
+        example = _example_image(warehouse, dataset) if servable else None
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc_model.MODEL_CODE,  # models-from-code: nothing pickled, nothing unpickled
-            artifacts={pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint_dir / "model")},
+            artifacts=artifacts,
             model_config={pyfunc_model.DIGESTS_CONFIG: digests},
             signature=pyfunc_model.signature(),
+            input_example=None if example is None else pd.DataFrame({"image": [example]}),
             pip_requirements=_pip_requirements(),
         )
         registration = registry.register_and_promote(info.model_uri, run.info.run_id, score, digests)
@@ -270,6 +281,18 @@ def _fail_stale_runs(key: str) -> None:
     for run in stale:
         if owner_is_gone(run.data.tags):
             client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def _example_image(warehouse: Warehouse, dataset: str) -> bytes | None:
+    """One validation image's bytes from the dataset: the registry's input example (what a request carries)."""
+    import pyarrow.dataset as ds
+
+    folder = warehouse.table_dir(IMAGES_TABLE)
+    table = ds.dataset(str(folder), format="parquet", partitioning="hive")
+    rows = table.head(
+        1, columns=["image_bytes"], filter=(ds.field("dataset") == dataset) & (ds.field("split") == "val")
+    )
+    return rows["image_bytes"][0].as_py() if rows.num_rows else None
 
 
 def _pip_requirements() -> list[str]:

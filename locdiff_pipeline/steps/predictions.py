@@ -17,7 +17,7 @@ so tests and notebooks call it directly.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,6 +145,9 @@ def density_bandwidth_km(model: LocDiffModel, settings: MethodSettings) -> float
     return settings.density_bandwidth_km or shdd.default_rho_km(model.config.L)
 
 
+SCORING_STAGES = 4  # baselines fitted, LocDiff sampled, every method with the chosen views, with the plain view
+
+
 def predict_benchmark(
     warehouse: Warehouse,
     benchmark: str,
@@ -154,11 +157,14 @@ def predict_benchmark(
     samples_per_view: int,
     settings: MethodSettings,
     exclude: Collection[str] = (),
+    progress: Callable[[int], None] = lambda done: None,
 ) -> BenchmarkPredictions:
-    """Every method on the benchmark's test images (less `exclude`), from embeddings with `views` views."""
+    """Every method on the benchmark's test images (less `exclude`), from embeddings with `views` views.
+    `progress(1)` is called after each of the SCORING_STAGES stages."""
     protocol = Protocol.from_dict(model.metadata.get("protocol"))
     used_views = min(protocol.views, views)
     side = fit_training_side(warehouse, training, settings, used_views, baseline_view_rules(protocol, model.config.L))
+    progress(1)
     ids, embeddings = load_embeddings(warehouse, benchmark, "test", views=views)
     excluded = set(exclude)
     keep = [i for i, image_id in enumerate(ids) if image_id not in excluded]
@@ -176,6 +182,7 @@ def predict_benchmark(
         )
 
     drawn = model.sample(embeddings, samples=samples_per_view, seed=settings.seed)
+    progress(1)
     bandwidth = density_bandwidth_km(model, settings)
     separation = 2 * shdd.peak_width_km(model.config.L)  # ranked answers: the same spread for LocDiff and kNN
     tables, locdiff, fell_back = [], None, np.zeros(n, bool)
@@ -206,6 +213,7 @@ def predict_benchmark(
         ]
         if not suffix:
             locdiff, fell_back = prediction, hybrid_fell_back
+        progress(1)
     draws = settings.chance_draws
     tables.append(rows(CHANCE, baselines.chance(side.gallery, n, draws, settings.seed), draws=draws))
     tables.append(

@@ -43,9 +43,11 @@ from locdiff_pipeline.steps.contamination import (
     build_contamination,
     contaminated_ids,
 )
+from locdiff_pipeline.steps.figures import fit_width
 from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
-from locdiff_pipeline.steps.predictions import METHODS, PREDICTIONS_VERSION, predict_benchmark
+from locdiff_pipeline.steps.predictions import METHODS, PREDICTIONS_VERSION, SCORING_STAGES, predict_benchmark
+from locdiff_pipeline.steps.progress import Progress
 from locdiff_pipeline.tracking import registry
 
 GROUP = "evaluation"
@@ -139,6 +141,7 @@ def predictions(
             }
         )
     model = LocDiffModel.load(latest["checkpoint"], device=resolve_device(training.config().device))
+    progress = Progress(f"scoring {benchmark}", SCORING_STAGES, context.log.info, unit="stages", every=0.25)
     scored = predict_benchmark(
         store,
         benchmark,
@@ -148,6 +151,7 @@ def predictions(
         evaluation.samples_per_view,
         settings,
         excluded,
+        progress=progress.advance,
     )
     manifest = {
         "fingerprint": key,
@@ -217,7 +221,7 @@ def accuracy_report(
     context.log.info("\n" + report_sql.text_table(bundle.rows) + "\n" + "\n".join(notes))
     pictures = {
         name.removesuffix(".png"): MetadataValue.md(
-            f"![{name}](data:image/png;base64,{base64.b64encode(data).decode()})"
+            f"![{name}](data:image/png;base64,{base64.b64encode(fit_width(data)).decode()})"
         )
         for name, data in bundle.pngs.items()
     }
@@ -251,4 +255,8 @@ def per_method_numbers(rows: list[dict]) -> dict[str, float]:
 
 
 def _plain(value):
-    return value if isinstance(value, str) else float(value)
+    """Readable in the UI: shares to 4 decimals, distances to 0.1 km (the per-method numbers keep full precision)."""
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    return round(value, 1) if abs(value) > 1 else round(value, 4)

@@ -9,7 +9,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from locdiff_pipeline.data.image_encoder import ImageEncoder, encoder_note
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.defs.assets.ingest import images
-from locdiff_pipeline.defs.partitions import SHARDS, span
+from locdiff_pipeline.defs.partitions import SHARDS, observe_each_shard, span
 from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDING_VERSION, build_embeddings
@@ -46,21 +46,32 @@ def clip_embeddings(
         for shard in context.partition_keys
     )
     progress = Progress(f"embedding shards {span(context.partition_keys)}", total, context.log.info, unit="images")
-    summaries = [
-        build_embeddings(
-            store,
-            spec.name,
+    keyed = [
+        (
             shard,
-            encoder.spec(),
-            test_views=encoder.test_views,
-            imagery=spec.imagery,
-            device=device,
-            load=load,
-            progress=progress.advance,
+            build_embeddings(
+                store,
+                spec.name,
+                shard,
+                encoder.spec(),
+                test_views=encoder.test_views,
+                imagery=spec.imagery,
+                device=device,
+                load=load,
+                progress=progress.advance,
+            ),
         )
         for spec in specs
         for shard in context.partition_keys
     ]
+    summaries = [summary for _, summary in keyed]
+    observe_each_shard(
+        context,
+        {
+            shard: {"shard": shard, "dagster/row_count": sum(s["rows"] for k, s in keyed if k == shard)}
+            for shard in context.partition_keys
+        },
+    )
     identity = summaries[0]["encoder"]
     context.log.info(encoder_note(identity))
     return MaterializeResult(
@@ -94,11 +105,26 @@ def shdd_tables(
     started = time.perf_counter()
     names = [entry.name for entry in datasets.get().entries]
     built = [
-        build_shdd_table(store, name, shard, L)
+        build_shdd_table(store, name, shard, L) | {"shard": shard}
         for name in names
         for shard in context.partition_keys
         for L in training.degrees()
     ]
+    observe_each_shard(
+        context,
+        {
+            shard: {
+                "shard": shard,
+                "rows_per_L": MetadataValue.json(
+                    {
+                        str(L): sum(s["rows"] for s in built if s["L"] == L and s["shard"] == shard)
+                        for L in training.degrees()
+                    }
+                ),
+            }
+            for shard in context.partition_keys
+        },
+    )
     return MaterializeResult(
         metadata={
             "shards": span(context.partition_keys),

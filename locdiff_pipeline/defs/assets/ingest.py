@@ -6,8 +6,9 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data.ingest import INGEST_VERSION, IngestReport, ingest_shard, split_metadata
-from locdiff_pipeline.defs.partitions import BENCHMARKS, SHARDS, span
+from locdiff_pipeline.defs.partitions import BENCHMARKS, SHARDS, observe_each_shard, span
 from locdiff_pipeline.defs.resources import DatasetsResource, WarehouseResource
+from locdiff_pipeline.steps.progress import Progress
 
 GROUP = "ingest"
 
@@ -72,16 +73,36 @@ def images(
 ) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
-    per_dataset = {}
-    for spec in datasets.specs(store):
+    per_dataset, per_shard = {}, {shard: IngestReport() for shard in context.partition_keys}
+    specs = datasets.specs(store)
+    progress = Progress(
+        f"ingesting shards {span(context.partition_keys)}", len(specs) * len(per_shard), context.log.info, unit="shards"
+    )
+    for spec in specs:
         result = IngestReport()
         for shard in context.partition_keys:
-            result.add(ingest_shard(spec, store, shard))
+            report = ingest_shard(spec, store, shard)
+            result.add(report)
+            per_shard[shard].add(report)
+            progress.advance()
         per_dataset[spec.name] = result
         context.log.info(
             f"{spec.name} shards {span(context.partition_keys)}: {result.accepted} accepted, {result.rejected} "
             f"rejected, cached={result.cached}"
         )
+    observe_each_shard(
+        context,
+        {
+            shard: {
+                "shard": shard,
+                "accepted": r.accepted,
+                "dagster/row_count": r.accepted,
+                "rejected": r.rejected,
+                "rejected_by_reason": MetadataValue.json(dict(r.rejected_by_reason)),
+            }
+            for shard, r in per_shard.items()
+        },
+    )
     reasons = [
         f"| {name} | {reason} | {count} |"
         for name, r in per_dataset.items()

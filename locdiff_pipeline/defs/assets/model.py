@@ -5,7 +5,13 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
-from locdiff_pipeline.defs.resources import DatasetsResource, MlflowResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.defs.resources import (
+    DatasetsResource,
+    EncoderResource,
+    MlflowResource,
+    TrainingResource,
+    WarehouseResource,
+)
 from locdiff_pipeline.method import metrics
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
@@ -40,6 +46,7 @@ def locdiff_model(
     datasets: DatasetsResource,
     training: TrainingResource,
     mlflow: MlflowResource,
+    encoder: EncoderResource,
 ) -> MaterializeResult:
     store = warehouse.get()
     training_dataset = datasets.training_name()
@@ -54,7 +61,13 @@ def locdiff_model(
             context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
 
     trained = train_and_register(
-        store, training_dataset, model_config, log=log, force=config.force_retrain, tracking_uri=mlflow.uri()
+        store,
+        training_dataset,
+        model_config,
+        log=log,
+        force=config.force_retrain,
+        tracking_uri=mlflow.uri(),
+        encoder_checkpoint=encoder.checkpoint,
     )
     write_latest(store, trained, training_dataset)
     table = "| scale | validation accuracy |\n|---|---|\n" + "\n".join(
