@@ -4,7 +4,8 @@
 
 Encode: `shdd.encode_torch` (float32, the model and table path) streamed over --points random points in
 chunks, against a naive per-point encoder built on scipy's complex `sph_harm_y` (converted to the same
-real basis and checked equal first). Decode: `shdd.decode` of 10k vectors against 100k anchors,
+real basis and checked equal first); then against `sphericart` float64 on the same points, and the float32
+precision of both up to L = 100. Decode: `shdd.decode` of 10k vectors against 100k anchors,
 against the bare matrix product (vectors x anchor table) the argmax needs.
 """
 
@@ -37,6 +38,7 @@ def encode_throughput(L: int, n_points: int, chunk: int = 65536) -> float:
     rng = np.random.default_rng(L)
     lat, lon = sphere.random_points(n_points, rng)
     lat_t, lon_t = torch.tensor(lat, dtype=torch.float32), torch.tensor(lon, dtype=torch.float32)
+    shdd.encode_torch(lat_t[:1000], lon_t[:1000], L, validate=False)  # warm-up: per-degree set-up is not throughput
     start = time.perf_counter()
     for i in range(0, n_points, chunk):
         shdd.encode_torch(lat_t[i : i + chunk], lon_t[i : i + chunk], L, validate=False)
@@ -53,6 +55,47 @@ def naive_throughput(L: int, n_points: int) -> float:
     if worst > 1e-8:
         raise AssertionError(f"naive baseline disagrees with shdd.encode at L={L}: {worst}")
     return rate
+
+
+def sphericart_rates(L: int, n_points: int, repeats: int = 3) -> tuple[float, float]:
+    """(shdd.encode_torch to a float32 table, sphericart float64) points/s on the same points, best of
+    `repeats`, one call each over all points."""
+    import sphericart
+
+    lat, lon = sphere.random_points(n_points, np.random.default_rng(200 + L))
+    xyz = sphere.to_unit(lat, lon)
+    lat_t, lon_t = torch.tensor(lat), torch.tensor(lon)
+    calculator = sphericart.SphericalHarmonics(L)
+
+    def best(run) -> float:
+        run()  # warm-up: first-call set-up (thread pools, caches) is not throughput
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return n_points / min(times)
+
+    ours = best(lambda: shdd.encode_torch(lat_t, lon_t, L, validate=False, dtype=torch.float32))
+    return ours, best(lambda: calculator.compute(xyz))
+
+
+def float32_precision(L: int, n_points: int = 2000) -> tuple[float, float]:
+    """Largest relative error of a float32 table against float64: (shdd.encode_torch, sphericart float32);
+    NaN when a table holds non-finite values."""
+    import sphericart
+
+    lat, lon = sphere.random_points(n_points, np.random.default_rng(300 + L))
+    reference = shdd.encode(lat, lon, L)
+    ours = shdd.encode_torch(torch.tensor(lat), torch.tensor(lon), L, validate=False, dtype=torch.float32).numpy()
+    theirs = sphericart.SphericalHarmonics(L).compute(sphere.to_unit(lat, lon).astype(np.float32))
+
+    def worst(table: np.ndarray) -> float:
+        if not np.isfinite(table).all():
+            return float("nan")
+        return float(np.max(np.linalg.norm(table - reference, axis=1) / np.linalg.norm(reference, axis=1)))
+
+    return worst(ours), worst(theirs)
 
 
 def decode_timing(L: int, n_vectors: int = 10000, n_anchors: int = 100000) -> tuple[float, float, float]:
@@ -79,6 +122,8 @@ def main() -> None:
     parser.add_argument("--naive-points", type=int, default=200)
     parser.add_argument("--degrees", type=int, nargs="+", default=[10, 20, 40, 80])
     parser.add_argument("--decode-degrees", type=int, nargs="+", default=[20, 40])
+    parser.add_argument("--sphericart-points", type=int, default=200_000)
+    parser.add_argument("--sphericart-degrees", type=int, nargs="+", default=[10, 20, 40])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
     print(
@@ -90,6 +135,16 @@ def main() -> None:
         fast = encode_throughput(L, args.points)
         naive = naive_throughput(L, args.naive_points)
         print(f"{L:>4} {(L + 1) ** 2:>7} {fast:>15,.0f} {naive:>15,.0f} {fast / naive:>7.0f}x")
+    print(f"\nEncode vs sphericart float64 (the fast SH library), {args.sphericart_points:,} points, same run")
+    print(f"{'L':>4} {'shdd f32 table/s':>17} {'sphericart f64/s':>17} {'ratio':>7}")
+    for L in args.sphericart_degrees:
+        ours, theirs = sphericart_rates(L, args.sphericart_points)
+        print(f"{L:>4} {ours:>17,.0f} {theirs:>17,.0f} {ours / theirs:>6.2f}x")
+    print("\nFloat32 precision: largest relative error of a vector against float64 (nan: non-finite values)")
+    print(f"{'L':>4} {'shdd float32':>13} {'sphericart float32':>19}")
+    for L in (20, 30, 40, 60, 80, 100):
+        ours, theirs = float32_precision(L)
+        print(f"{L:>4} {ours:>13.1e} {theirs:>19.1e}")
     print("\nDecode: 10,000 vectors against 100,000 anchors vs the bare matrix product it needs")
     print(f"{'L':>4} {'decode s':>9} {'vectors/s':>10} {'matmul s':>9} {'decode/matmul':>14} {'median err km':>14}")
     for L in args.decode_degrees:

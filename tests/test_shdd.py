@@ -53,6 +53,37 @@ def test_torch_twin_matches_and_keeps_device_and_dtype():
     assert np.allclose(shdd.encode_units_torch(units, 20).numpy(), ref, atol=1e-12)
 
 
+def _points_with_poles_and_seams(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    lat, lon = sphere.random_points(count, np.random.default_rng(seed))
+    edges_lat = [90.0, -90.0, 89.9999, -89.9999, 0.0, 45.5, 0.0]
+    edges_lon = [0.0, 180.0, -180.0, 179.9999, -0.0001, 33.0, -180.0]
+    return np.concatenate([lat, edges_lat]), np.concatenate([lon, edges_lon])
+
+
+@pytest.mark.parametrize("L", [10, 40, 80, 100])
+def test_float32_tables_are_finite_and_within_1e_5_of_float64_up_to_degree_100(L):
+    """The precision the float32 model tables need, on every path (sphericart up to its checked degree, the
+    recurrence above it): finite, and each vector within 1e-5 (relative) of the float64 reference."""
+    lat, lon = _points_with_poles_and_seams(2000, L)
+    reference = shdd.encode(lat, lon, L)  # float64
+    table = shdd.encode_torch(torch.tensor(lat), torch.tensor(lon), L, dtype=torch.float32)
+    assert table.dtype == torch.float32 and torch.isfinite(table).all()
+    relative = np.linalg.norm(table.double().numpy() - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    assert relative.max() < 1e-5
+
+
+@pytest.mark.parametrize("L", [10, 40, shdd.SPHERICART_MAX_DEGREE])
+def test_sphericart_and_the_recurrence_agree_up_to_the_degree_sphericart_is_used_at(L):
+    """Both float64 paths give the same table (basis, order, signs, normalisation) where sphericart is used:
+    a sphericart release that breaks at a lower degree fails here."""
+    pytest.importorskip("sphericart")
+    lat, lon = _points_with_poles_and_seams(3000, 100 + L)
+    lat_r, lon_r = torch.deg2rad(torch.tensor(lat)), torch.deg2rad(torch.tensor(lon))
+    recurrence = shdd._harmonics_chunked(torch.sin(lat_r), torch.cos(lat_r), lon_r, L).numpy()
+    table = shdd.encode(lat, lon, L)
+    assert np.max(np.linalg.norm(table - recurrence, axis=1) / np.linalg.norm(recurrence, axis=1)) < 1e-10
+
+
 @pytest.mark.parametrize("L", [20, 40])
 def test_decode_inverts_encode_everywhere(L):
     lat = np.array([90.0, -90.0, 0.0, 0.0, 0.0, 45.0, -60.0, 89.5, 12.3])

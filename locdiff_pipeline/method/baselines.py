@@ -19,6 +19,7 @@ per-view predictions combined by LocDiff's own rule (the mixture's mode, or the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -199,7 +200,11 @@ def fit_cell_classifier(
     if len(present) == 1:
         classifier = _ConstantClassifier(int(present[0]))
     else:
-        classifier = LogisticRegression(C=C, max_iter=500, random_state=seed).fit(gallery.features, labels)
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # the weakly regularised grid points stop at max_iter on purpose:
+            warnings.simplefilter("ignore", ConvergenceWarning)  # validation, not convergence, picks C
+            classifier = LogisticRegression(C=C, max_iter=500, random_state=seed).fit(gallery.features, labels)
     return CellClassifier(centre_lat, centre_lon, classifier, gallery, C)
 
 

@@ -5,8 +5,11 @@ spherical harmonics (column l*l + l + m for m = -l..l). Any such vector e is a f
 sphere, F_e(x) = <e, SHDD_L(x)>; the decoder finds where F_e has the most mass, and the KL loss
 compares two of them as distributions over anchor points.
 
-There is one implementation of the harmonics, in torch: the numpy API runs it in float64 on the CPU
-(tables, tests), the model runs it in float32 on whatever device holds its tensors.
+The harmonics are always evaluated in float64 and then cast to the dtype asked for, so float32 tables
+stay within 1e-7 of float64 at any degree (a float32 recurrence drifts to 6e-5 by L = 100). On the CPU
+they come from `sphericart` (float64, 4-6x faster than this module's recurrence, measured in
+`benchmarks/bench_shdd.py`) up to SPHERICART_MAX_DEGREE, where it was checked exact; above it, on other
+devices, or without sphericart, from the stable recurrence below.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ from numpy.typing import ArrayLike
 from locdiff_pipeline.method import sphere
 
 _CHUNK_POINTS = 4096
+_SPHERICART_CHUNK_VALUES = 1 << 20  # per sphericart call: its float64 result (8 MB) stays in cache for the cast
+# sphericart 2.0.4 in float64 agrees with the recurrence to 1e-13 (relative) up to L = 80 and is wrong
+# (5 % relative on most points) by L = 90, measured on 24,000 points; tests/test_shdd.py checks the
+# agreement at this degree, so a sphericart release that breaks lower fails there.
+SPHERICART_MAX_DEGREE = 80
 _DEFAULT_ANCHOR_COUNT = 20000
 _REFINE_GRID = 7
 
@@ -87,7 +95,7 @@ def default_tau(L: int) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _recurrence_tables(L: int, dtype: torch.dtype, device: str) -> dict[str, torch.Tensor]:
-    """Coefficients of the fully normalised associated-Legendre recurrence and column maps for degree L."""
+    """Coefficients of the fully normalised associated-Legendre recurrence, and each column's degree."""
     l = np.arange(L + 1, dtype=np.float64)[:, None]
     m = np.arange(L + 1, dtype=np.float64)[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -95,18 +103,11 @@ def _recurrence_tables(L: int, dtype: torch.dtype, device: str) -> dict[str, tor
         b = np.sqrt(((l - 1.0) ** 2 - m**2) / (4.0 * (l - 1.0) ** 2 - 1.0))
     valid = m <= l - 2  # the three-term recurrence is used only for m <= l - 2
     a, b = np.where(valid, a, 0.0), np.where(valid, b, 0.0)
-    abs_m, trig = [], []
-    for degree in range(L + 1):
-        for order in range(-degree, degree + 1):
-            abs_m.append(abs(order))
-            trig.append(0 if order == 0 else (order if order > 0 else L + abs(order)))
     degree_of_column = np.repeat(np.arange(L + 1), 2 * np.arange(L + 1) + 1)
     as_tensor = functools.partial(torch.as_tensor, device=device)
     return {
         "a": as_tensor(a, dtype=dtype),
         "b": as_tensor(b, dtype=dtype),
-        "abs_m": as_tensor(np.asarray(abs_m), dtype=torch.long),
-        "trig": as_tensor(np.asarray(trig), dtype=torch.long),
         "degree": as_tensor(degree_of_column, dtype=torch.long),
         "orders": as_tensor(np.arange(L + 1), dtype=dtype),
     }
@@ -116,36 +117,39 @@ def _harmonics(z: torch.Tensor, s: torch.Tensor, phi: torch.Tensor, L: int, out:
     """Real orthonormal Y_lm for points given by z = cos(colatitude), s = sin(colatitude) >= 0, phi.
 
     Stable recurrence on fully normalised associated Legendre functions P̄_l^m (no factorials, so no
-    overflow for large L), vectorised over points and over m for each degree. Writes into `out`
-    (N, (L+1)^2) so large tables are never copied.
+    overflow for large L; run in float64 by its callers), vectorised over points
+    and over m for each degree. Each degree's P̄_l^m times sqrt(2) cos(m phi) (orders m > 0) or
+    sqrt(2) sin(|m| phi) (orders < 0) is written straight into its columns of `out` (N, (L+1)^2), with
+    three rotating buffers and no gathered temporaries: memory traffic is the output's, once.
     """
     tables = _recurrence_tables(L, z.dtype, str(z.device))
-    n = z.shape[0]
-    prev2 = torch.zeros((n, L + 1), dtype=z.dtype, device=z.device)
-    prev1 = torch.zeros_like(prev2)
+    n, root2 = z.shape[0], math.sqrt(2.0)
+    # m * phi reaches hundreds of radians: in float64, or float32 loses 1e-5 of the phase by L = 100
+    angles = phi.double()[:, None] * torch.arange(1, L + 1, dtype=torch.float64, device=phi.device)[None, :]
+    cos_m = torch.cos(angles).mul_(root2).to(z.dtype)
+    sin_m_reversed = torch.sin(angles).mul_(root2).flip(1).to(z.dtype)  # column k holds m = L - k
+    prev2, prev1, cur = (torch.zeros((n, L + 1), dtype=z.dtype, device=z.device) for _ in range(3))
     prev1[:, 0] = 1.0 / math.sqrt(4.0 * math.pi)
     out[:, 0] = prev1[:, 0]
     zc = z[:, None]
     for l in range(1, L + 1):
-        cur = torch.empty_like(prev1)  # columns above l are never read
-        if l >= 2:
-            cur[:, : l - 1] = tables["a"][l, : l - 1] * (
-                zc * prev1[:, : l - 1] - tables["b"][l, : l - 1] * prev2[:, : l - 1]
-            )
-        cur[:, l - 1] = math.sqrt(2.0 * l + 1.0) * z * prev1[:, l - 1]
-        cur[:, l] = math.sqrt((2.0 * l + 1.0) / (2.0 * l)) * s * prev1[:, l - 1]
-        out[:, l * l : (l + 1) ** 2] = cur[:, tables["abs_m"][l * l : (l + 1) ** 2]]
-        prev2, prev1 = prev1, cur
-    angles = phi[:, None] * tables["orders"][None, :]
-    root2 = math.sqrt(2.0)
-    trig = torch.cat(
-        [torch.ones_like(phi)[:, None], root2 * torch.cos(angles[:, 1:]), root2 * torch.sin(angles[:, 1:])], dim=1
-    )
-    out.mul_(trig[:, tables["trig"]])
+        if l >= 2:  # three-term recurrence for m <= l - 2
+            head = cur[:, : l - 1]
+            torch.mul(prev1[:, : l - 1], zc, out=head)
+            head.sub_(prev2[:, : l - 1] * tables["b"][l, : l - 1]).mul_(tables["a"][l, : l - 1])
+        torch.mul(prev1[:, l - 1], z, out=cur[:, l - 1]).mul_(math.sqrt(2.0 * l + 1.0))
+        torch.mul(prev1[:, l - 1], s, out=cur[:, l]).mul_(math.sqrt((2.0 * l + 1.0) / (2.0 * l)))
+        centre = l * l + l  # the column of order 0
+        out[:, centre] = cur[:, 0]
+        torch.mul(cur[:, 1 : l + 1], cos_m[:, :l], out=out[:, centre + 1 : centre + l + 1])
+        torch.mul(cur[:, 1 : l + 1].flip(1), sin_m_reversed[:, L - l :], out=out[:, centre - l : centre])
+        prev2, prev1, cur = prev1, cur, prev2
 
 
 def _harmonics_chunked(z: torch.Tensor, s: torch.Tensor, phi: torch.Tensor, L: int) -> torch.Tensor:
-    """_harmonics over bounded chunks of points, so temporaries stay cache-sized for large inputs."""
+    """_harmonics over bounded chunks of points, so temporaries stay cache-sized for large inputs; the
+    table has z's dtype (phi may be float64). Not differentiable (it writes with out=): targets and
+    anchors are constants."""
     out = torch.empty((z.shape[0], (L + 1) ** 2), dtype=z.dtype, device=z.device)
     for i in range(0, z.shape[0], _CHUNK_POINTS):
         j = i + _CHUNK_POINTS
@@ -153,25 +157,56 @@ def _harmonics_chunked(z: torch.Tensor, s: torch.Tensor, phi: torch.Tensor, L: i
     return out
 
 
-def encode_torch(lat: torch.Tensor, lon: torch.Tensor, L: int, *, validate: bool = True) -> torch.Tensor:
-    """SHDD_L of points given as degree tensors, on their device and in their floating dtype: (N, (L+1)^2).
+def encode_torch(
+    lat: torch.Tensor, lon: torch.Tensor, L: int, *, validate: bool = True, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """SHDD_L of points given as degree tensors, on their device: (N, (L+1)^2) in `dtype` (default: their
+    floating dtype), evaluated in float64. Not differentiable: targets and anchors are constants.
 
     validate=False skips the range/finiteness checks (a host round trip) for points the code made itself.
     """
     check_degree(L)
     if validate:
         sphere.validate_coordinates(lat.detach().cpu().numpy(), lon.detach().cpu().numpy())
-    if not torch.is_floating_point(lat):
-        lat, lon = lat.double(), lon.double()
-    lat_r, lon_r = torch.deg2rad(lat.reshape(-1)), torch.deg2rad(lon.reshape(-1).to(lat.dtype))
-    return _harmonics_chunked(torch.sin(lat_r), torch.cos(lat_r), lon_r, L)
+    dtype = dtype or (lat.dtype if torch.is_floating_point(lat) else torch.float64)
+    lat_r, lon_r = torch.deg2rad(lat.reshape(-1).double()), torch.deg2rad(lon.reshape(-1).double())
+    z, s = torch.sin(lat_r), torch.cos(lat_r)
+    return _harmonics_table(z, s, lon_r, L, dtype)
 
 
 def encode_units_torch(units: torch.Tensor, L: int) -> torch.Tensor:
-    """SHDD_L of unit vectors (N, 3), on their device and dtype."""
-    z = units[:, 2].clamp(-1.0, 1.0)
-    s = torch.hypot(units[:, 0], units[:, 1])
-    return _harmonics_chunked(z, s, torch.atan2(units[:, 1], units[:, 0]), L)
+    """SHDD_L of unit vectors (N, 3), on their device and in their dtype (evaluated in float64)."""
+    units64 = units.double()
+    z = units64[:, 2].clamp(-1.0, 1.0)
+    s = torch.hypot(units64[:, 0], units64[:, 1])
+    return _harmonics_table(z, s, torch.atan2(units64[:, 1], units64[:, 0]), L, units.dtype)
+
+
+def _harmonics_table(z: torch.Tensor, s: torch.Tensor, phi: torch.Tensor, L: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (N, (L+1)^2) table in `dtype` from float64 z = cos(colatitude), s = sin(colatitude), phi."""
+    calculator = _sphericart(L) if z.device.type == "cpu" and L <= SPHERICART_MAX_DEGREE else None
+    if calculator is None:
+        return _harmonics_chunked(z, s, phi, L).to(dtype)
+    # numpy from here on: torch's OpenMP threads spinning between ops and sphericart's own OpenMP threads
+    # fight over the cores (measured: 3-7x slower with torch ops between the calls)
+    z64, s64, phi64 = z.numpy(), s.numpy(), phi.numpy()
+    xyz = np.stack([s64 * np.cos(phi64), s64 * np.sin(phi64), z64], axis=1)
+    out = np.empty((z64.shape[0], (L + 1) ** 2), dtype=torch.empty((), dtype=dtype).numpy().dtype)
+    chunk = max(256, _SPHERICART_CHUNK_VALUES // (L + 1) ** 2)
+    for i in range(0, z64.shape[0], chunk):
+        out[i : i + chunk] = calculator.compute(xyz[i : i + chunk])
+    return torch.from_numpy(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _sphericart(L: int):
+    """sphericart's float64 real spherical harmonics of degree L (same basis, order and normalisation as
+    the recurrence), or None when it is not installed."""
+    try:
+        import sphericart
+    except ImportError:
+        return None
+    return sphericart.SphericalHarmonics(L)
 
 
 def encode(lat: ArrayLike, lon: ArrayLike, L: int, *, dtype: type = np.float64) -> np.ndarray:

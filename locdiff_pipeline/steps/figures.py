@@ -152,7 +152,13 @@ def density_maps_png(panels: list[dict], title: str, background: Path | None = N
         )
         axis.set(xlim=(-180, 180), ylim=(-90, 90), xticks=[], yticks=[])
         axis.set_title(
-            f"{panel['image_id']}: error {panel['error_km']:.0f} km, 90% region {panel['region_km']:.0f} km", fontsize=8
+            f"{panel['image_id']}: error {panel['error_km']:.0f} km"
+            + (
+                ""
+                if panel["region_km"] is None or np.isnan(panel["region_km"])
+                else f", 90% region {panel['region_km']:.0f} km"
+            ),  # 1 sample: none
+            fontsize=8,
         )
     axes.flat[0].legend(loc="lower left", fontsize=7)
     figure.suptitle(title, fontsize=10)
