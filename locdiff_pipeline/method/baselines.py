@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from locdiff_pipeline.method import metrics, shdd, sphere, views
+from locdiff_pipeline.method import metrics, retrieval, shdd, sphere, views
 from locdiff_pipeline.method.views import ViewRule
 
 KNN_K_CHOICES = (1, 3, 5, 10, 20)
@@ -35,6 +35,7 @@ CELL_C_CHOICES = (0.1, 1.0, 10.0)
 REGRESSION_LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 MIN_IMAGES_PER_CELL = 10
 HYBRID_RADIUS_KM = 200.0
+HYBRID_CANDIDATES = 256  # large galleries: LocDiff-H looks among this many nearest images (exact search: all)
 
 
 @dataclass
@@ -63,6 +64,14 @@ class Gallery:
         self.features = (raw - self.mean) / self.std
         self.embeddings = _unit(self.features)
         self.units = sphere.to_unit(self.lat, self.lon)
+        self._retriever: retrieval.Retriever | None = None
+
+    @property
+    def retriever(self) -> retrieval.Retriever:
+        """The search over `embeddings`, built at first use (an index over a large gallery takes a while)."""
+        if self._retriever is None:
+            self._retriever = retrieval.Retriever(self.embeddings)
+        return self._retriever
 
     def standardise(self, embeddings: np.ndarray, plain_weight: float | None = None) -> np.ndarray:
         """(N, D) or (N, views, D) embeddings as the baselines see them: view-averaged, standardised."""
@@ -82,16 +91,10 @@ def normalise(embeddings: np.ndarray) -> np.ndarray:
     return views.mean_embedding(embeddings)
 
 
-def top_k_similar(gallery: Gallery, queries: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
-    """Indices of the k most similar gallery rows (cosine) per query, best first."""
-    k = min(k, len(gallery.embeddings))
-    indices = []
-    for start in range(0, len(queries), block):
-        similarity = queries[start : start + block] @ gallery.embeddings.T
-        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1)
-        indices.append(np.take_along_axis(top, order, axis=1))
-    return np.concatenate(indices)
+def top_k_similar(gallery: Gallery, queries: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k most similar gallery rows (cosine) per query, best first: exact for galleries up
+    to retrieval.EXACT_MAX_ROWS, a faiss IVF index above (`retrieval.Retriever`)."""
+    return gallery.retriever.search(queries, k)
 
 
 def knn_predict(gallery: Gallery, embeddings: np.ndarray, k: int) -> MethodPrediction:
@@ -346,6 +349,14 @@ def locdiff_h(
     cos_radius = np.cos(radius_km / sphere.EARTH_RADIUS_KM)
     lat, lon = np.array(locdiff_lat, dtype=float), np.array(locdiff_lon, dtype=float)
     fell_back = np.ones(len(queries), dtype=bool)
+    if not gallery.retriever.exact:  # a large gallery: the most similar of the HYBRID_CANDIDATES nearest
+        nearest = gallery.retriever.search(queries, HYBRID_CANDIDATES)
+        inside = np.einsum("nd,nkd->nk", centres, gallery.units[nearest]) >= cos_radius
+        found = inside.any(axis=1)
+        best = nearest[np.arange(len(nearest)), inside.argmax(axis=1)]
+        lat[found], lon[found] = gallery.lat[best[found]], gallery.lon[best[found]]
+        fell_back[found] = False
+        return MethodPrediction(lat, lon), fell_back
     for start in range(0, len(queries), 1024):
         stop = start + 1024
         inside = centres[start:stop] @ gallery.units.T >= cos_radius
