@@ -342,8 +342,9 @@ def locdiff_h(
 ) -> tuple[MethodPrediction, np.ndarray]:
     """LocDiff-H: the most similar gallery image (by the views' mean embedding, weighted as LocDiff's
     protocol weighs the views) within radius_km of LocDiff's prediction; where that ring holds no
-    gallery image, LocDiff's prediction itself. Returns the prediction and a boolean mask of the images
-    that fell back."""
+    gallery image, LocDiff's prediction itself. On a gallery searched through an index (above
+    retrieval.EXACT_MAX_ROWS) the ring is searched among the HYBRID_CANDIDATES most similar images only.
+    Returns the prediction and a boolean mask of the images that fell back."""
     queries = gallery.queries(embeddings, plain_weight)
     centres = sphere.to_unit(locdiff_lat, locdiff_lon)
     cos_radius = np.cos(radius_km / sphere.EARTH_RADIUS_KM)

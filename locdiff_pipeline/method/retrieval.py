@@ -14,7 +14,7 @@ import numpy as np
 
 EXACT_MAX_ROWS = 200_000
 _BLOCK_QUERIES = 2048
-_TRAINING_SAMPLE_PER_LIST = 64  # k-means sample: faiss wants 39-256 points per list
+_TRAINING_SAMPLE_PER_LIST = 40  # k-means sample: faiss wants at least 39 points per list
 
 
 class Retriever:
@@ -27,7 +27,7 @@ class Retriever:
         self.exact = len(self.vectors) <= exact_max_rows
         self.index = None
         if not self.exact:
-            self.index = _ivf_index(self.vectors, lists or int(4 * math.sqrt(len(self.vectors))), probes)
+            self.index = _ivf_index(self.vectors, lists or int(math.sqrt(len(self.vectors))), probes)
 
     @property
     def kind(self) -> str:
