@@ -56,7 +56,7 @@ def main() -> None:
     start = time.perf_counter()
     index = retrieval.Retriever(gallery, exact_max_rows=0)
     build = time.perf_counter() - start
-    print(f"faiss {index.kind.split(',')[0]}: built in {build:.1f} s")
+    print(f"{index.kind.split(',')[0]}: built in {build:.1f} s")
     print(f"{'nprobe':>7} {'queries/s':>10} {'vs brute force':>15} {'recall@1':>9}")
     for probes in args.probes:
         index.index.nprobe = probes

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 EXACT_MAX_ROWS = 200_000
-_BLOCK_QUERIES = 2048
+_BLOCK_VALUES = 1 << 25  # similarities per block (128 MB of float32, 256 MB of indices at most)
 _TRAINING_SAMPLE_PER_LIST = 40  # k-means sample: faiss wants at least 39 points per list
 
 
@@ -44,11 +44,13 @@ class Retriever:
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Brute force: every query against every row, in blocks of queries so memory stays bounded."""
+    """Brute force: every query against every row, in blocks of queries sized by the gallery so memory
+    stays bounded (2,048 queries x 1 M rows would be 8 GB of similarities and 16 GB of indices)."""
     k = min(k, len(vectors))
+    block = max(1, min(2048, _BLOCK_VALUES // max(1, len(vectors))))
     found = []
-    for start in range(0, len(queries), _BLOCK_QUERIES):
-        similarity = queries[start : start + _BLOCK_QUERIES] @ vectors.T
+    for start in range(0, len(queries), block):
+        similarity = queries[start : start + block] @ vectors.T
         top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1)
         found.append(np.take_along_axis(top, order, axis=1))
