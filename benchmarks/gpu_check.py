@@ -83,13 +83,13 @@ def embedding(model_name: str, device: str, images: int) -> tuple[float, float]:
 
 
 def decoding(L: int, device: str, vectors: int, anchors: int) -> tuple[float, float]:
-    """(decode vectors/s, bare matrix product vectors/s) on `device`."""
+    """(decode vectors/s, bare matrix product vectors/s) on `device`, both against the same `anchors`."""
     rng = np.random.default_rng(L)
     lat, lon = sphere.random_points(vectors, rng)
     coeffs = torch.tensor(shdd.encode(lat, lon, L), dtype=torch.float32, device=device)
     coeffs += 0.3 / np.sqrt(4 * np.pi) * torch.randn_like(coeffs)
-    table = shdd.anchor_table(*sphere.fibonacci_lattice(anchors), L)
-    anchor_table = table.table.to(device)
+    table = shdd.anchor_table(*sphere.fibonacci_lattice(anchors), L, device=device)
+    anchor_table = table.table
     _sync(torch.device(device))
     start = time.perf_counter()
     block = max(1, (1 << 25) // anchors)
@@ -98,7 +98,7 @@ def decoding(L: int, device: str, vectors: int, anchors: int) -> tuple[float, fl
     _sync(torch.device(device))
     matmul = vectors / (time.perf_counter() - start)
     start = time.perf_counter()
-    shdd.decode(coeffs, L)
+    shdd.decode(coeffs, L, anchors=table)  # the same anchors as the matrix product: like for like
     _sync(torch.device(device))
     return vectors / (time.perf_counter() - start), matmul
 
