@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from locdiff_pipeline.data.image_encoder import ImageEncoder, recorded_encoder
+from locdiff_pipeline.data.image_encoder import recorded_encoder
 from locdiff_pipeline.data.image_io import ImageDecodeError, read_image_file
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
@@ -48,11 +48,6 @@ def resolve_model(reference: str) -> Path:
     return registry.download_checkpoint(reference)
 
 
-def encoder_for(model: LocDiffModel, checkpoint: str | None, device) -> ImageEncoder:
-    """The encoder the model was trained with (`recorded_encoder`)."""
-    return recorded_encoder(model.encoder, checkpoint, device)
-
-
 def predict(
     images: list[str | Path],
     model: str,
@@ -76,7 +71,7 @@ def predict(
     loaded = LocDiffModel.load(resolve_model(model), device=device)
     protocol = Protocol.from_dict(loaded.metadata.get("protocol"))
     views, rule = views or protocol.views, rule or protocol.rule
-    encoder = encoder_for(loaded, encoder_checkpoint, loaded.device)
+    encoder = recorded_encoder(loaded.encoder, encoder_checkpoint, loaded.device)
     result = PredictResult([], {}, model, encoder.identity.note)
     readable, names = [], []
     for image in images:

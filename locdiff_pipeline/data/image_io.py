@@ -100,13 +100,17 @@ def read_file_bytes(path: str | Path) -> bytes:
         raise ImageReadError(f"{path}: cannot read file ({error.strerror or error})") from None
 
 
-def read_image_file(path: str | Path) -> Image.Image:
-    """Read and decode an image file, naming it in any error (missing, unreadable, special, too large, corrupt)."""
+def read_image_bytes(path: str | Path) -> bytes:
+    """An image file's bytes, or ImageDecodeError naming it (missing, unreadable, special)."""
     try:
-        data = read_file_bytes(path)
+        return read_file_bytes(path)
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: file not found") from None
-    return decode_image(data, str(path))
+
+
+def read_image_file(path: str | Path) -> Image.Image:
+    """Read and decode an image file, naming it in any error (missing, unreadable, special, too large, corrupt)."""
+    return decode_image(read_image_bytes(path), str(path))
 
 
 def perceptual_hash(image: Image.Image) -> int:

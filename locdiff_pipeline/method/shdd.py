@@ -109,7 +109,6 @@ def _recurrence_tables(L: int, dtype: torch.dtype, device: str) -> dict[str, tor
         "a": as_tensor(a, dtype=dtype),
         "b": as_tensor(b, dtype=dtype),
         "degree": as_tensor(degree_of_column, dtype=torch.long),
-        "orders": as_tensor(np.arange(L + 1), dtype=dtype),
     }
 
 

@@ -285,14 +285,12 @@ def _fail_stale_runs(key: str) -> None:
 
 def _example_image(warehouse: Warehouse, dataset: str) -> bytes | None:
     """One validation image's bytes from the dataset: the registry's input example (what a request carries)."""
-    import pyarrow.dataset as ds
-
-    folder = warehouse.table_dir(IMAGES_TABLE)
-    table = ds.dataset(str(folder), format="parquet", partitioning="hive")
-    rows = table.head(
-        1, columns=["image_bytes"], filter=(ds.field("dataset") == dataset) & (ds.field("split") == "val")
-    )
-    return rows["image_bytes"][0].as_py() if rows.num_rows else None
+    for shard in shards.dataset_shards(warehouse, dataset):
+        for batch in warehouse.iter_batches(IMAGES_TABLE, 64, ["split", "image_bytes"], dataset=dataset, shard=shard):
+            for row in batch.to_pylist():
+                if row["split"] == "val" and row["image_bytes"]:
+                    return row["image_bytes"]
+    return None
 
 
 def _pip_requirements() -> list[str]:

@@ -92,7 +92,7 @@ class LocDiffPyfunc(mlflow.pyfunc.PythonModel):
                 raise ValueError(f"row {i}: give exactly one of {', '.join(INPUT_COLUMNS)} (got {given or 'none'})")
             column = given[0]
             if column == "embedding":
-                vector = np.asarray(np.stack([np.asarray(v, dtype=np.float32) for v in row[column]]), np.float32)
+                vector = np.stack([np.asarray(v, dtype=np.float32) for v in row[column]])
                 rows[i] = vector if vector.ndim == 2 else vector[None, :]
             else:
                 image, key = _read(row[column], column, i)
@@ -126,14 +126,11 @@ def _is_given(value) -> bool:
 
 def _read(value, column: str, row: int):
     """(decoded image, its content hash) from bytes or a path, or ValueError naming the row and the reason."""
-    from locdiff_pipeline.data.image_io import ImageDecodeError, decode_image, read_file_bytes, sha256_bytes
+    from locdiff_pipeline.data.image_io import ImageDecodeError, decode_image, read_image_bytes, sha256_bytes
 
     try:
         if column == "path":
-            try:
-                data, name = read_file_bytes(value), str(value)
-            except FileNotFoundError:
-                raise ImageDecodeError(f"{value}: file not found") from None
+            data, name = read_image_bytes(value), str(value)
         elif isinstance(value, str):  # a JSON request carries bytes as base64 text
             data, name = _from_base64(value, row), "image bytes"
         else:
