@@ -16,6 +16,7 @@ import argparse
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.bundled import BUNDLED
 from locdiff_pipeline.data.paths import warehouse_dir
+from locdiff_pipeline.data.training_stream import LOADINGS
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import distributed
 from locdiff_pipeline.method.config import LocDiffConfig
@@ -37,6 +38,13 @@ def main(argv: list[str] | None = None) -> None:
         "--encoder-checkpoint",
         help="the pretrained encoder's weights the embeddings came from, logged so the served model embeds images",
     )
+    parser.add_argument(
+        "--loading",
+        choices=LOADINGS,
+        default="auto",
+        help="stream the training rows from the embeddings' part files (each rank its own files), load them "
+        "into memory, or stream when they would not fit in a few GB (auto)",
+    )
     args = parser.parse_args(argv)
     store = Warehouse(warehouse_dir())
     manifest = shards.manifest(store, EMBEDDINGS_TABLE, args.dataset)
@@ -54,7 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         embed_dim=manifest["encoder"]["embed_dim"],
     )
     trained = train_and_register(
-        store, args.dataset, config, force=args.force, encoder_checkpoint=args.encoder_checkpoint
+        store,
+        args.dataset,
+        config,
+        force=args.force,
+        encoder_checkpoint=args.encoder_checkpoint,
+        loading=args.loading,
     )
     world = distributed.current_world()
     if world.is_main and trained is not None:

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from locdiff_pipeline.data.bundled import BUNDLED
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method.distributed import current_world
 from locdiff_pipeline.steps.locdiff_model import read_latest
@@ -77,6 +78,16 @@ def test_torchrun_two_processes_train_in_sync(tmp_path):
     assert (tmp_path / "ckpt" / "model" / "weights.pt").is_file() and (tmp_path / "ckpt" / "train_state.pt").is_file()
 
 
+def _split(root: Path) -> list[str]:
+    import pyarrow.dataset as ds
+
+    return (
+        ds.dataset(str(root / "warehouse" / "images" / f"dataset={BUNDLED}"), format="parquet")
+        .to_table()["split"]
+        .to_pylist()
+    )
+
+
 def _write(folder: Path) -> Path:
     script = folder / "ddp_worker.py"
     script.write_text(WORKER)
@@ -84,8 +95,8 @@ def _write(folder: Path) -> Path:
 
 
 def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
-    """`torchrun -m locdiff_pipeline.train_ddp` over a materialized warehouse: one MLflow run, one
-    registered version, latest.json for the downstream assets."""
+    """`torchrun -m locdiff_pipeline.train_ddp --loading stream` over a materialized warehouse: the ranks
+    stream disjoint part files; one MLflow run, one registered version, latest.json downstream."""
     from locdiff_pipeline.defs.assets.ingest import image_metadata
     from locdiff_pipeline.defs.jobs import SHARDED_ASSETS, materialize_all
     from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
@@ -120,6 +131,8 @@ def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
         "16",
         "--device",
         "cpu",
+        "--loading",
+        "stream",  # each rank reads its own part files of the embeddings table
     ]
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
@@ -133,3 +146,5 @@ def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
     assert [int(v.version) for v in versions] == [1]
     run = mlflow.get_run(latest["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["L"] == "4"
+    assert run.data.params["training_data"] == "streamed from the embeddings' part files"
+    assert run.data.params["train_rows"] == str(sum(1 for i in _split(tmp_path) if i == "train"))

@@ -95,6 +95,33 @@ def test_decode_inverts_encode_everywhere(L):
     assert np.max(sphere.haversine_km(lat, lon, d_lat, d_lon)) < 2.0
 
 
+@pytest.mark.parametrize("L", [5, 20, 40])
+def test_grid_synthesis_equals_the_function_at_every_grid_point(L):
+    rng = np.random.default_rng(L)
+    coeffs = torch.tensor(rng.standard_normal((3, shdd.num_coefficients(L))))
+    grid = shdd._grid_values(coeffs, L).reshape(3, -1)
+    lat, lon = sphere.from_unit(shdd._grid_units(torch.float64, "cpu").numpy())
+    direct = coeffs @ shdd.encode_torch(torch.tensor(lat), torch.tensor(lon), L).T
+    assert torch.allclose(grid, direct, atol=1e-10 * float(direct.abs().max()))
+
+
+@pytest.mark.parametrize("L", [20, 40])
+def test_grid_and_matrix_paths_decode_to_the_same_places(L):
+    rng = np.random.default_rng(3 + L)
+    lat, lon = sphere.random_points(300, rng)
+    clean = shdd.encode(lat, lon, L)
+    for sigma in (0.0, 0.3, 1.0):
+        noisy = torch.tensor(clean + sigma / np.sqrt(4 * np.pi) * rng.standard_normal(clean.shape), dtype=torch.float32)
+        grid = shdd.decode(noisy, L, coarse="grid")
+        matrix = shdd.decode(noisy, L, coarse="anchors")
+        apart = sphere.haversine_km(*grid, *matrix)
+        # both refine to the same mode unless two modes are nearly equal, which noise makes rare
+        assert np.mean(apart < 1.0) >= 0.97, (sigma, np.sort(apart)[-10:])
+    assert shdd.decode(torch.tensor(clean), L)[0].shape == (300,)
+    with pytest.raises(ValueError, match="coarse search must be one of"):
+        shdd.decode(clean, L, coarse="fft")
+
+
 def test_decode_accepts_torch_and_custom_anchors():
     lat, lon = np.array([35.0, -20.0]), np.array([139.0, -47.0])
     anchors = shdd.anchor_table(*sphere.fibonacci_lattice(3000), 20)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
@@ -69,10 +70,19 @@ def dataset_shards(warehouse: Warehouse, dataset: str) -> list[str]:
     return list(manifest["shards"])
 
 
-def read(warehouse: Warehouse, table: str, dataset: str, columns: list[str] | None = None, **keys: object) -> pa.Table:
-    """Every shard of a sharded table, concatenated in shard order; raises naming a shard not yet written."""
+def read(
+    warehouse: Warehouse,
+    table: str,
+    dataset: str,
+    columns: list[str] | None = None,
+    *,
+    where: ds.Expression | None = None,
+    **keys: object,
+) -> pa.Table:
+    """Every shard of a sharded table (its rows matching `where`), concatenated in shard order; raises
+    naming a shard not yet written."""
     parts = [
-        warehouse.read(table, columns=columns, dataset=dataset, **keys, shard=shard)
+        warehouse.read(table, columns=columns, where=where, dataset=dataset, **keys, shard=shard)
         for shard in dataset_shards(warehouse, dataset)
     ]
     return pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})

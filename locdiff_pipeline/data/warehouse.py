@@ -112,8 +112,11 @@ class Warehouse:
         """Remove what crashed runs left in the staging area (never visible to readers)."""
         _remove_orphans(self.root / STAGING)
 
-    def read(self, table: str, columns: list[str] | None = None, **keys: object) -> pa.Table:
-        """Read one partition (all its part files, in order), or raise naming what is missing."""
+    def read(
+        self, table: str, columns: list[str] | None = None, *, where: ds.Expression | None = None, **keys: object
+    ) -> pa.Table:
+        """Read one partition (all its part files, in order), or raise naming what is missing; `where`
+        keeps only matching rows while reading (memory holds the match, not the partition)."""
         path = self.partition_dir(table, **keys)
         if not (path / MANIFEST).is_file():
             raise FileNotFoundError(
@@ -123,7 +126,7 @@ class Warehouse:
         if not files:
             schema_hint = columns or []
             return pa.table({name: pa.array([]) for name in schema_hint})
-        return ds.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
+        return ds.dataset([str(f) for f in files], format="parquet").to_table(columns=columns, filter=where)
 
     def iter_batches(
         self, table: str, batch_rows: int, columns: list[str] | None = None, **keys: object

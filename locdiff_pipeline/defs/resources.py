@@ -107,6 +107,8 @@ class TrainingResource(ConfigurableResource):
     seed: int | None = None
     device: str | None = None
     overrides: dict[str, Any] = {}
+    # "memory", "stream" (from the embeddings' part files, bounded memory) or "auto" (stream past a few GB)
+    loading: str = "auto"
 
     def config(self, embed_dim: int = LocDiffConfig.embed_dim) -> LocDiffConfig:
         named = {

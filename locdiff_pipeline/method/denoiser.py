@@ -89,8 +89,12 @@ class CSUNet(nn.Module):
     @torch.no_grad()
     def set_condition_statistics(self, embeddings: torch.Tensor) -> None:
         """Fix the standardisation of the condition from the training embeddings (N, cond_dim)."""
-        self.cond_mean.copy_(embeddings.mean(dim=0))
-        self.cond_std.copy_(embeddings.std(dim=0).clamp(min=1e-6))
+        self.set_condition_moments(embeddings.mean(dim=0), embeddings.std(dim=0))
+
+    def set_condition_moments(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The same from moments computed elsewhere (a stream that never holds every embedding at once)."""
+        self.cond_mean.copy_(torch.as_tensor(mean, dtype=self.cond_mean.dtype))
+        self.cond_std.copy_(torch.as_tensor(std, dtype=self.cond_std.dtype).clamp(min=1e-6))
 
     def forward(
         self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, drop: torch.Tensor | None = None

@@ -31,7 +31,6 @@ _SPHERICART_CHUNK_VALUES = 1 << 20  # per sphericart call: its float64 result (8
 # agreement at this degree, so a sphericart release that breaks lower fails there.
 SPHERICART_MAX_DEGREE = 80
 _DEFAULT_ANCHOR_COUNT = 20000
-_REFINE_GRID = 7
 
 
 def num_coefficients(L: int) -> int:
@@ -292,42 +291,142 @@ def _anchor_argmax(smoothed: torch.Tensor, anchors: AnchorSet) -> torch.Tensor:
     return units[torch.cat(best)]
 
 
+# The coarse search's grid: rings every degree of latitude, poles included, and 360 longitudes. Finer than
+# the default anchors (1.44 degrees apart), so the refinement starts at least as close to the mode.
+GRID_RINGS = 181
+GRID_LONGITUDES = 360
+_GRID_BLOCK = 128  # vectors per synthesis block: 128 x 181 x 360 float32 values (33 MB)
+GRID_DEVICES = ("cpu",)  # where decode's coarse search synthesises a grid; elsewhere it multiplies by anchors
+
+
+@functools.lru_cache(maxsize=16)
+def _ring_legendre(L: int, rings: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each order's Legendre factors on the grid's rings, (L+1 orders, L+1 degrees, rings), zero for l < m,
+    and the column of (l, m) for every (m, l) (-1 where l < m): F on ring i is sum over m of the ring's
+    a_m cos(m phi) + b_m sin(m phi), a_m = sum_l c_(l,m) P[m, l, i], b_m = sum_l c_(l,-m) P[m, l, i]."""
+    lat = torch.linspace(90.0, -90.0, rings, dtype=torch.float64)
+    at_zero = encode_torch(lat, torch.zeros_like(lat), L, validate=False)  # at phi = 0: sqrt(2) P_lm for m > 0
+    columns = torch.full((L + 1, L + 1), -1, dtype=torch.long)
+    for m in range(L + 1):
+        l = torch.arange(m, L + 1)
+        columns[m, m:] = l * l + l + m
+    factors = torch.where(columns[:, :, None] >= 0, at_zero.T[columns.clamp(min=0)], 0.0)
+    return factors.to(device=device, dtype=dtype), columns.to(device)
+
+
+def _grid_values(smoothed: torch.Tensor, L: int) -> torch.Tensor:
+    """F of each row on the GRID_RINGS x GRID_LONGITUDES grid, (B, rings, longitudes): one batched
+    Legendre product per order and an inverse real FFT along each ring, instead of a matrix product with
+    a table of every grid point (L^2 x rings + rings x longitudes log longitudes per vector)."""
+    factors, columns = _ring_legendre(L, GRID_RINGS, smoothed.dtype, str(smoothed.device))
+    negative = torch.where(columns >= 0, columns - 2 * torch.arange(L + 1, device=columns.device)[:, None], -1)
+    padded = torch.cat([smoothed, torch.zeros_like(smoothed[:, :1])], dim=1)  # column -1 reads a zero
+    cosine = torch.bmm(padded[:, columns].transpose(0, 1), factors)  # (orders, B, rings)
+    sine = torch.bmm(padded[:, negative].transpose(0, 1), factors)
+    half = GRID_LONGITUDES // 2 + 1
+    spectrum = torch.zeros(
+        (smoothed.shape[0], GRID_RINGS, half),
+        dtype=torch.complex64 if smoothed.dtype != torch.float64 else torch.complex128,
+        device=smoothed.device,
+    )
+    scale = torch.full((L + 1,), GRID_LONGITUDES / 2.0, dtype=smoothed.dtype, device=smoothed.device)
+    scale[0] = GRID_LONGITUDES
+    spectrum[:, :, : L + 1] = torch.complex(cosine, -sine).permute(1, 2, 0) * scale
+    return torch.fft.irfft(spectrum, n=GRID_LONGITUDES, dim=-1)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid_units(dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Unit vectors of the grid's points, flattened ring by ring."""
+    lat = np.repeat(np.linspace(90.0, -90.0, GRID_RINGS), GRID_LONGITUDES)
+    lon = sphere.wrap_longitude(np.tile(np.arange(GRID_LONGITUDES) * 360.0 / GRID_LONGITUDES, GRID_RINGS))
+    return torch.as_tensor(sphere.to_unit(lat, lon), dtype=dtype, device=device)
+
+
+def _grid_argmax(smoothed: torch.Tensor, L: int) -> torch.Tensor:
+    """Unit vector of each row's best grid point, by synthesis on the grid in blocks."""
+    units = _grid_units(smoothed.dtype, str(smoothed.device))
+    best = [
+        torch.argmax(_grid_values(smoothed[i : i + _GRID_BLOCK], L).reshape(-1, units.shape[0]), dim=1)
+        for i in range(0, smoothed.shape[0], _GRID_BLOCK)
+    ]
+    return units[torch.cat(best)]
+
+
+# The refinement's 3 x 3 stencil in the tangent plane: centre, +-e1, +-e2, then the four diagonals.
+_STENCIL = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
+_REFINE_SHRINK = 4.0
+
+
+def _values_at(smoothed: torch.Tensor, points: torch.Tensor, L: int) -> torch.Tensor:
+    """F of each row at its own P points (B, P, 3) -> (B, P)."""
+    n, p, _ = points.shape
+    table = encode_units_torch(points.reshape(n * p, 3), L).reshape(n, p, -1).to(smoothed.dtype)
+    return torch.bmm(table, smoothed[:, :, None])[:, :, 0]
+
+
 def _refine(smoothed: torch.Tensor, units: torch.Tensor, radius: float, steps: int, L: int) -> torch.Tensor:
-    """Local grid search around each current maximum, shrinking the grid each step."""
-    offsets = torch.linspace(-1.0, 1.0, _REFINE_GRID, dtype=units.dtype, device=units.device)
-    grid_a, grid_b = torch.meshgrid(offsets, offsets, indexing="ij")
-    grid_a, grid_b = grid_a.reshape(-1), grid_b.reshape(-1)
-    n, g = units.shape[0], grid_a.shape[0]
+    """Newton steps from each coarse maximum, on a 3 x 3 stencil of half-width h in the tangent plane.
+
+    The stencil gives F's gradient and Hessian by central differences; the maximum of that quadratic (if
+    it has one, at most 2h away) is a tenth candidate, and the best of the ten becomes the next centre,
+    so a step never lowers F. h starts at the coarse search's spacing and shrinks 4x per step: 10
+    evaluations a step where a 7 x 7 pattern search took 49, and near a peak Newton lands far closer
+    than the stencil's spacing.
+    """
+    a, b = (torch.tensor(c, dtype=units.dtype, device=units.device) for c in zip(*_STENCIL))
+    rows = torch.arange(units.shape[0], device=units.device)
+    h = radius
     for _ in range(steps):
         e1, e2 = _tangent_basis(units)
-        candidates = units[:, None, :] + radius * (
-            grid_a[None, :, None] * e1[:, None, :] + grid_b[None, :, None] * e2[:, None, :]
+        stencil = torch.nn.functional.normalize(
+            units[:, None, :] + h * (a[None, :, None] * e1[:, None, :] + b[None, :, None] * e2[:, None, :]), dim=-1
         )
-        candidates = torch.nn.functional.normalize(candidates, dim=-1)
-        values = (encode_units_torch(candidates.reshape(n * g, 3), L).reshape(n, g, -1) * smoothed[:, None, :]).sum(-1)
-        units = candidates[torch.arange(n, device=units.device), torch.argmax(values, dim=1)]
-        radius /= 2.5  # grid spacing is radius/3: the true peak lies within the next, smaller grid
+        f = _values_at(smoothed, stencil, L)
+        gx, gy = (f[:, 1] - f[:, 2]) / (2 * h), (f[:, 3] - f[:, 4]) / (2 * h)
+        hxx, hyy = (f[:, 1] - 2 * f[:, 0] + f[:, 2]) / h**2, (f[:, 3] - 2 * f[:, 0] + f[:, 4]) / h**2
+        hxy = (f[:, 5] - f[:, 6] - f[:, 7] + f[:, 8]) / (4 * h**2)
+        det = hxx * hyy - hxy**2
+        concave = (hxx < 0) & (det > 0)
+        safe_det = torch.where(concave, det, torch.ones_like(det))
+        sx = torch.where(concave, -(hyy * gx - hxy * gy) / safe_det, torch.zeros_like(det))
+        sy = torch.where(concave, -(hxx * gy - hxy * gx) / safe_det, torch.zeros_like(det))
+        length = torch.sqrt(sx**2 + sy**2)
+        shrink = torch.clamp(2 * h / length.clamp(min=1e-30), max=1.0)  # trust region: at most 2h
+        newton = torch.nn.functional.normalize(
+            units + (sx * shrink)[:, None] * e1 + (sy * shrink)[:, None] * e2, dim=-1
+        )
+        candidates = torch.cat([stencil, newton[:, None, :]], dim=1)
+        values = torch.cat([f, _values_at(smoothed, newton[:, None, :], L)], dim=1)
+        units = candidates[rows, torch.argmax(values, dim=1)]
+        h /= _REFINE_SHRINK
     return units
 
 
-def _smoothed(
-    coeffs: torch.Tensor, L: int, rho_km: float | None, anchors: AnchorSet | None
-) -> tuple[torch.Tensor, AnchorSet]:
-    """Checked coefficients smoothed over caps of radius rho (Funk-Hecke), and the anchors to search."""
+def _smoothed(coeffs: torch.Tensor, L: int, rho_km: float | None) -> torch.Tensor:
+    """Checked coefficients smoothed over caps of radius rho (Funk-Hecke)."""
     if coeffs.ndim != 2 or coeffs.shape[1] != num_coefficients(L):
         raise ValueError(
             f"coefficients must have shape (B, {num_coefficients(L)}) for L={L}, got {tuple(coeffs.shape)}"
         )
     if not torch.isfinite(coeffs).all():
         raise ValueError("coefficients contain NaN or inf")
-    if anchors is None:
-        anchors = fibonacci_anchors(max(_DEFAULT_ANCHOR_COUNT, 8 * num_coefficients(L)), L, device=str(coeffs.device))
-    if anchors.L != L:
-        raise ValueError(f"anchor table is for L={anchors.L}, coefficients are for L={L}")
     rho = default_rho_km(L) if rho_km is None else rho_km
     tables = _recurrence_tables(L, coeffs.dtype, str(coeffs.device))
     weights = torch.as_tensor(cap_smoothing_weights(L, rho), dtype=coeffs.dtype, device=coeffs.device)
-    return coeffs * weights[tables["degree"]], anchors
+    return coeffs * weights[tables["degree"]]
+
+
+def _anchors_for(L: int, anchors: AnchorSet | None, device: torch.device) -> AnchorSet:
+    """The anchors given (checked against L), or the default Fibonacci set fine enough for L."""
+    if anchors is None:
+        anchors = fibonacci_anchors(max(_DEFAULT_ANCHOR_COUNT, 8 * num_coefficients(L)), L, device=str(device))
+    if anchors.L != L:
+        raise ValueError(f"anchor table is for L={anchors.L}, coefficients are for L={L}")
+    return anchors
+
+
+COARSE_SEARCHES = ("auto", "grid", "anchors")
 
 
 def decode_units_torch(
@@ -336,12 +435,24 @@ def decode_units_torch(
     *,
     rho_km: float | None = None,
     anchors: AnchorSet | None = None,
-    refine_steps: int = 7,
+    refine_steps: int = 5,
+    coarse: str = "auto",
 ) -> torch.Tensor:
-    """Mode-seeking decode on the coefficients' device: unit vectors (B, 3) where F_e has most mass."""
-    smoothed, anchors = _smoothed(coeffs, L, rho_km, anchors)
-    units = _anchor_argmax(smoothed, anchors)
-    return _refine(smoothed, units, anchors.spacing_rad, refine_steps, L)
+    """Mode-seeking decode on the coefficients' device: unit vectors (B, 3) where F_e has most mass.
+
+    The coarse maximum comes from synthesis on a 1-degree grid ("grid": a few times cheaper than the
+    matrix product on the CPU, benchmarks/bench_shdd.py) or from the matrix product with an anchor table
+    ("anchors", the faster one on a GPU); "auto" takes the grid on GRID_DEVICES unless anchors are given.
+    """
+    if coarse not in COARSE_SEARCHES:
+        raise ValueError(f"coarse search must be one of {COARSE_SEARCHES}, got {coarse!r}")
+    if coarse == "auto":
+        coarse = "grid" if anchors is None and coeffs.device.type in GRID_DEVICES else "anchors"
+    smoothed = _smoothed(coeffs, L, rho_km)
+    if coarse == "grid":
+        return _refine(smoothed, _grid_argmax(smoothed, L), math.radians(180.0 / (GRID_RINGS - 1)), refine_steps, L)
+    anchors = _anchors_for(L, anchors, coeffs.device)
+    return _refine(smoothed, _anchor_argmax(smoothed, anchors), anchors.spacing_rad, refine_steps, L)
 
 
 def _as_coefficients(coeffs: ArrayLike | torch.Tensor) -> torch.Tensor:
@@ -358,17 +469,21 @@ def decode(
     *,
     rho: float | None = None,
     anchors: AnchorSet | None = None,
-    refine_steps: int = 7,
+    refine_steps: int = 5,
+    coarse: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode SHDD vectors (B, (L+1)^2) to (lat, lon) degree arrays by mode search.
 
     Smooths F_e over a cap of radius rho km (default: half the peak width of degree L), takes the best
-    anchor (default: a Fibonacci lattice fine enough for L), then refines on shrinking local grids
-    so accuracy is not limited by anchor spacing. Torch input is decoded on its own device.
+    point of a 1-degree grid (on the CPU) or the best anchor (on a GPU, or when anchors are given;
+    default: a Fibonacci lattice fine enough for L), then refines on shrinking local grids so accuracy is
+    limited by neither. Torch input is decoded on its own device.
     """
     check_degree(L)
     with torch.no_grad():
-        units = decode_units_torch(_as_coefficients(coeffs), L, rho_km=rho, anchors=anchors, refine_steps=refine_steps)
+        units = decode_units_torch(
+            _as_coefficients(coeffs), L, rho_km=rho, anchors=anchors, refine_steps=refine_steps, coarse=coarse
+        )
     return sphere.from_unit(units.double().cpu().numpy())
 
 
@@ -402,7 +517,7 @@ def ranked_modes(
     with torch.no_grad():
         for start in range(0, tensor.shape[0], block):
             part = tensor[start : start + block]
-            smoothed, chosen = _smoothed(part, L, peak_width_km(L), anchors)
+            smoothed, chosen = _smoothed(part, L, peak_width_km(L)), _anchors_for(L, anchors, part.device)
             points = torch.as_tensor(sphere.to_unit(chosen.lat, chosen.lon), dtype=part.dtype, device=part.device)
             density = (smoothed @ chosen.table.to(device=part.device, dtype=part.dtype).T).clamp(min=0)
             density = density / density.sum(dim=1, keepdim=True).clamp(min=1e-30)

@@ -28,6 +28,11 @@ class SHDDSpace:
     def targets(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         return shdd.encode(lat, lon, self.L, dtype=np.float32)
 
+    def targets_on(self, lat: np.ndarray, lon: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Float32 targets computed on `device` from coordinates already validated at ingest."""
+        lat_t, lon_t = torch.as_tensor(lat, device=device), torch.as_tensor(lon, device=device)
+        return shdd.encode_torch(lat_t, lon_t, self.L, validate=False, dtype=torch.float32)
+
     def loss(
         self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -65,6 +70,9 @@ class XYZSpace:
 
     def targets(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         return sphere.to_unit(lat, lon).astype(np.float32)
+
+    def targets_on(self, lat: np.ndarray, lon: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.as_tensor(self.targets(lat, lon), device=device)
 
     def loss(
         self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,6 +35,18 @@ class Validation:
     embeddings: np.ndarray
     lat: np.ndarray
     lon: np.ndarray
+
+
+class RowStream(Protocol):
+    """Training rows read in bounded memory (data.training_stream.EmbeddingStream): batches of embeddings
+    with their coordinates, batch k a pure function of k so that a resumed run continues exactly."""
+
+    rows: int
+    batch_size: int
+
+    def batches(self, start_batch: int = 0) -> Iterator: ...
+
+    def condition_statistics(self) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -64,11 +77,19 @@ def _save_state(checkpoint_dir: Path, model: LocDiffModel, optimizer: torch.opti
     os.replace(temporary, checkpoint_dir / STATE_FILE)
 
 
+def _on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def train(
     config: LocDiffConfig,
-    embeddings: np.ndarray,
-    targets: np.ndarray,
+    embeddings: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
     *,
+    stream: RowStream | None = None,
     checkpoint_dir: str | Path | None = None,
     validation: Validation | None = None,
     encoder: dict | None = None,
@@ -76,7 +97,9 @@ def train(
     log_every: int = 50,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train (or resume) a LocDiff model on (N, embed_dim) embeddings and (N, dim) unscaled targets.
+    """Train (or resume) a LocDiff model on (N, embed_dim) embeddings and (N, dim) unscaled targets held in
+    memory (batches drawn with replacement), or on a `stream` of (embedding, lat, lon) rows whose targets
+    are computed on the training device each step.
 
     With a checkpoint_dir, the model and optimizer are saved every `checkpoint_every` steps and at the
     end, and a later call resumes from the last save. `stop_after` ends the call early at that step
@@ -87,15 +110,12 @@ def train(
     device = distributed.init(world, resolve_device(config.device))
     seed_everything(config.seed)
     model = LocDiffModel(config, encoder, device=device)
-    if embeddings.shape[0] != targets.shape[0] or embeddings.shape[0] == 0:
-        raise ValueError(
-            f"need matching, non-empty embeddings and targets, got {embeddings.shape[0]} and {targets.shape[0]} rows"
-        )
-    if targets.shape[1] != model.space.dim:
-        raise ValueError(
-            f"targets have {targets.shape[1]} columns, the {config.representation} space of L={config.L} needs "
-            f"{model.space.dim}"
-        )
+    if (stream is None) == (embeddings is None and targets is None):
+        raise ValueError("train on in-memory embeddings and targets, or on a stream: one of the two")
+    if stream is None:
+        _check_arrays(embeddings, targets, model.space.dim, config)
+    elif stream.batch_size != config.batch_size:
+        raise ValueError(f"the stream cuts batches of {stream.batch_size} rows, the config asks {config.batch_size}")
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     start_step = 0
     checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -107,10 +127,15 @@ def train(
         model.net.load_state_dict(loaded.net.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
-    cond_all = torch.tensor(np.asarray(embeddings, dtype=np.float32), device=device)
-    if start_step == 0:
-        model.net.set_condition_statistics(cond_all)
-    x0_all = torch.tensor(np.asarray(targets, dtype=np.float32), device=device) * model.space.scale
+    if stream is None:
+        cond_all = torch.tensor(np.asarray(embeddings, dtype=np.float32), device=device)
+        if start_step == 0:
+            model.net.set_condition_statistics(cond_all)
+        x0_all = torch.tensor(np.asarray(targets, dtype=np.float32), device=device) * model.space.scale
+    else:
+        if start_step == 0 and world.is_main:  # the other ranks receive rank 0's buffers when DDP wraps the net
+            model.net.set_condition_moments(*(torch.from_numpy(m) for m in stream.condition_statistics()))
+        batches = stream.batches(start_step)
     trainable = distributed.wrap(model.net, world, device)
     history: list[dict[str, float]] = []
     end = config.steps if stop_after is None else min(config.steps, stop_after)
@@ -121,9 +146,17 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
         generator = step_generator(config.seed + 7919 * world.rank, step, device)  # each rank its own batches
-        index = torch.randint(0, x0_all.shape[0], (config.batch_size,), generator=generator, device=device)
+        if stream is None:
+            index = torch.randint(0, x0_all.shape[0], (config.batch_size,), generator=generator, device=device)
+            x0, cond = x0_all[index], cond_all[index]
+        else:
+            batch = next(batches)
+            cond = _on_device(batch.embedding, device)
+            x0 = model.space.targets_on(batch.lat, batch.lon, device) * model.space.scale
+            if cond.shape[1] != config.embed_dim:
+                raise ValueError(f"config.embed_dim={config.embed_dim}, the stream's embeddings have {cond.shape[1]}")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model.diffusion.training_loss(trainable, x0_all[index], cond_all[index], model.space, generator)
+            loss = model.diffusion.training_loss(trainable, x0, cond, model.space, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.net.parameters(), 1.0)
@@ -146,6 +179,8 @@ def train(
             if world.is_main:
                 _save_state(checkpoint_path, model, optimizer, done)
             distributed.barrier(world)
+    if stream is not None:
+        batches.close()  # stops the stream's reader thread
     model.net.eval()
     final = None
     if validation is not None and end == config.steps and world.is_main:
@@ -154,3 +189,13 @@ def train(
             model, validation
         )
     return TrainResult(model, end - start_step, start_step, time.perf_counter() - started, history, final)
+
+
+def _check_arrays(embeddings: np.ndarray, targets: np.ndarray, dim: int, config: LocDiffConfig) -> None:
+    if embeddings is None or targets is None or embeddings.shape[0] != targets.shape[0] or embeddings.shape[0] == 0:
+        rows = [None if a is None else a.shape[0] for a in (embeddings, targets)]
+        raise ValueError(f"need matching, non-empty embeddings and targets, got {rows[0]} and {rows[1]} rows")
+    if targets.shape[1] != dim:
+        raise ValueError(
+            f"targets have {targets.shape[1]} columns, the {config.representation} space of L={config.L} needs {dim}"
+        )

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
@@ -23,7 +25,9 @@ from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 
 EMBEDDINGS_TABLE = "embeddings"
-EMBEDDING_VERSION = 2  # 2: validation images get test-time views; views follow the imagery
+# 2: validation images get test-time views; views follow the imagery. 3: rows carry their coordinates, so
+# training can stream (embedding, location) pairs from this table alone
+EMBEDDING_VERSION = 3
 
 
 def embedding_fingerprint(
@@ -68,10 +72,10 @@ def build_embeddings(
     identity = encoder.identity
     manifest = {"fingerprint": key, "encoder": identity.to_dict(), "test_views": test_views, "imagery": imagery}
     with warehouse.write_partition(EMBEDDINGS_TABLE, manifest, dataset=dataset, shard=shard) as writer:
-        columns = ["image_id", "split", "image_bytes", "source"]
+        columns = ["image_id", "split", "lat", "lon", "image_bytes", "source"]
         for batch in warehouse.iter_batches(IMAGES_TABLE, batch_rows, columns=columns, dataset=dataset, shard=shard):
             rows = batch.to_pylist()
-            ids, splits, vectors, views = [], [], [], []
+            ids, splits, vectors, views, lat, lon = [], [], [], [], [], []
             for split in sorted({r["split"] for r in rows}):
                 group = [r for r in rows if r["split"] == split]
                 images = [decode_image(r["image_bytes"] or read_reference(r["source"]), r["image_id"]) for r in group]
@@ -83,14 +87,23 @@ def build_embeddings(
                         splits.append(split)
                         views.append(view)
                         vectors.append(vector)
-            writer.write(_embedding_batch(ids, splits, views, np.asarray(vectors, dtype=np.float32), identity.label))
+                        lat.append(r["lat"])
+                        lon.append(r["lon"])
+            vectors = np.asarray(vectors, dtype=np.float32)
+            writer.write(embedding_batch(ids, splits, views, lat, lon, vectors, identity.label))
             if progress is not None:
                 progress(len(rows))
     return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": False}
 
 
-def _embedding_batch(
-    ids: list[str], splits: list[str], views: list[int], vectors: np.ndarray, encoder_label: str
+def embedding_batch(
+    ids: list[str],
+    splits: list[str],
+    views: list[int],
+    lat: list[float],
+    lon: list[float],
+    vectors: np.ndarray,
+    encoder_label: str,
 ) -> pa.Table:
     dim = vectors.shape[1]
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim)
@@ -99,27 +112,57 @@ def _embedding_batch(
             "image_id": pa.array(ids, pa.string()),
             "split": pa.array(splits, pa.string()),
             "view": pa.array(views, pa.int16()),
+            "lat": pa.array(lat, pa.float64()),
+            "lon": pa.array(lon, pa.float64()),
             "encoder": pa.array([encoder_label] * len(ids), pa.string()),
             "embedding": embedding,
         }
     )
 
 
+@dataclass
+class Labelled:
+    """One split's embeddings with their image ids and true coordinates, sorted by image id."""
+
+    ids: list[str]
+    embeddings: np.ndarray  # (N, D) plain views, or (N, views, D)
+    lat: np.ndarray
+    lon: np.ndarray
+
+
+def load_labelled(warehouse: Warehouse, dataset: str, split: str, views: int | None = None) -> Labelled:
+    """A split's rows, read with a filter so memory holds the split, not the table: plain views (N, D), or
+    (N, views, D) when views is given."""
+    where = ds.field("split") == split
+    if views is None:
+        where = where & (ds.field("view") == 0)
+    table = shards.read(warehouse, EMBEDDINGS_TABLE, dataset, where=where)
+    table = table.sort_by([("image_id", "ascending"), ("view", "ascending")])
+    flat = table["embedding"].combine_chunks()
+    dim = flat.type.list_size
+    vectors = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    ids, lat, lon = table["image_id"].to_pylist(), table["lat"].to_numpy(), table["lon"].to_numpy()
+    if views is None:
+        return Labelled(ids, vectors, lat, lon)
+    if len(ids) % views:
+        raise ValueError(f"{dataset}/{split}: {len(ids)} embedding rows is not a multiple of {views} views")
+    return Labelled(ids[::views], vectors.reshape(-1, views, dim), lat[::views], lon[::views])
+
+
 def load_embeddings(
     warehouse: Warehouse, dataset: str, split: str, views: int | None = None
 ) -> tuple[list[str], np.ndarray]:
     """(image_ids, array) for a split: (N, D) for plain views, or (N, views, D) when views is given."""
-    table = shards.read(warehouse, EMBEDDINGS_TABLE, dataset)
-    mask = pc.equal(table["split"], split)
-    if views is None:
-        mask = pc.and_(mask, pc.equal(table["view"], 0))
-    table = table.filter(mask).sort_by([("image_id", "ascending"), ("view", "ascending")])
-    flat = table["embedding"].combine_chunks()
-    dim = flat.type.list_size
-    vectors = flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    ids = table["image_id"].to_pylist()
-    if views is None:
-        return ids, vectors
-    if len(ids) % views:
-        raise ValueError(f"{dataset}/{split}: {len(ids)} embedding rows is not a multiple of {views} views")
-    return ids[::views], vectors.reshape(-1, views, dim)
+    labelled = load_labelled(warehouse, dataset, split, views)
+    return labelled.ids, labelled.embeddings
+
+
+def embedding_files(warehouse: Warehouse, dataset: str) -> list[Path]:
+    """Every part file of the dataset's embeddings, shard by shard: what training streams from."""
+    files = []
+    for shard in shards.dataset_shards(warehouse, dataset):
+        folder = warehouse.partition_dir(EMBEDDINGS_TABLE, dataset=dataset, shard=shard)
+        if warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard) is None:
+            raise FileNotFoundError(f"shard {shard} of the {dataset!r} embeddings is not materialized")
+        files.extend(sorted(folder.glob("part-*.parquet")))
+    return files

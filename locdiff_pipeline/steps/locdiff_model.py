@@ -18,6 +18,7 @@ from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.data.processes import owner_is_gone, owner_tags
+from locdiff_pipeline.data.training_stream import DEFAULT_BUFFER_ROWS, EmbeddingStream, streams
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 from locdiff_pipeline.method import distributed, metrics
 from locdiff_pipeline.method.config import LocDiffConfig
@@ -26,7 +27,7 @@ from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol, choose_protocol
 from locdiff_pipeline.method.target_space import target_space
 from locdiff_pipeline.method.training import Validation, train
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
+from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, embedding_files, load_labelled
 from locdiff_pipeline.steps.shdd_tables import SHDD_TABLE, load_shdd
 from locdiff_pipeline.tracking import registry
 
@@ -67,34 +68,42 @@ def chance_validation_score(warehouse: Warehouse, dataset: str, draws: int = 20,
     return metrics.validation_score(scores)
 
 
-def training_data(
-    warehouse: Warehouse, dataset: str, config: LocDiffConfig
-) -> tuple[np.ndarray, np.ndarray, Validation]:
-    """Train embeddings with their targets (SHDD table rows, or unit vectors for the xyz ablation), and validation."""
-    ids, embeddings = load_embeddings(warehouse, dataset, "train")
-    coords = coordinates(warehouse, dataset)
+def validation_data(warehouse: Warehouse, dataset: str) -> Validation:
+    """The validation images' plain-view embeddings and coordinates, read by filter (not the whole table)."""
+    val = load_labelled(warehouse, dataset, "val")
+    if not val.ids:
+        raise ValueError(f"dataset {dataset!r} has no validation images (split 'val'): set a split column or val_share")
+    return Validation(val.embeddings, val.lat, val.lon)
+
+
+def training_data(warehouse: Warehouse, dataset: str, config: LocDiffConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Train embeddings with their targets (SHDD table rows, or unit vectors for the xyz ablation), in memory."""
+    rows = load_labelled(warehouse, dataset, "train")
     if config.representation == "shdd":
         table = load_shdd(warehouse, dataset, config.L)
-        targets = np.stack([table[i] for i in ids])
+        targets = np.stack([table[i] for i in rows.ids])
     else:
-        lat, lon = np.array([coords[i] for i in ids]).T
-        targets = target_space(config).targets(lat, lon)
-    val_ids, val_embeddings = load_embeddings(warehouse, dataset, "val")
-    if not val_ids:
-        raise ValueError(f"dataset {dataset!r} has no validation images (split 'val'): set a split column or val_share")
-    val_lat, val_lon = np.array([coords[i] for i in val_ids]).T
-    return embeddings, targets, Validation(val_embeddings, val_lat, val_lon)
+        targets = target_space(config).targets(rows.lat, rows.lon)
+    return rows.embeddings, targets
+
+
+def training_stream(warehouse: Warehouse, dataset: str, config: LocDiffConfig) -> EmbeddingStream:
+    """This rank's stream of training rows from the embeddings' part files (targets made on the device)."""
+    return EmbeddingStream(
+        embedding_files(warehouse, dataset),
+        batch_size=config.batch_size,
+        seed=config.seed,
+        world=distributed.current_world(),
+    )
 
 
 def choose_test_protocol(
     warehouse: Warehouse, dataset: str, model: LocDiffModel, embeddings_manifest: dict
 ) -> tuple[Protocol, list[dict]]:
     """LocDiff's test-time protocol (views, combination rule), chosen on the validation images' views."""
-    coords = coordinates(warehouse, dataset)
-    ids, embeddings = load_embeddings(warehouse, dataset, "val", views=embeddings_manifest["test_views"])
-    lat, lon = np.array([coords[i] for i in ids]).T
+    val = load_labelled(warehouse, dataset, "val", views=embeddings_manifest["test_views"])
     imagery = embeddings_manifest.get("imagery", "ground")
-    return choose_protocol(model, embeddings, lat, lon, seed=model.config.seed, imagery=imagery)
+    return choose_protocol(model, val.embeddings, val.lat, val.lon, seed=model.config.seed, imagery=imagery)
 
 
 def train_and_register(
@@ -106,22 +115,29 @@ def train_and_register(
     force: bool = False,
     tracking_uri: str | None = None,
     encoder_checkpoint: str | None = None,
+    loading: str = "auto",
 ) -> TrainedModel | None:
     """Train (or reuse the finished run of the same inputs), log to MLflow and register. Under torchrun
     every rank calls this; rank 0 returns the TrainedModel, the other ranks None. `encoder_checkpoint`
     (the pretrained encoder's weights, when the embeddings came from one) is logged with the served model
-    so that it can embed images; without it that model takes embeddings only."""
+    so that it can embed images; without it that model takes embeddings only. `loading`: "memory" loads
+    the training rows, "stream" streams them from the embeddings' part files, "auto" streams when they
+    would not fit in a few GB (training_stream.streams)."""
     embeddings_manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, dataset)
+    if embeddings_manifest is None:
+        raise FileNotFoundError(f"the embeddings of {dataset!r} must be materialized first")
+    streaming = streams(loading, embeddings_manifest["rows"], config.embed_dim, target_space(config).dim)
     shdd_manifest = shards.manifest(warehouse, SHDD_TABLE, dataset, L=config.L)
-    if embeddings_manifest is None or (config.representation == "shdd" and shdd_manifest is None):
-        raise FileNotFoundError(f"embeddings and the L={config.L} SHDD table of {dataset!r} must be materialized first")
+    if not streaming and config.representation == "shdd" and shdd_manifest is None:
+        raise FileNotFoundError(f"the L={config.L} SHDD table of {dataset!r} must be materialized first")
     encoder = embeddings_manifest["encoder"]
     key = fingerprint(
         TRAINING_VERSION,
         config.to_dict(),
         embeddings_manifest["fingerprint"],
-        shdd_manifest and shdd_manifest["fingerprint"],
+        None if streaming else shdd_manifest and shdd_manifest["fingerprint"],
         dataset,
+        *([("stream", DEFAULT_BUFFER_ROWS)] if streaming else []),  # another sampling of batches, another run
     )
     checkpoint_dir = warehouse.root / CHECKPOINTS / key
     import mlflow
@@ -146,22 +162,27 @@ def train_and_register(
             True,
             encoder,
         )
-    embeddings, targets, validation = training_data(warehouse, dataset, config)
-    if embeddings.shape[1] != config.embed_dim:
+    if encoder["embed_dim"] != config.embed_dim:
         raise ValueError(
             f"config.embed_dim={config.embed_dim} but the {encoder['label']} embeddings have "
-            f"{embeddings.shape[1]} dimensions"
+            f"{encoder['embed_dim']} dimensions"
         )
+    if streaming:
+        rows = {"stream": training_stream(warehouse, dataset, config)}
+        train_rows = rows["stream"].total_rows
+    else:
+        embeddings, targets = training_data(warehouse, dataset, config)
+        rows, train_rows = {"embeddings": embeddings, "targets": targets}, len(embeddings)
     if not world.is_main:  # a DDP worker: trains its share; rank 0 logs, checkpoints and registers
         train(
             config,
-            embeddings,
-            targets,
+            **rows,
             checkpoint_dir=checkpoint_dir,
             encoder=encoder,
             log_every=max(1, config.steps // 50),
         )
         return None
+    validation = validation_data(warehouse, dataset)
     _fail_stale_runs(key)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"locdiff-{dataset}-L{config.L}") as run:
         mlflow.set_tags(
@@ -179,8 +200,9 @@ def train_and_register(
             {
                 **config.to_dict(),
                 "hidden_dims": ",".join(map(str, config.hidden_dims)),
-                "train_rows": len(embeddings),
+                "train_rows": train_rows,
                 "val_rows": len(validation.lat),
+                "training_data": "streamed from the embeddings' part files" if streaming else "in memory",
             }
         )
 
@@ -198,8 +220,7 @@ def train_and_register(
 
         result = train(
             config,
-            embeddings,
-            targets,
+            **rows,
             checkpoint_dir=checkpoint_dir,
             validation=validation,
             encoder=encoder,

@@ -68,6 +68,7 @@ def locdiff_model(
         force=config.force_retrain,
         tracking_uri=mlflow.uri(),
         encoder_checkpoint=encoder.checkpoint,
+        loading=training.loading,
     )
     write_latest(store, trained, training_dataset)
     table = "| scale | validation accuracy |\n|---|---|\n" + "\n".join(
