@@ -5,16 +5,16 @@
 
 Prints: paper-sized training steps/s (L = 40, CS-UNet 2048-1024-512, batch 1024, 8,192 anchors;
 bfloat16 autocast on CUDA) with the CPU figure beside it; embedding images/s for ViT-B-32 and ViT-L-14
-(seeded init: speed does not depend on the weights) through the whole path (640 x 480 JPEG bytes ->
-decode -> preprocess -> encoder) against the encoder's forward pass alone on pre-decoded tensors;
-decode vectors/s at L = 20 and 40 against the bare matrix product on the same device; then a short
-end-to-end `locdiff run` on the device in a temporary project, with its wall time and table.
+(seeded init: speed does not depend on the weights) through the clip_embeddings asset's path (640 x 480
+JPEG bytes -> decode -> views -> encoder), in process and with decoding workers, against the encoder's
+forward pass alone on pre-decoded tensors; decode vectors/s at L = 20 and 40 by both coarse searches
+(anchors, grid) against the bare matrix product on the same device; then a short end-to-end
+`locdiff run` on the device in a temporary project, with its wall time and table.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import subprocess
 import sys
@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_embedding import measure  # noqa: E402
 from bench_model import training_steps_per_second  # noqa: E402
 
-from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder  # noqa: E402
-from locdiff_pipeline.data.image_io import decode_image  # noqa: E402
+from locdiff_pipeline.data.view_workers import default_workers  # noqa: E402
 from locdiff_pipeline.method import shdd, sphere  # noqa: E402
 from locdiff_pipeline.method.config import LocDiffConfig  # noqa: E402
 
@@ -52,38 +51,9 @@ def training(device: str, steps: int, quick: bool) -> float:
     return training_steps_per_second(config, embeddings, targets, steps)
 
 
-def photo_jpegs(count: int, seed: int = 0) -> list[bytes]:
-    """Photo-sized JPEGs (640 x 480) with smooth random content, so decoding costs what a photo costs."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        coarse = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((640, 480), Image.Resampling.BICUBIC)
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
-
-
-def embedding(model_name: str, device: str, images: int) -> tuple[float, float]:
-    """(whole path images/s, forward-only images/s) for one encoder on `device`."""
-    encoder = ImageEncoder(EncoderSpec(model_name, None, 0), device=device)
-    jpegs = photo_jpegs(images)
-    encoder.embed([decode_image(jpegs[0], "warm-up")])
-    _sync(encoder.device)
-    start = time.perf_counter()
-    encoder.embed([decode_image(data, f"photo {i}") for i, data in enumerate(jpegs)])
-    _sync(encoder.device)
-    whole = images / (time.perf_counter() - start)
-    pixels = [encoder.preprocess(decode_image(data, "photo")) for data in jpegs]
-    start = time.perf_counter()
-    encoder._embed_tensors(pixels)
-    _sync(encoder.device)
-    return whole, images / (time.perf_counter() - start)
-
-
-def decoding(L: int, device: str, vectors: int, anchors: int) -> tuple[float, float]:
-    """(decode vectors/s, bare matrix product vectors/s) on `device`, both against the same `anchors`."""
+def decoding(L: int, device: str, vectors: int, anchors: int) -> dict[str, float]:
+    """Vectors/s on `device` of the bare matrix product against `anchors` anchors, of decode's matrix
+    path against those anchors and of decode's grid path."""
     rng = np.random.default_rng(L)
     lat, lon = sphere.random_points(vectors, rng)
     coeffs = torch.tensor(shdd.encode(lat, lon, L), dtype=torch.float32, device=device)
@@ -96,11 +66,13 @@ def decoding(L: int, device: str, vectors: int, anchors: int) -> tuple[float, fl
     for i in range(0, vectors, block):
         (coeffs[i : i + block] @ anchor_table.T).argmax(dim=1)
     _sync(torch.device(device))
-    matmul = vectors / (time.perf_counter() - start)
-    start = time.perf_counter()
-    shdd.decode(coeffs, L, anchors=table)  # the same anchors as the matrix product: like for like
-    _sync(torch.device(device))
-    return vectors / (time.perf_counter() - start), matmul
+    rates = {"matmul": vectors / (time.perf_counter() - start)}
+    for name, options in (("anchors", {"anchors": table, "coarse": "anchors"}), ("grid", {"coarse": "grid"})):
+        start = time.perf_counter()
+        shdd.decode(coeffs, L, **options)
+        _sync(torch.device(device))
+        rates[name] = vectors / (time.perf_counter() - start)
+    return rates
 
 
 def end_to_end(device: str, quick: bool) -> None:
@@ -138,17 +110,23 @@ def main() -> None:
     print(f"{'device':>8} {'steps/s':>9}\n{args.device:>8} {on_device:>9.2f}\n{'cpu':>8} {on_cpu:>9.2f}")
     print(f"ratio {args.device} / cpu: {on_device / on_cpu:.1f}x")
 
-    print("\nEmbedding 640 x 480 JPEGs (seeded-init weights), whole path vs forward pass alone")
-    print(f"{'encoder':>10} {'path img/s':>11} {'forward img/s':>14} {'path / forward':>15}")
+    print("\nEmbedding 640 x 480 JPEGs (seeded-init weights): the asset's path vs the forward pass alone")
+    workers = max(1, default_workers(args.device))
+    print(f"{'encoder':>10} {'forward img/s':>14} {'in-process img/s':>17} {f'{workers} workers img/s':>17}")
     for model_name in ("ViT-B-32",) if args.quick else ("ViT-B-32", "ViT-L-14"):
-        whole, forward = embedding(model_name, args.device, 16 if args.quick else 512)
-        print(f"{model_name:>10} {whole:>11.1f} {forward:>14.1f} {whole / forward:>14.2f}x")
+        rates = measure(model_name, args.device, 16 if args.quick else 512, 1, [0, workers], 128)
+        print(
+            f"{model_name:>10} {rates['forward']:>14.1f} {rates[0]:>11.1f} ({rates[0] / rates['forward']:.2f}x) "
+            f"{rates[workers]:>11.1f} ({rates[workers] / rates['forward']:.2f}x)"
+        )
 
-    print("\nDecode vs the bare matrix product (argmax over the anchors), same device")
-    print(f"{'L':>4} {'decode vec/s':>13} {'matmul vec/s':>13} {'decode / matmul':>16}")
+    print("\nDecode vs the bare matrix product against 100,000 anchors (argmax), same device")
+    print(f"{'L':>4} {'matmul vec/s':>13} {'anchors path':>13} {'grid path':>10} {'grid / matmul':>14}")
     for L in (20, 40):
-        decode_rate, matmul_rate = decoding(L, args.device, 500 if args.quick else 10_000, 100_000)
-        print(f"{L:>4} {decode_rate:>13,.0f} {matmul_rate:>13,.0f} {decode_rate / matmul_rate:>15.2f}x")
+        r = decoding(L, args.device, 500 if args.quick else 10_000, 100_000)
+        print(
+            f"{L:>4} {r['matmul']:>13,.0f} {r['anchors']:>13,.0f} {r['grid']:>10,.0f} {r['grid'] / r['matmul']:>13.2f}x"
+        )
 
     print("\nEnd to end")
     end_to_end(args.device, args.quick)

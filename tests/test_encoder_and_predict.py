@@ -44,6 +44,35 @@ def test_seeded_encoder_is_deterministic_and_says_it_is_not_pretrained(world):
     assert not np.allclose(views[:, 1], views[:, 0])  # the others are augmented
 
 
+def test_decoding_workers_give_exactly_the_views_and_embeddings_of_the_main_process(tmp_path, world):
+    from locdiff_pipeline.data.image_io import ImageDecodeError
+    from locdiff_pipeline.data.view_workers import ViewJob, ViewWorkers
+
+    images = [render_window(world, lat, lon, 8.0, 96) for lat, lon in ((45.0, 7.0), (-33.9, 151.2), (0.0, -60.0))]
+    payloads = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        payloads.append(buffer.getvalue())
+    (tmp_path / "on_disk.png").write_bytes(payloads[2])  # one image read from its reference, in the worker
+    jobs = [ViewJob("a", payloads[0], None, 4, "ground"), ViewJob("b", payloads[1], None, 4, "north_up")]
+    jobs.append(ViewJob("c", None, str(tmp_path / "on_disk.png"), 4, "ground"))
+    encoder = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=1))
+    with ViewWorkers(encoder.views, 2) as pool:
+        pending = pool.submit(jobs)  # returns at once; the workers decode while this process goes on
+        in_workers = pending.get()
+    with ViewWorkers(encoder.views, 0) as here:
+        in_process = here.submit(jobs).get()
+    assert len(in_workers) == 3 and all(p.shape[:2] == (4, 3) for p in in_workers)
+    assert all(torch.equal(a, b) for a, b in zip(in_workers, in_process, strict=True))
+    embedded = encoder.embed_pixels([view for stacked in in_workers for view in stacked.unbind(0)]).reshape(3, 4, -1)
+    decoded = [Image.open(io.BytesIO(p)).convert("RGB") for p in payloads]
+    assert np.array_equal(embedded[[0, 2]], encoder.embed_views([decoded[0], decoded[2]], ["a", "c"], 4))
+    assert np.array_equal(embedded[1], encoder.embed_views([decoded[1]], ["b"], 4, "north_up")[0])
+    with ViewWorkers(encoder.views, 2) as pool, pytest.raises(ImageDecodeError, match="broken-1"):
+        pool.submit([*jobs, ViewJob("broken-1", b"not an image", None, 1, "ground")]).get()
+
+
 def test_checkpoint_path_loads_real_weights_through_the_user_code_path(tmp_path, world):
     images = [render_window(world, 10.0, 20.0, 8.0, 96)]
     source = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=7))

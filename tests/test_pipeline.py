@@ -51,7 +51,7 @@ def tiny_resources(root, **evaluation) -> dict:
     return {
         "warehouse": WarehouseResource(root=str(root)),
         "datasets": DatasetsResource(bundled_count=COUNT, bundled_benchmark_count=BENCHMARK_COUNT),
-        "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=VIEWS),
+        "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=VIEWS, decode_workers=1),
         "training": TrainingResource(
             L=10,
             shdd_degrees=list(DEGREES),
@@ -88,6 +88,13 @@ def test_every_stage_wrote_its_rows(pipeline):
     embeddings = _table(root, "embeddings").to_pandas().groupby("dataset").size().to_dict()
     train, val = splits[(bundled.BUNDLED, "train")], splits[(bundled.BUNDLED, "val")]
     assert embeddings == {bundled.BUNDLED: train + val * VIEWS, **{b: BENCHMARK_COUNT * VIEWS for b in BENCHMARKS}}
+    located = (
+        _table(root, "embeddings")
+        .to_pandas()[["dataset", "image_id", "lat", "lon"]]
+        .merge(images[["dataset", "image_id", "lat", "lon"]], on=["dataset", "image_id"], suffixes=("", "_of_image"))
+    )  # every embedding row carries its image's coordinates (what streamed training reads)
+    assert len(located) == sum(embeddings.values())
+    assert (located["lat"] == located["lat_of_image"]).all() and (located["lon"] == located["lon_of_image"]).all()
     predictions = _table(root, "predictions").to_pandas()
     for benchmark in BENCHMARKS:
         rows = predictions[predictions["dataset"] == benchmark]

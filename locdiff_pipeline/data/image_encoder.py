@@ -101,17 +101,22 @@ class ImageEncoder:
             checkpoint_sha = None
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.preprocess = preprocess
-        self.augment = {imagery: _augmentation(preprocess, flips=imagery == "ground") for imagery in IMAGERY}
+        self.views = ViewMaker(preprocess, spec.seed)
         with torch.no_grad():
             size = _image_size(preprocess)
             embed_dim = int(self.model.encode_image(torch.zeros(1, 3, size, size, device=self.device)).shape[-1])
         self.identity = EncoderIdentity(spec.model_name, checkpoint_sha, spec.seed, embed_dim)
 
     @torch.no_grad()
-    def _embed_tensors(self, pixels: list[torch.Tensor]) -> np.ndarray:
+    def embed_pixels(self, pixels: list[torch.Tensor]) -> np.ndarray:
+        """Embeddings (N, D) of preprocessed pixel tensors, in batches of batch_size."""
         out = []
         for i in range(0, len(pixels), self.batch_size):
-            batch = torch.stack(pixels[i : i + self.batch_size]).to(self.device)
+            batch = torch.stack(pixels[i : i + self.batch_size])
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            else:
+                batch = batch.to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 features = self.model.encode_image(batch).float()
             out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
@@ -119,24 +124,35 @@ class ImageEncoder:
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """Plain-view embeddings (N, D)."""
-        return self._embed_tensors([self.preprocess(im) for im in images])
+        return self.embed_pixels([self.preprocess(im) for im in images])
 
     def embed_views(
         self, images: list[Image.Image], keys: list[str], n_views: int, imagery: str = "ground"
     ) -> np.ndarray:
-        """Embeddings (N, n_views, D): view 0 is the plain view, views 1.. are augmentations suited to
-        the imagery (no flips for north-up imagery, where a mirror image is another place).
+        """Embeddings (N, n_views, D) of the views ViewMaker makes (view 0 plain, then augmentations)."""
+        pixels = [p for image, key in zip(images, keys, strict=True) for p in self.views(image, key, n_views, imagery)]
+        return self.embed_pixels(pixels).reshape(len(images), n_views, -1)
 
-        Each image's augmentations are seeded by its key, so the same image always gets the same views.
-        """
-        augment = self.augment[imagery]
-        pixels = []
-        for image, key in zip(images, keys, strict=True):
-            pixels.append(self.preprocess(image))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(zlib.crc32(key.encode()) + self.spec.seed)
-                pixels.extend(augment(image) for _ in range(n_views - 1))
-        return self._embed_tensors(pixels).reshape(len(images), n_views, -1)
+
+class ViewMaker:
+    """An image's views as pixel tensors: view 0 is the plain view, views 1.. are augmentations suited to
+    the imagery (no flips for north-up imagery, where a mirror image is another place).
+
+    Each image's augmentations are seeded by its key (and the encoder's seed), so the same image always
+    gets the same views, in this process or in a decoding worker. Holds transforms only (no model), so
+    worker processes can carry it.
+    """
+
+    def __init__(self, preprocess, seed: int):
+        self.preprocess, self.seed = preprocess, seed
+        self.augment = {imagery: _augmentation(preprocess, flips=imagery == "ground") for imagery in IMAGERY}
+
+    def __call__(self, image: Image.Image, key: str, n_views: int, imagery: str = "ground") -> list[torch.Tensor]:
+        pixels = [self.preprocess(image)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(key.encode()) + self.seed)
+            pixels.extend(self.augment[imagery](image) for _ in range(n_views - 1))
+        return pixels
 
 
 def _image_size(preprocess) -> int:
@@ -159,11 +175,15 @@ def _augmentation(preprocess, flips: bool):
             transforms.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
             *([transforms.RandomHorizontalFlip()] if flips else []),
             transforms.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-            lambda image: image.convert("RGB"),
+            _to_rgb,
             transforms.ToTensor(),
             normalize,
         ]
     )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
 
 
 def recorded_encoder(recorded: dict | None, checkpoint: str | None, device) -> ImageEncoder:

@@ -86,6 +86,9 @@ class EncoderResource(ConfigurableResource):
     seed: int = 0
     test_views: int = 8  # views per validation and benchmark image (GeoCLIP and the paper use 16: --test-views 16)
     device: str = "auto"
+    # processes that decode images and make their views ahead of the encoder; None: $LOCDIFF_DECODE_WORKERS,
+    # else with a GPU one per core but one (at most 8), on the CPU none; 0: in the asset's own process
+    decode_workers: int | None = None
 
     def spec(self) -> EncoderSpec:
         return EncoderSpec(self.model_name, self.checkpoint, self.seed)

@@ -9,7 +9,7 @@ the images table; images are streamed in batches, so memory is bounded by the ba
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +19,8 @@ import pyarrow.dataset as ds
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
-from locdiff_pipeline.data.image_io import decode_image
-from locdiff_pipeline.data.image_sources import read_reference
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
+from locdiff_pipeline.data.view_workers import ViewJob, ViewWorkers
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 
 EMBEDDINGS_TABLE = "embeddings"
@@ -61,39 +60,74 @@ def build_embeddings(
     force: bool = False,
     load: Callable[[], ImageEncoder] | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Write embeddings/dataset=NAME/shard=KEY; returns a summary (rows, encoder identity, cached or not).
     `load` (e.g. a cached factory) lets several shards share one loaded encoder; it is called only when
-    the shard is not current. `progress` is told how many images each batch embedded."""
+    the shard is not current. `progress` is told how many images each batch embedded. Images are decoded
+    and viewed by `workers` processes (None: view_workers.default_workers for the encoder's device; 0: in this
+    process) one batch ahead of the encoder; the embeddings do not depend on the number of workers."""
     key = embedding_fingerprint(warehouse, dataset, shard, spec, test_views, imagery)
     if not force and warehouse.is_current(EMBEDDINGS_TABLE, key, dataset=dataset, shard=shard):
         return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": True}
     encoder = load() if load is not None else ImageEncoder(spec, device=device)
     identity = encoder.identity
     manifest = {"fingerprint": key, "encoder": identity.to_dict(), "test_views": test_views, "imagery": imagery}
+    columns = ["image_id", "split", "lat", "lon", "image_bytes", "source"]
+    batches = warehouse.iter_batches(IMAGES_TABLE, batch_rows, columns=columns, dataset=dataset, shard=shard)
     with warehouse.write_partition(EMBEDDINGS_TABLE, manifest, dataset=dataset, shard=shard) as writer:
-        columns = ["image_id", "split", "lat", "lon", "image_bytes", "source"]
-        for batch in warehouse.iter_batches(IMAGES_TABLE, batch_rows, columns=columns, dataset=dataset, shard=shard):
-            rows = batch.to_pylist()
-            ids, splits, vectors, views, lat, lon = [], [], [], [], [], []
-            for split in sorted({r["split"] for r in rows}):
-                group = [r for r in rows if r["split"] == split]
-                images = [decode_image(r["image_bytes"] or read_reference(r["source"]), r["image_id"]) for r in group]
-                n_views = views_for_split(split, test_views)
-                embedded = encoder.embed_views(images, [r["image_id"] for r in group], n_views, imagery)
-                for r, per_view in zip(group, embedded):
-                    for view, vector in enumerate(per_view):
-                        ids.append(r["image_id"])
-                        splits.append(split)
-                        views.append(view)
-                        vectors.append(vector)
-                        lat.append(r["lat"])
-                        lon.append(r["lon"])
-            vectors = np.asarray(vectors, dtype=np.float32)
-            writer.write(embedding_batch(ids, splits, views, lat, lon, vectors, identity.label))
+        rows = (batch.to_pylist() for batch in batches)
+        for table, images in embed_row_batches(encoder, rows, test_views, imagery, workers):
+            writer.write(table)
             if progress is not None:
-                progress(len(rows))
+                progress(images)
     return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": False}
+
+
+def embed_row_batches(
+    encoder: ImageEncoder, row_batches: Iterable[list[dict]], test_views: int, imagery: str, workers: int | None
+) -> Iterator[tuple[pa.Table, int]]:
+    """(embeddings table, images) per batch of image rows (image_id, split, lat, lon, image_bytes, source):
+    each batch is decoded by the workers while the encoder embeds the batch before it."""
+    with ViewWorkers(encoder.views, workers, str(encoder.device)) as views:
+        decoding = None
+        for rows in row_batches:
+            submitted = _submit_views(views, rows, test_views, imagery)
+            if decoding is not None:
+                yield _embed_batch(encoder, decoding), sum(len(group) for group, _, _ in decoding)
+            decoding = submitted
+        if decoding is not None:
+            yield _embed_batch(encoder, decoding), sum(len(group) for group, _, _ in decoding)
+
+
+def _submit_views(views: ViewWorkers, rows: list[dict], test_views: int, imagery: str) -> list[tuple]:
+    """One decoding job per split of the batch (training images get one view, the others test_views)."""
+    submitted = []
+    for split in sorted({r["split"] for r in rows}):
+        group = [r for r in rows if r["split"] == split]
+        n_views = views_for_split(split, test_views)
+        jobs = [ViewJob(r["image_id"], r["image_bytes"], r["source"], n_views, imagery) for r in group]
+        submitted.append((group, n_views, views.submit(jobs)))
+    return submitted
+
+
+def _embed_batch(encoder: ImageEncoder, submitted: list[tuple]) -> pa.Table:
+    """The rows of one batch's embeddings, split by split and view by view, as embed_views would give them."""
+    ids, splits, vectors, views, lat, lon = [], [], [], [], [], []
+    for group, n_views, decoded in submitted:
+        pixels = [view for stacked in decoded.get() for view in stacked.unbind(0)]
+        embedded = encoder.embed_pixels(pixels).reshape(len(group), n_views, -1)
+        for r, per_view in zip(group, embedded):
+            for view, vector in enumerate(per_view):
+                ids.append(r["image_id"])
+                splits.append(r["split"])
+                views.append(view)
+                vectors.append(vector)
+                lat.append(r["lat"])
+                lon.append(r["lon"])
+    dim = encoder.identity.embed_dim
+    array = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
+    return embedding_batch(ids, splits, views, lat, lon, array, encoder.identity.label)
 
 
 def embedding_batch(

@@ -59,6 +59,7 @@ def clip_embeddings(
                 device=device,
                 load=load,
                 progress=progress.advance,
+                workers=encoder.decode_workers,
             ),
         )
         for spec in specs

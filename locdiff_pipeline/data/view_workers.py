@@ -1,0 +1,123 @@
+"""Image decoding and view making in worker processes, a batch ahead of the encoder.
+
+Why: decoding a photo and cropping, jittering and normalising its views costs more than the encoder's
+forward pass on a GPU (and about as much on a CPU: `benchmarks/bench_embedding.py`); done one image at a
+time in the main process, the encoder waits. Workers are forked (like a PyTorch DataLoader's) with one
+torch thread each; they read the image (bytes or a reference into a file, tar or msgpack shard), decode
+it with the project's guarded decoder and send back the views' pixels as arrays through the pool's pipe
+(not shared memory, which containers often cap at 64 MB; the copy costs little beside decoding). A view
+is seeded by its image's key, so the embeddings are identical with any number of workers, including
+none (everything in this process).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from locdiff_pipeline.data.image_encoder import ViewMaker
+from locdiff_pipeline.data.image_io import decode_image
+from locdiff_pipeline.data.image_sources import read_reference
+
+WORKERS_ENV = "LOCDIFF_DECODE_WORKERS"
+
+
+@dataclass(frozen=True)
+class ViewJob:
+    """One image to decode and view: its bytes, or the reference to read them from."""
+
+    image_id: str
+    image_bytes: bytes | None
+    source: str | None
+    views: int
+    imagery: str
+
+
+def default_workers(device: str = "cpu") -> int:
+    """$LOCDIFF_DECODE_WORKERS, else for an encoder on a GPU one per core but one (at most 8), and none for
+    an encoder on the CPU, whose forward pass already takes every core (measured on 2 cores: workers
+    gained nothing there, benchmarks/bench_embedding.py)."""
+    raw = os.environ.get(WORKERS_ENV)
+    if raw is not None:
+        try:
+            workers = int(raw)
+        except ValueError:
+            raise ValueError(f"{WORKERS_ENV} must be a whole number of worker processes, got {raw!r}") from None
+        if workers < 0:
+            raise ValueError(f"{WORKERS_ENV} must be 0 (decode in this process) or more, got {workers}")
+        return workers
+    if torch.device(device).type == "cpu":
+        return 0
+    return min(8, max(1, (os.cpu_count() or 1) - 1))
+
+
+def make_views(maker: ViewMaker, job: ViewJob) -> torch.Tensor:
+    """(views, 3, H, W) pixels of one image: read, decode (ImageDecodeError naming the image), view."""
+    payload = job.image_bytes or read_reference(job.source)
+    image = decode_image(payload, job.image_id)
+    return torch.stack(maker(image, job.image_id, job.views, job.imagery))
+
+
+_MAKER: ViewMaker | None = None
+
+
+def _start_worker(maker: ViewMaker) -> None:
+    global _MAKER
+    _MAKER = maker
+    torch.set_num_threads(1)  # as DataLoader workers: the cores are shared, and OpenMP is not fork-safe
+
+
+def _worker_views(job: ViewJob) -> np.ndarray:
+    return make_views(_MAKER, job).numpy()
+
+
+class _Done:
+    """An in-process result, with the pool result's get()."""
+
+    def __init__(self, value: list[torch.Tensor]):
+        self.value = value
+
+    def get(self) -> list[torch.Tensor]:
+        return self.value
+
+
+class _FromPool:
+    def __init__(self, result):
+        self.result = result
+
+    def get(self) -> list[torch.Tensor]:
+        return [torch.from_numpy(pixels) for pixels in self.result.get()]
+
+
+class ViewWorkers:
+    """A pool of forked view makers (or none: workers=0). `submit` returns at once with a handle whose
+    get() gives each job's pixels in job order (or raises the first job's error), so the caller embeds
+    one batch while the next decodes. Use as a context manager: the pool ends with the block."""
+
+    def __init__(self, maker: ViewMaker, workers: int | None = None, device: str = "cpu"):
+        self.maker = maker
+        self.workers = default_workers(device) if workers is None else workers
+        self._pool = None
+
+    def __enter__(self) -> ViewWorkers:
+        if self.workers > 0:
+            context = multiprocessing.get_context("fork")  # the transforms are inherited, never pickled
+            self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=(self.maker,))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def submit(self, jobs: Sequence[ViewJob]):
+        if self._pool is None:
+            return _Done([make_views(self.maker, job) for job in jobs])
+        chunk = max(1, len(jobs) // (4 * self.workers))
+        return _FromPool(self._pool.map_async(_worker_views, jobs, chunksize=chunk))
