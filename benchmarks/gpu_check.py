@@ -8,7 +8,8 @@ bfloat16 autocast on CUDA) with the CPU figure beside it; embedding images/s for
 (seeded init: speed does not depend on the weights) through the clip_embeddings asset's path (640 x 480
 JPEG bytes -> decode -> views -> encoder), in process and with decoding workers, against the encoder's
 forward pass alone on pre-decoded tensors; decode vectors/s at L = 20 and 40 by both coarse searches
-(anchors, grid) against the bare matrix product on the same device; then a short end-to-end
+(anchors, grid) against the bare matrix product on the same device; exact gallery search on the device
+against the CPU's faiss IVF index on 1 M x 512 rows; then a short end-to-end
 `locdiff run` on the device in a temporary project, with its wall time and table.
 """
 
@@ -28,9 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embedding import measure  # noqa: E402
 from bench_model import training_steps_per_second  # noqa: E402
+from bench_retrieval import noisy_queries, synthetic_gallery  # noqa: E402
 
 from locdiff_pipeline.data.view_workers import default_workers  # noqa: E402
-from locdiff_pipeline.method import shdd, sphere  # noqa: E402
+from locdiff_pipeline.method import retrieval, shdd, sphere  # noqa: E402
 from locdiff_pipeline.method.config import LocDiffConfig  # noqa: E402
 
 
@@ -127,6 +129,21 @@ def main() -> None:
         print(
             f"{L:>4} {r['matmul']:>13,.0f} {r['anchors']:>13,.0f} {r['grid']:>10,.0f} {r['grid'] / r['matmul']:>13.2f}x"
         )
+
+    print("\nGallery search: exact on the device vs the CPU's faiss IVF index (nprobe 32), same gallery")
+    rows = 50_000 if args.quick else 1_000_000
+    gallery = synthetic_gallery(rows, 512, max(100, rows // 50))
+    queries = noisy_queries(gallery, 2000)
+    exact = retrieval.exact_top_k(gallery, queries[:200], 1)[:, 0]
+    rates = {}
+    for name, options in (("device exact", {"device": args.device}), ("cpu IVF", {"exact_max_rows": 0})):
+        searcher = retrieval.Retriever(gallery, **options)
+        start = time.perf_counter()
+        found = searcher.search(queries, 1)[:, 0]
+        rates[name] = (len(queries) / (time.perf_counter() - start), float(np.mean(found[:200] == exact)))
+    print(f"{rows:,} x 512 rows, 2,000 queries")
+    for name, (rate, recall) in rates.items():
+        print(f"{name:>14} {rate:>10,.0f} queries/s  recall@1 {recall:.3f}")
 
     print("\nEnd to end")
     end_to_end(args.device, args.quick)

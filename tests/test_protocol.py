@@ -147,7 +147,8 @@ def test_more_views_are_chosen_only_for_a_gain_beyond_noise():
 
 def test_north_up_imagery_gets_no_flips_and_ground_photos_do():
     encoder = ImageEncoder(EncoderSpec("locdiff-tiny-vit"))
-    kinds = {imagery: [type(t).__name__ for t in augment.transforms] for imagery, augment in encoder.views.augment.items()}
+    augments = encoder.views.augment.items()
+    kinds = {imagery: [type(t).__name__ for t in augment.transforms] for imagery, augment in augments}
     assert "RandomHorizontalFlip" in kinds["ground"] and "RandomHorizontalFlip" not in kinds["north_up"]
     assert "RandomResizedCrop" in kinds["north_up"] and "ColorJitter" in kinds["north_up"]
 

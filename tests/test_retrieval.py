@@ -22,6 +22,14 @@ def test_exact_search_is_the_brute_force_ranking():
     np.testing.assert_array_equal(found, expected)
 
 
+def test_device_search_is_exact_at_any_gallery_size():
+    """The GPU path (run here on the CPU device: same code) searches exactly even above the IVF threshold."""
+    gallery, queries = _unit_rows(3000, 16, 6), _unit_rows(70, 16, 7)
+    on_device = retrieval.Retriever(gallery, exact_max_rows=0, device="cpu")
+    assert on_device.kind == "exact on cpu" and on_device.index is None
+    np.testing.assert_array_equal(on_device.search(queries, 7), retrieval.exact_top_k(gallery, queries, 7))
+
+
 def test_ivf_probing_every_list_is_exact_and_probing_few_keeps_high_recall():
     gallery, queries = _unit_rows(20000, 32, 2), _unit_rows(300, 32, 3)
     exact = retrieval.exact_top_k(gallery, queries, 10)

@@ -53,13 +53,13 @@ def parts(tmp_path_factory):
 
 def _rows(stream: EmbeddingStream, count: int, start_batch: int = 0):
     """The first `count` rows of the stream from start_batch: ids and embeddings, in order."""
-    ids, vectors = [], []
+    rows, vectors = [], []
     for batch in stream.batches(start_batch):
-        ids.extend(batch.image_id)
+        rows.append(batch.row)
         vectors.append(batch.embedding)
-        if len(ids) >= count:
+        if sum(map(len, rows)) >= count:
             break
-    return ids[:count], np.concatenate(vectors)[:count]
+    return stream.image_ids(np.concatenate(rows)[:count]), np.concatenate(vectors)[:count]
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3])

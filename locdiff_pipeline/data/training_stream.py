@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from locdiff_pipeline.method.distributed import World
 
 DEFAULT_BUFFER_ROWS = 32768
-READ_COLUMNS = ["image_id", "split", "view", "lat", "lon", "embedding"]
+READ_COLUMNS = ["split", "view", "lat", "lon", "embedding"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Part:
 
 @dataclass
 class Batch:
-    image_id: np.ndarray  # object array of str
+    row: np.ndarray  # int64 (part number << 32) + training row within the part: EmbeddingStream.image_ids names it
     embedding: np.ndarray  # (B, D) float32
     lat: np.ndarray  # (B,) float64
     lon: np.ndarray
@@ -83,16 +83,17 @@ def assign_parts(parts: list[Part], world: World) -> list[Part]:
     return sorted(mine, key=lambda p: str(p.path))
 
 
-def read_part(part: Part, split: str = "train") -> Batch:
-    """The training rows of one part file, in file order."""
-    table = pq.read_table(part.path, columns=READ_COLUMNS)
+def read_part(part: Part, split: str = "train", number: int = 0, columns: list[str] = READ_COLUMNS) -> Batch:
+    """The training rows of one part file, in file order; `number` (the part's place in the stream's list)
+    goes into each row's key. No Python object per row: the reader thread holds the GIL as little as it can."""
+    table = pq.read_table(part.path, columns=columns)
     table = table.filter(_training_mask(table, split))
     if table.num_rows != part.rows:
         raise ValueError(f"{part.path} changed while training: {table.num_rows} training rows, {part.rows} counted")
     flat = table["embedding"].combine_chunks()
     dim = flat.type.list_size
     return Batch(
-        np.asarray(table["image_id"].to_pylist(), dtype=object),
+        (np.int64(number) << 32) + np.arange(table.num_rows, dtype=np.int64),
         flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False),
         table["lat"].to_numpy(),
         table["lon"].to_numpy(),
@@ -100,15 +101,15 @@ def read_part(part: Part, split: str = "train") -> Batch:
 
 
 def _concat(batches: list[Batch]) -> Batch:
-    return Batch(*(np.concatenate([getattr(b, f) for b in batches]) for f in ("image_id", "embedding", "lat", "lon")))
+    return Batch(*(np.concatenate([getattr(b, f) for b in batches]) for f in ("row", "embedding", "lat", "lon")))
 
 
 def _take(batch: Batch, rows: np.ndarray | slice) -> Batch:
-    return Batch(batch.image_id[rows], batch.embedding[rows], batch.lat[rows], batch.lon[rows])
+    return Batch(batch.row[rows], batch.embedding[rows], batch.lat[rows], batch.lon[rows])
 
 
 class EmbeddingStream:
-    """Endless shuffled batches of (image_id, embedding, lat, lon) for one DDP rank; see the module doc."""
+    """Endless shuffled batches of (row key, embedding, lat, lon) for one DDP rank; see the module doc."""
 
     def __init__(
         self,
@@ -124,6 +125,7 @@ class EmbeddingStream:
         self.batch_size, self.seed, self.buffer_rows, self.split = batch_size, seed, max(1, buffer_rows), split
         self.all_parts = count_parts(files, split)
         self.parts = assign_parts(self.all_parts, self.world)
+        self._number = {part.path: number for number, part in enumerate(self.all_parts)}
         self.rows = sum(p.rows for p in self.parts)
         self.total_rows = sum(p.rows for p in self.all_parts)
         self.rows_held = 0  # rows loaded and not yet released: what bounds memory (tests watch its peak)
@@ -145,7 +147,7 @@ class EmbeddingStream:
         return windows
 
     def _load_window(self, epoch: int, index: int, window: list[Part]) -> Batch:
-        rows = _concat([read_part(p, self.split) for p in window])
+        rows = _concat([read_part(p, self.split, self._number[p.path]) for p in window])
         shuffle = np.random.default_rng((self.seed, self.world.rank, epoch, index)).permutation(len(rows.lat))
         self._hold(len(rows.lat))
         return _take(rows, shuffle)
@@ -222,6 +224,15 @@ class EmbeddingStream:
     def _release(self, rows: int) -> None:
         with self._lock:
             self.rows_held -= rows
+
+    def image_ids(self, rows: np.ndarray) -> list[str]:
+        """The image ids of row keys from batches (reads the parts they name): for inspection and tests."""
+        names: dict[int, list[str]] = {}
+        for number in np.unique(np.asarray(rows) >> 32):
+            part = self.all_parts[int(number)]
+            table = pq.read_table(part.path, columns=["image_id", "split", "view"])
+            names[int(number)] = table.filter(_training_mask(table, self.split))["image_id"].to_pylist()
+        return [names[int(r >> 32)][int(r & 0xFFFFFFFF)] for r in np.asarray(rows)]
 
     def condition_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of every training row's embedding (all ranks' parts), accumulated

@@ -476,8 +476,8 @@ def decode(
 
     Smooths F_e over a cap of radius rho km (default: half the peak width of degree L), takes the best
     point of a 1-degree grid (on the CPU) or the best anchor (on a GPU, or when anchors are given;
-    default: a Fibonacci lattice fine enough for L), then refines on shrinking local grids so accuracy is
-    limited by neither. Torch input is decoded on its own device.
+    default: a Fibonacci lattice fine enough for L), then refines by Newton steps on a shrinking local
+    stencil, so accuracy is limited by neither. Torch input is decoded on its own device.
     """
     check_degree(L)
     with torch.no_grad():
