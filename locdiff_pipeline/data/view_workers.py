@@ -1,13 +1,14 @@
 """Image decoding and view making in worker processes, a batch ahead of the encoder.
 
-Why: decoding a photo and cropping, jittering and normalising its views costs more than the encoder's
-forward pass on a GPU (and about as much on a CPU: `benchmarks/bench_embedding.py`); done one image at a
-time in the main process, the encoder waits. Workers are forked (like a PyTorch DataLoader's) with one
-torch thread each; they read the image (bytes or a reference into a file, tar or msgpack shard), decode
-it with the project's guarded decoder and send back the views' pixels as arrays through the pool's pipe
-(not shared memory, which containers often cap at 64 MB; the copy costs little beside decoding). A view
-is seeded by its image's key, so the embeddings are identical with any number of workers, including
-none (everything in this process).
+Why: on a GPU a ViT's forward pass takes a fraction of a millisecond per image, less than decoding a
+photo and cropping, jittering and normalising its views; done one image at a time in the main process,
+the GPU waits. (On a 2-core CPU the forward pass costs ten times the decoding and takes every core, so
+there the default is no workers: `benchmarks/bench_embedding.py`.) Workers are forked (like a PyTorch
+DataLoader's) with one torch thread each; they read the image (bytes or a reference into a file, tar or
+msgpack shard), decode it with the project's guarded decoder and send back the views' pixels as arrays
+through the pool's pipe (not shared memory, which containers often cap at 64 MB; the copy costs little
+beside decoding). A view is seeded by its image's key, so the embeddings are identical with any number
+of workers, including none (everything in this process).
 """
 
 from __future__ import annotations

@@ -93,6 +93,9 @@ def embed_row_batches(
         decoding = None
         for rows in row_batches:
             submitted = _submit_views(views, rows, test_views, imagery)
+            if views.workers == 0:  # decoded already, in this process: nothing to overlap, one batch held
+                yield _embed_batch(encoder, submitted), len(rows)
+                continue
             if decoding is not None:
                 yield _embed_batch(encoder, decoding), sum(len(group) for group, _, _ in decoding)
             decoding = submitted
