@@ -50,9 +50,8 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
     )
     from locdiff_pipeline.steps import report_sql
 
-    training = TrainingResource(
-        **{k: v for k, v in {"steps": args.steps, "L": args.L, "device": args.device}.items() if v is not None}
-    )
+    named = {"steps": args.steps, "L": args.L, "device": args.device, "loading": args.loading}
+    training = TrainingResource(**{k: v for k, v in named.items() if v is not None})
     encoder = EncoderResource(
         **{
             k: v
@@ -60,6 +59,7 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
                 "model_name": args.encoder,
                 "checkpoint": args.encoder_checkpoint,
                 "test_views": args.test_views,
+                "decode_workers": args.decode_workers,
             }.items()
             if v is not None
         }
@@ -204,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--encoder", help="open_clip model name (default ViT-S-32)")
     run.add_argument("--encoder-checkpoint", help="local open_clip checkpoint file with real weights")
     run.add_argument("--test-views", type=int, help="test-time views per validation and benchmark image (default 8)")
+    run.add_argument(
+        "--loading",
+        choices=("auto", "memory", "stream"),  # training_stream.LOADINGS, not imported: torch would load with the CLI
+        help="training rows: in memory, streamed from the embeddings' part files in bounded memory, or auto "
+        "(default: stream when they would take more than 4 GB)",
+    )
+    run.add_argument(
+        "--decode-workers",
+        type=int,
+        help="processes decoding images ahead of the encoder (default: with a GPU one per core but one, on the "
+        "CPU none; $LOCDIFF_DECODE_WORKERS)",
+    )
     run.add_argument("--count", type=int, help="how many bundled training locations to use (default 3000)")
     run.add_argument("--benchmark-count", type=int, help="held-out locations per bundled benchmark (default 300)")
     run.add_argument("--catalog", help="dataset catalog YAML (training + benchmarks); default: the bundled datasets")

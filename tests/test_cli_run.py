@@ -1,4 +1,5 @@
-"""`locdiff run` (the README's main command) end to end on a small bundled dataset, then `locdiff report`;
+"""`locdiff run` (the README's main command) end to end on a small bundled dataset (training streamed,
+images decoded in a worker), then `locdiff report`;
 a second `locdiff run` started meanwhile is refused naming the first, a third after it succeeds; the
 project folder, moved elsewhere, still predicts with `models:/locdiff@champion`, and refuses a tampered
 checkpoint in one line."""
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 from dagster import DagsterInstance
 from PIL import Image
@@ -19,6 +21,7 @@ from PIL import Image
 from locdiff_pipeline.data.bundled import BUNDLED, HELDOUT, SHIFTED
 from locdiff_pipeline.data.project_lock import holder
 from locdiff_pipeline.steps.predictions import METHODS
+from locdiff_pipeline.tracking import registry
 
 BENCHMARKS = (HELDOUT, SHIFTED)
 
@@ -43,6 +46,10 @@ def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
         "40",
         "--L",
         "10",
+        "--loading",
+        "stream",  # the MP16 path: rows streamed from the embeddings' part files
+        "--decode-workers",
+        "1",  # and images decoded in a worker process
     ]
     running = subprocess.Popen(arguments, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -61,6 +68,9 @@ def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
     assert "NO pretrained weights" in first.stdout
     assert (tmp_path / "mlruns" / "mlflow.db").is_file() and (tmp_path / ".dagster_home" / "dagster.yaml").is_file()
     assert "Telemetry" not in first.stdout + first.stderr  # the project's dagster.yaml turns it off
+    registry.configure(root=tmp_path)
+    (trained,) = mlflow.search_runs(experiment_names=[registry.EXPERIMENT], output_format="list")
+    assert trained.data.params["training_data"] == "streamed from the embeddings' part files"
     with DagsterInstance.from_config(str(tmp_path / ".dagster_home")) as instance:
         runs = instance.get_runs()
     assert sorted(run.job_name for run in runs) == ["locdiff_evaluate", "locdiff_evaluate", "locdiff_train"]
