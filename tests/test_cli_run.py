@@ -1,8 +1,7 @@
 """`locdiff run` (the README's main command) end to end on a small bundled dataset (training streamed,
-images decoded in a worker), then `locdiff report`;
-a second `locdiff run` started meanwhile is refused naming the first, a third after it succeeds; the
-project folder, moved elsewhere, still predicts with `models:/locdiff@champion`, and refuses a tampered
-checkpoint in one line."""
+images decoded in a worker), then `locdiff report`; a second `locdiff run` started meanwhile is refused
+naming the first, a third after it succeeds; the project folder, moved elsewhere, still predicts with
+`models:/locdiff@champion`, and refuses a tampered checkpoint in one line."""
 
 from __future__ import annotations
 
