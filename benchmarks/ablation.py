@@ -17,8 +17,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,8 +42,8 @@ def main() -> None:
     from locdiff_pipeline.method import metrics, shdd
     from locdiff_pipeline.method.config import LocDiffConfig
     from locdiff_pipeline.method.training import train
-    from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
-    from locdiff_pipeline.steps.locdiff_model import choose_test_protocol, coordinates, training_data
+    from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_labelled
+    from locdiff_pipeline.steps.locdiff_model import choose_test_protocol, training_data
 
     resources = {
         "warehouse": WarehouseResource(root=str(root)),
@@ -58,9 +56,8 @@ def main() -> None:
     dataset = resources["datasets"].training_name()
     training_manifest = shards.manifest(store, EMBEDDINGS_TABLE, dataset)
     views = shards.manifest(store, EMBEDDINGS_TABLE, HELDOUT)["test_views"]
-    test_ids, test_embeddings = load_embeddings(store, HELDOUT, "test", views=views)
-    coords = coordinates(store, HELDOUT)
-    true_lat, true_lon = np.array([coords[i] for i in test_ids]).T
+    test = load_labelled(store, HELDOUT, "test", views=views)
+    test_ids, test_embeddings, true_lat, true_lon = test.ids, test.embeddings, test.lat, test.lon
     embed_dim = test_embeddings.shape[-1]
     base = LocDiffConfig(L=args.L, embed_dim=embed_dim, steps=args.steps, eval_every=10**9, checkpoint_every=10**9)
     tau = shdd.default_tau(args.L)
@@ -85,7 +82,7 @@ def main() -> None:
     if args.only:
         variants = {name: config for name, config in variants.items() if any(key in name for key in args.only)}
     for name, config in variants.items():
-        embeddings, targets, _ = training_data(store, dataset, config)
+        embeddings, targets = training_data(store, dataset, config)
         started = time.perf_counter()
         result = train(config, embeddings, targets, log_every=10**9)
         seconds = time.perf_counter() - started

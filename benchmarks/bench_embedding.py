@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from bench_model import sync
 from PIL import Image
 
 from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
@@ -37,11 +38,6 @@ def photo_jpegs(count: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def forward_only(encoder: ImageEncoder, jpegs: list[bytes], views: int) -> float:
     """Images/s of the encoder alone on the images' views, decoded and preprocessed beforehand."""
     pixels = [
@@ -49,10 +45,10 @@ def forward_only(encoder: ImageEncoder, jpegs: list[bytes], views: int) -> float
         for i, data in enumerate(jpegs)
         for view in encoder.views(decode_image(data, f"photo {i}"), f"photo {i}", views)
     ]
-    _sync(encoder.device)
+    sync(encoder.device)
     start = time.perf_counter()
     encoder.embed_pixels(pixels)
-    _sync(encoder.device)
+    sync(encoder.device)
     return len(jpegs) / (time.perf_counter() - start)
 
 
@@ -64,10 +60,10 @@ def embedding_path(encoder: ImageEncoder, jpegs: list[bytes], views: int, worker
         for i, data in enumerate(jpegs)
     ]
     batches = [rows[i : i + batch_rows] for i in range(0, len(rows), batch_rows)]
-    _sync(encoder.device)
+    sync(encoder.device)
     start = time.perf_counter()
     embedded = sum(n for _, n in embed_row_batches(encoder, batches, views, "ground", workers))
-    _sync(encoder.device)
+    sync(encoder.device)
     assert embedded == len(jpegs)
     return len(jpegs) / (time.perf_counter() - start)
 

@@ -24,18 +24,19 @@ from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.training import train
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work, so a timer measures it (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def training_steps_per_second(config: LocDiffConfig, embeddings: np.ndarray, targets: np.ndarray, steps: int) -> float:
     warm = train(config.with_(steps=5), embeddings, targets, log_every=10**9)  # compile/allocate once
     del warm
-    _sync(resolve_device(config.device))
+    sync(resolve_device(config.device))
     started = time.perf_counter()
     train(config.with_(steps=steps), embeddings, targets, log_every=10**9)
-    _sync(resolve_device(config.device))
+    sync(resolve_device(config.device))
     return steps / (time.perf_counter() - started)
 
 
@@ -44,14 +45,14 @@ def inference_images_per_second(model: LocDiffModel, images: int, views: int) ->
     embeddings = rng.normal(size=(images, views, model.config.embed_dim)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
     model.predict_embeddings(embeddings[:8])  # warm-up
-    _sync(model.device)
+    sync(model.device)
     started = time.perf_counter()
     model.predict_embeddings(embeddings)
-    _sync(model.device)
+    sync(model.device)
     full = images / (time.perf_counter() - started)
     started = time.perf_counter()
     model.sample_vectors(embeddings.reshape(-1, model.config.embed_dim))
-    _sync(model.device)
+    sync(model.device)
     sampling_only = images / (time.perf_counter() - started)
     return full, sampling_only
 

@@ -30,15 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embedding import measure  # noqa: E402
 from bench_model import training_steps_per_second  # noqa: E402
 from bench_retrieval import noisy_queries, synthetic_gallery  # noqa: E402
+from bench_shdd import decode_timing  # noqa: E402
 
 from locdiff_pipeline.data.view_workers import default_workers  # noqa: E402
 from locdiff_pipeline.method import retrieval, shdd, sphere  # noqa: E402
 from locdiff_pipeline.method.config import LocDiffConfig  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def training(device: str, steps: int, quick: bool) -> float:
@@ -51,30 +47,6 @@ def training(device: str, steps: int, quick: bool) -> float:
     lat, lon = sphere.random_points(len(embeddings), rng)
     targets = shdd.encode(lat, lon, config.L, dtype=np.float32)
     return training_steps_per_second(config, embeddings, targets, steps)
-
-
-def decoding(L: int, device: str, vectors: int, anchors: int) -> dict[str, float]:
-    """Vectors/s on `device` of the bare matrix product against `anchors` anchors, of decode's matrix
-    path against those anchors and of decode's grid path."""
-    rng = np.random.default_rng(L)
-    lat, lon = sphere.random_points(vectors, rng)
-    coeffs = torch.tensor(shdd.encode(lat, lon, L), dtype=torch.float32, device=device)
-    coeffs += 0.3 / np.sqrt(4 * np.pi) * torch.randn_like(coeffs)
-    table = shdd.anchor_table(*sphere.fibonacci_lattice(anchors), L, device=device)
-    anchor_table = table.table
-    _sync(torch.device(device))
-    start = time.perf_counter()
-    block = max(1, (1 << 25) // anchors)
-    for i in range(0, vectors, block):
-        (coeffs[i : i + block] @ anchor_table.T).argmax(dim=1)
-    _sync(torch.device(device))
-    rates = {"matmul": vectors / (time.perf_counter() - start)}
-    for name, options in (("anchors", {"anchors": table, "coarse": "anchors"}), ("grid", {"coarse": "grid"})):
-        start = time.perf_counter()
-        shdd.decode(coeffs, L, **options)
-        _sync(torch.device(device))
-        rates[name] = vectors / (time.perf_counter() - start)
-    return rates
 
 
 def end_to_end(device: str, quick: bool) -> None:
@@ -122,10 +94,11 @@ def main() -> None:
             f"{rates[workers]:>11.1f} ({rates[workers] / rates['forward']:.2f}x)"
         )
 
-    print("\nDecode vs the bare matrix product against 100,000 anchors (argmax), same device")
+    print("\nDecode vs the bare matrix product against 100,000 anchors, same device")
     print(f"{'L':>4} {'matmul vec/s':>13} {'anchors path':>13} {'grid path':>10} {'grid / matmul':>14}")
     for L in (20, 40):
-        r = decoding(L, args.device, 500 if args.quick else 10_000, 100_000)
+        vectors = 500 if args.quick else 10_000
+        r = {name: vectors / seconds for name, seconds in decode_timing(L, vectors, 100_000, args.device).items()}
         print(
             f"{L:>4} {r['matmul']:>13,.0f} {r['anchors']:>13,.0f} {r['grid']:>10,.0f} {r['grid'] / r['matmul']:>13.2f}x"
         )

@@ -65,7 +65,7 @@ def test_decoding_workers_give_exactly_the_views_and_embeddings_of_the_main_proc
         in_process = here.submit(jobs).get()
     assert len(in_workers) == 3 and all(p.shape[:2] == (4, 3) for p in in_workers)
     assert all(torch.equal(a, b) for a, b in zip(in_workers, in_process, strict=True))
-    embedded = encoder.embed_pixels([view for stacked in in_workers for view in stacked.unbind(0)]).reshape(3, 4, -1)
+    embedded = encoder.embed_view_stacks(in_workers, 4)
     decoded = [Image.open(io.BytesIO(p)).convert("RGB") for p in payloads]
     assert np.array_equal(embedded[[0, 2]], encoder.embed_views([decoded[0], decoded[2]], ["a", "c"], 4))
     assert np.array_equal(embedded[1], encoder.embed_views([decoded[1]], ["b"], 4, "north_up")[0])

@@ -130,8 +130,14 @@ class ImageEncoder:
         self, images: list[Image.Image], keys: list[str], n_views: int, imagery: str = "ground"
     ) -> np.ndarray:
         """Embeddings (N, n_views, D) of the views ViewMaker makes (view 0 plain, then augmentations)."""
-        pixels = [p for image, key in zip(images, keys, strict=True) for p in self.views(image, key, n_views, imagery)]
-        return self.embed_pixels(pixels).reshape(len(images), n_views, -1)
+        pairs = zip(images, keys, strict=True)
+        stacks = [torch.stack(self.views(image, key, n_views, imagery)) for image, key in pairs]
+        return self.embed_view_stacks(stacks, n_views)
+
+    def embed_view_stacks(self, stacks: list[torch.Tensor], n_views: int) -> np.ndarray:
+        """Embeddings (N, n_views, D) of N images' view pixels, each (n_views, 3, H, W)."""
+        pixels = [view for stacked in stacks for view in stacked.unbind(0)]
+        return self.embed_pixels(pixels).reshape(len(stacks), n_views, -1)
 
 
 class ViewMaker:

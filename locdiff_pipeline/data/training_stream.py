@@ -83,10 +83,10 @@ def assign_parts(parts: list[Part], world: World) -> list[Part]:
     return sorted(mine, key=lambda p: str(p.path))
 
 
-def read_part(part: Part, split: str = "train", number: int = 0, columns: list[str] = READ_COLUMNS) -> Batch:
+def read_part(part: Part, split: str = "train", number: int = 0) -> Batch:
     """The training rows of one part file, in file order; `number` (the part's place in the stream's list)
     goes into each row's key. No Python object per row: the reader thread holds the GIL as little as it can."""
-    table = pq.read_table(part.path, columns=columns)
+    table = pq.read_table(part.path, columns=READ_COLUMNS)
     table = table.filter(_training_mask(table, split))
     if table.num_rows != part.rows:
         raise ValueError(f"{part.path} changed while training: {table.num_rows} training rows, {part.rows} counted")

@@ -66,7 +66,7 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Brute force: every query against every row, in blocks of queries sized by the gallery so memory
     stays bounded (2,048 queries x 1 M rows would be 8 GB of similarities and 16 GB of indices)."""
     k = min(k, len(vectors))
-    block = max(1, min(2048, _BLOCK_VALUES // max(1, len(vectors))))
+    block = _query_block(len(vectors), 2048)
     found = []
     for start in range(0, len(queries), block):
         similarity = queries[start : start + block] @ vectors.T
@@ -76,9 +76,14 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros((0, k), dtype=np.int64)
 
 
+def _query_block(rows: int, most: int) -> int:
+    """Queries per block so a block's similarities stay within _BLOCK_VALUES (at most `most`)."""
+    return max(1, min(most, _BLOCK_VALUES // max(1, rows)))
+
+
 def _device_top_k(vectors: torch.Tensor, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact search on the gallery's device: blocks of queries x every row, torch.topk of each block."""
-    block = max(1, min(4096, _BLOCK_VALUES // max(1, len(vectors))))
+    block = _query_block(len(vectors), 4096)
     found = []
     with torch.no_grad():
         for start in range(0, len(queries), block):

@@ -94,13 +94,13 @@ def embed_row_batches(
         for rows in row_batches:
             submitted = _submit_views(views, rows, test_views, imagery)
             if views.workers == 0:  # decoded already, in this process: nothing to overlap, one batch held
-                yield _embed_batch(encoder, submitted), len(rows)
+                yield _embed_batch(encoder, submitted)
                 continue
             if decoding is not None:
-                yield _embed_batch(encoder, decoding), sum(len(group) for group, _, _ in decoding)
+                yield _embed_batch(encoder, decoding)
             decoding = submitted
         if decoding is not None:
-            yield _embed_batch(encoder, decoding), sum(len(group) for group, _, _ in decoding)
+            yield _embed_batch(encoder, decoding)
 
 
 def _submit_views(views: ViewWorkers, rows: list[dict], test_views: int, imagery: str) -> list[tuple]:
@@ -114,12 +114,12 @@ def _submit_views(views: ViewWorkers, rows: list[dict], test_views: int, imagery
     return submitted
 
 
-def _embed_batch(encoder: ImageEncoder, submitted: list[tuple]) -> pa.Table:
-    """The rows of one batch's embeddings, split by split and view by view, as embed_views would give them."""
+def _embed_batch(encoder: ImageEncoder, submitted: list[tuple]) -> tuple[pa.Table, int]:
+    """One batch's embeddings, split by split and view by view as embed_views would give them, and its
+    number of images."""
     ids, splits, vectors, views, lat, lon = [], [], [], [], [], []
     for group, n_views, decoded in submitted:
-        pixels = [view for stacked in decoded.get() for view in stacked.unbind(0)]
-        embedded = encoder.embed_pixels(pixels).reshape(len(group), n_views, -1)
+        embedded = encoder.embed_view_stacks(decoded.get(), n_views)
         for r, per_view in zip(group, embedded):
             for view, vector in enumerate(per_view):
                 ids.append(r["image_id"])
@@ -130,7 +130,8 @@ def _embed_batch(encoder: ImageEncoder, submitted: list[tuple]) -> pa.Table:
                 lon.append(r["lon"])
     dim = encoder.identity.embed_dim
     array = np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
-    return embedding_batch(ids, splits, views, lat, lon, array, encoder.identity.label)
+    images = sum(len(group) for group, _, _ in submitted)
+    return embedding_batch(ids, splits, views, lat, lon, array, encoder.identity.label), images
 
 
 def embedding_batch(

@@ -49,11 +49,6 @@ class TrainedModel:
     seconds: float = 0.0
 
 
-def coordinates(warehouse: Warehouse, dataset: str) -> dict[str, tuple[float, float]]:
-    table = shards.read(warehouse, IMAGES_TABLE, dataset, columns=["image_id", "lat", "lon"])
-    return dict(zip(table["image_id"].to_pylist(), zip(table["lat"].to_pylist(), table["lon"].to_pylist())))
-
-
 def chance_validation_score(warehouse: Warehouse, dataset: str, draws: int = 20, seed: int = 0) -> float:
     """The validation score of a guess that ignores the image (a random training location, averaged over
     `draws`): the floor a trained model must clear to be worth anything."""

@@ -29,8 +29,7 @@ from locdiff_pipeline.method import baselines, shdd, uncertainty
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
 from locdiff_pipeline.method.views import MEAN_EMBEDDING, ViewRule
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
-from locdiff_pipeline.steps.locdiff_model import coordinates
+from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_labelled
 from locdiff_pipeline.steps.prediction_table import prediction_rows
 
 PREDICTIONS_VERSION = 2  # 2: the baselines choose their view rule on validation; LocDiff weighs the plain view
@@ -92,11 +91,6 @@ class TrainingSide:
 _fitted: dict[tuple, TrainingSide] = {}  # one fit per training data and settings, shared by benchmarks
 
 
-def _lat_lon(coords: dict, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    lat, lon = np.array([coords[i] for i in ids], dtype=float).reshape(-1, 2).T
-    return lat, lon
-
-
 def baseline_view_rules(protocol: Protocol, L: int) -> tuple[ViewRule, ...]:
     """The view rules the baselines choose from on validation: the mean of the view embeddings, or LocDiff's
     chosen rule on their per-view predictions; both weigh the plain view as LocDiff's protocol does."""
@@ -119,12 +113,10 @@ def fit_training_side(
     settings_key = tuple(sorted(settings.to_dict().items()))
     key = (str(warehouse.root), training, manifest["fingerprint"], settings_key, views, view_rules)
     if key not in _fitted:
-        coords = coordinates(warehouse, training)
-        train_ids, train_embeddings = load_embeddings(warehouse, training, "train")
-        val_ids, val_embeddings = load_embeddings(warehouse, training, "val", views=manifest["test_views"])
-        val_embeddings = val_embeddings[:, :views]
-        gallery = baselines.Gallery(train_embeddings, *_lat_lon(coords, train_ids))
-        validation = (val_embeddings, *_lat_lon(coords, val_ids))
+        train = load_labelled(warehouse, training, "train")
+        val = load_labelled(warehouse, training, "val", views=manifest["test_views"])
+        gallery = baselines.Gallery(train.embeddings, train.lat, train.lon)
+        validation = (val.embeddings[:, :views], val.lat, val.lon)
         seed = settings.seed
         _fitted.clear()
         _fitted[key] = TrainingSide(
@@ -165,13 +157,13 @@ def predict_benchmark(
     used_views = min(protocol.views, views)
     side = fit_training_side(warehouse, training, settings, used_views, baseline_view_rules(protocol, model.config.L))
     progress(1)
-    ids, embeddings = load_embeddings(warehouse, benchmark, "test", views=views)
+    test = load_labelled(warehouse, benchmark, "test", views=views)
     excluded = set(exclude)
-    keep = [i for i, image_id in enumerate(ids) if image_id not in excluded]
-    ids, embeddings = [ids[i] for i in keep], embeddings[keep, :used_views]
+    keep = [i for i, image_id in enumerate(test.ids) if image_id not in excluded]
+    ids, embeddings = [test.ids[i] for i in keep], test.embeddings[keep, :used_views]
     if not ids:
         raise ValueError(f"benchmark {benchmark!r} has no test images to score")
-    true_lat, true_lon = _lat_lon(coordinates(warehouse, benchmark), ids)
+    true_lat, true_lon = test.lat[keep], test.lon[keep]
     n = len(ids)
 
     def rows(method: str, prediction, draws: int = 1, **extra) -> pa.Table:
