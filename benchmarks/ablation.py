@@ -37,7 +37,7 @@ def main() -> None:
     from locdiff_pipeline.data.bundled import HELDOUT
     from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
     from locdiff_pipeline.defs.assets.ingest import image_metadata, images
-    from locdiff_pipeline.defs.jobs import materialize_all
+    from locdiff_pipeline.defs.graph_run import materialize_all
     from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
     from locdiff_pipeline.method import metrics, shdd
     from locdiff_pipeline.method.config import LocDiffConfig

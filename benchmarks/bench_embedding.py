@@ -20,7 +20,8 @@ import torch
 from bench_model import sync
 from PIL import Image
 
-from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
+from locdiff_pipeline.data.encoder_spec import EncoderSpec
+from locdiff_pipeline.data.image_encoder import ImageEncoder
 from locdiff_pipeline.data.image_io import decode_image
 from locdiff_pipeline.steps.clip_embeddings import embed_row_batches
 

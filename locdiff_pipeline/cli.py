@@ -38,88 +38,22 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(home))  # runs show up in `dagster dev` started from the same root
     from dagster import DagsterInstance
 
-    from locdiff_pipeline.data.processes import owner_tags
-    from locdiff_pipeline.defs.jobs import fail_abandoned_runs, materialize_all
-    from locdiff_pipeline.defs.resources import (
-        DatasetsResource,
-        EncoderResource,
-        EvaluationResource,
-        MlflowResource,
-        TrainingResource,
-        WarehouseResource,
-    )
-    from locdiff_pipeline.steps import report_sql
+    from locdiff_pipeline.defs.graph_run import fail_abandoned_runs
 
-    named = {"steps": args.steps, "L": args.L, "device": args.device, "loading": args.loading}
-    training = TrainingResource(**{k: v for k, v in named.items() if v is not None})
-    encoder = EncoderResource(
-        **{
-            k: v
-            for k, v in {
-                "model_name": args.encoder,
-                "checkpoint": args.encoder_checkpoint,
-                "test_views": args.test_views,
-                "decode_workers": args.decode_workers,
-            }.items()
-            if v is not None
-        }
-    )
-    chosen = {"bundled_count": args.count, "bundled_benchmark_count": args.benchmark_count, "catalog": args.catalog}
-    datasets = DatasetsResource(**{k: v for k, v in chosen.items() if v is not None})
-    resources = {
-        "warehouse": WarehouseResource(root=str(root)),
-        "datasets": datasets,
-        "encoder": encoder,
-        "training": training,
-        "evaluation": EvaluationResource(),
-        "mlflow": MlflowResource(),
-    }
+    resources = _run_resources(args, root)
     started = time.perf_counter()
     instance = DagsterInstance.get()
     for run_id in fail_abandoned_runs(instance):
         print(f"marked run {run_id} failed: its process is gone", file=sys.stderr)
-    run_tags = {
-        **owner_tags(),
-        "locdiff/trigger": "locdiff run",
-        "locdiff/dataset": datasets.training_name(),
-        "locdiff/encoder": encoder.model_name + ("" if encoder.checkpoint else f"@seeded-init-{encoder.seed}"),
-    }
-    from locdiff_pipeline.steps.progress import terminal_bars
-
-    bars = _wants_bars()
-    if bars:  # live bars instead of the run log's lines; the log keeps every event (the UI shows it)
-        print("progress bars below; the full run log: `locdiff dev`, or LOCDIFF_PROGRESS=off", file=sys.stderr)
-    with terminal_bars() if bars else contextlib.nullcontext():
-        result = materialize_all(
-            resources,
-            instance=instance,
-            raise_on_error=False,
-            tags=run_tags,
-            console_level="WARNING" if bars else None,
-        )
+    result = _materialize_with_progress(resources, instance)
     seconds = time.perf_counter() - started
-    evaluations = result.get_asset_check_evaluations()
-    failed = [e.check_name for e in evaluations if not e.passed and e.severity.value == "ERROR"]
-    warnings = sorted({e.check_name for e in evaluations if not e.passed and e.severity.value != "ERROR"})
     if not result.success:
         print(f"locdiff run failed after {seconds:.0f} s; see the Dagster logs above", file=sys.stderr)
         return 1
-    from locdiff_pipeline.data.image_encoder import encoder_note
-    from locdiff_pipeline.steps.locdiff_model import read_latest
-
-    store = WarehouseResource(root=str(root)).get()
-    latest = read_latest(store)
-    rows = [
-        r
-        for name in datasets.get().benchmark_names
-        for r in report_sql.accuracy_table(store, dataset=name, model_version=latest["version"])
-    ]
-    print()
-    print(report_sql.text_table(rows))
-    print(f"# trained on {latest['training_dataset']}; every benchmark is scored beside chance and a constant guess")
-    print(f"# {encoder_note(latest['encoder'])}")
-    print(f"# model locdiff v{latest['version']} (MLflow run {latest['run_id']}); wall time {seconds:.0f} s")
-    print(f"# reports, plots: {store.root / report_sql.REPORTS}/<benchmark>/v{latest['version']}")
+    _print_accuracy(resources, root, seconds)
+    evaluations = result.get_asset_check_evaluations()
+    failed = [e.check_name for e in evaluations if not e.passed and e.severity.value == "ERROR"]
+    warnings = sorted({e.check_name for e in evaluations if not e.passed and e.severity.value != "ERROR"})
     if warnings:
         print(f"asset checks warned: {', '.join(warnings)}", file=sys.stderr)
     if failed:
@@ -128,9 +62,91 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _run_resources(args: argparse.Namespace, root: Path) -> dict:
+    """The resources of `locdiff run`: the options given on the command line, the rest left to defaults."""
+    from locdiff_pipeline.defs.resources import (
+        DatasetsResource,
+        EncoderResource,
+        EvaluationResource,
+        MlflowResource,
+        TrainingResource,
+        WarehouseResource,
+    )
+
+    def given(**options) -> dict:
+        return {name: value for name, value in options.items() if value is not None}
+
+    return {
+        "warehouse": WarehouseResource(root=str(root)),
+        "datasets": DatasetsResource(
+            **given(bundled_count=args.count, bundled_benchmark_count=args.benchmark_count, catalog=args.catalog)
+        ),
+        "encoder": EncoderResource(
+            **given(
+                model_name=args.encoder,
+                checkpoint=args.encoder_checkpoint,
+                test_views=args.test_views,
+                decode_workers=args.decode_workers,
+            )
+        ),
+        "training": TrainingResource(**given(steps=args.steps, L=args.L, device=args.device, loading=args.loading)),
+        "evaluation": EvaluationResource(),
+        "mlflow": MlflowResource(),
+    }
+
+
+def _materialize_with_progress(resources: dict, instance):
+    """Every asset, as the named jobs, tagged with the trigger, dataset and encoder; live bars on a terminal."""
+    from locdiff_pipeline.data.processes import owner_tags
+    from locdiff_pipeline.defs.graph_run import materialize_all
+    from locdiff_pipeline.steps.progress import terminal_bars
+
+    spec = resources["encoder"].spec()
+    run_tags = {
+        **owner_tags(),
+        "locdiff/trigger": "locdiff run",
+        "locdiff/dataset": resources["datasets"].training_name(),
+        "locdiff/encoder": spec.model_name + ("" if spec.checkpoint else f"@seeded-init-{spec.seed}"),
+    }
+    bars = _wants_bars()
+    if bars:  # live bars instead of the run log's lines; the log keeps every event (the UI shows it)
+        print("progress bars below; the full run log: `locdiff dev`, or LOCDIFF_PROGRESS=off", file=sys.stderr)
+    with terminal_bars() if bars else contextlib.nullcontext():
+        return materialize_all(
+            resources,
+            instance=instance,
+            raise_on_error=False,
+            tags=run_tags,
+            console_level="WARNING" if bars else None,
+        )
+
+
+def _print_accuracy(resources: dict, root: Path, seconds: float) -> None:
+    """The accuracy table of the model just trained, on every benchmark, and where the reports are."""
+    from locdiff_pipeline.data.image_encoder import encoder_note
+    from locdiff_pipeline.steps import report_sql
+    from locdiff_pipeline.steps.locdiff_model import read_latest
+
+    store = resources["warehouse"].get()
+    latest = read_latest(store)
+    rows = [
+        r
+        for name in resources["datasets"].get().benchmark_names
+        for r in report_sql.accuracy_table(store, dataset=name, model_version=latest["version"])
+    ]
+    print()
+    print(report_sql.text_table(rows))
+    print(f"# trained on {latest['training_dataset']}; every benchmark is scored beside chance and a constant guess")
+    print(f"# {encoder_note(latest['encoder'])}")
+    print(f"# model locdiff v{latest['version']} (MLflow run {latest['run_id']}); wall time {seconds:.0f} s")
+    print(f"# reports, plots: {store.root / report_sql.REPORTS}/<benchmark>/v{latest['version']}")
+
+
 def _wants_bars() -> bool:
     """Live progress bars when stderr is a terminal; LOCDIFF_PROGRESS=bars or =off overrides."""
-    setting = os.environ.get("LOCDIFF_PROGRESS", "auto")
+    from locdiff_pipeline import settings
+
+    setting = settings.current().progress
     return setting == "bars" or (setting == "auto" and sys.stderr.isatty())
 
 
@@ -193,17 +209,42 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_run(commands, common)
+    _add_predict(commands, common)
+    rep = commands.add_parser("report", help="print the accuracy table from the warehouse", parents=[common])
+    rep.add_argument("--dataset", default=None)
+    rep.set_defaults(handler=_report)
+    dev = commands.add_parser(
+        "dev", help="start the Dagster UI (dagster dev) on this project's instance; SIGTERM or Ctrl-C stops it"
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="address to serve on (default %(default)s)")
+    dev.add_argument("--port", type=int, default=3000, help="port (default %(default)s)")
+    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="further `dagster dev` options, after --")
+    dev.set_defaults(handler=_dev, debug=False)
+    return parser
+
+
+def _add_run(commands, common: argparse.ArgumentParser) -> None:
+    """`locdiff run`: its help prints the defaults of the dataclasses that hold them."""
+    from locdiff_pipeline.data.bundled import BundledRecipe
+    from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
+    from locdiff_pipeline.method.config import LocDiffConfig
+
     run = commands.add_parser(
         "run",
         help="materialize every asset (bundled data by default) and print the accuracy table",
         parents=[common],
     )
-    run.add_argument("--steps", type=int, help="training steps (default 3000)")
-    run.add_argument("--L", type=int, help="SHDD degree to train on (default 20)")
-    run.add_argument("--device", help="auto, cpu, cuda (default auto)")
-    run.add_argument("--encoder", help="open_clip model name (default ViT-S-32)")
+    run.add_argument("--steps", type=int, help=f"training steps (default {LocDiffConfig.steps})")
+    run.add_argument("--L", type=int, help=f"SHDD degree to train on (default {LocDiffConfig.L})")
+    run.add_argument("--device", help=f"auto, cpu, cuda (default {LocDiffConfig.device})")
+    run.add_argument("--encoder", help=f"open_clip model name (default {EncoderSpec.model_name})")
     run.add_argument("--encoder-checkpoint", help="local open_clip checkpoint file with real weights")
-    run.add_argument("--test-views", type=int, help="test-time views per validation and benchmark image (default 8)")
+    run.add_argument(
+        "--test-views",
+        type=int,
+        help=f"test-time views per validation and benchmark image (default {DEFAULT_TEST_VIEWS})",
+    )
     run.add_argument(
         "--loading",
         choices=("auto", "memory", "stream"),  # training_stream.LOADINGS, not imported: torch would load with the CLI
@@ -216,16 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes decoding images ahead of the encoder (default: with a GPU one per core but one, on the "
         "CPU none; $LOCDIFF_DECODE_WORKERS)",
     )
-    run.add_argument("--count", type=int, help="how many bundled training locations to use (default 3000)")
-    run.add_argument("--benchmark-count", type=int, help="held-out locations per bundled benchmark (default 300)")
+    run.add_argument(
+        "--count", type=int, help=f"how many bundled training locations to use (default {BundledRecipe.count})"
+    )
+    run.add_argument(
+        "--benchmark-count",
+        type=int,
+        help=f"held-out locations per bundled benchmark (default {BundledRecipe.benchmark_count})",
+    )
     run.add_argument("--catalog", help="dataset catalog YAML (training + benchmarks); default: the bundled datasets")
     run.add_argument(
         "--wait",
         type=float,
         default=0.0,
-        help="seconds to wait for another run writing this project folder (default 0: exit at once naming it)",
+        help="seconds to wait for another writer of this project folder (default %(default)s: exit at once naming it)",
     )
     run.set_defaults(handler=_run)
+
+
+def _add_predict(commands, common: argparse.ArgumentParser) -> None:
     pred = commands.add_parser(
         "predict", help="predict the location of image files; CSV, JSON or GeoJSON on stdout", parents=[common]
     )
@@ -236,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--views", type=int, default=None, help="test-time views (default: the model's, chosen on validation)"
     )
     pred.add_argument("--rule", default=None, help="mixture or centre: how views combine (default: the model's)")
-    pred.add_argument("--samples", type=int, default=1)
-    pred.add_argument("--seed", type=int, default=0)
+    pred.add_argument("--samples", type=int, default=1, help="diffusion samples per view (default %(default)s)")
+    pred.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
     pred.add_argument(
         "--encoder-checkpoint", help="the encoder checkpoint file, when the model was trained on real weights"
     )
@@ -249,21 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("csv", "json", "geojson"),
         default="csv",
-        help="csv (default), json, or geojson (one Point Feature per image, ranked places as properties)",
+        help="csv, json, or geojson (one Point Feature per image, ranked places as properties; default %(default)s)",
     )
     pred.add_argument("images", nargs="+", type=Path)
     pred.set_defaults(handler=_predict)
-    rep = commands.add_parser("report", help="print the accuracy table from the warehouse", parents=[common])
-    rep.add_argument("--dataset", default=None)
-    rep.set_defaults(handler=_report)
-    dev = commands.add_parser(
-        "dev", help="start the Dagster UI (dagster dev) on this project's instance; SIGTERM or Ctrl-C stops it"
-    )
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=3000)
-    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="further `dagster dev` options, after --")
-    dev.set_defaults(handler=_dev, debug=False)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,22 +3,18 @@ locdiff_pipeline.definitions` load this. It only assembles what `locdiff_pipelin
 
 from dagster import Definitions
 
+from locdiff_pipeline.defs.assets import ALL_ASSETS
 from locdiff_pipeline.defs.checks import ALL_CHECKS
-from locdiff_pipeline.defs.jobs import (
-    ALL_ASSETS,
-    evaluate_job,
-    evaluate_new_model,
-    retrain_on_new_data,
-    retrain_schedule,
-    train_job,
-)
+from locdiff_pipeline.defs.jobs import evaluate_job, train_job
 from locdiff_pipeline.defs.resources import default_resources
+from locdiff_pipeline.defs.schedules import retrain_schedule
+from locdiff_pipeline.defs.sensors import ALL_SENSORS
 
 defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
     jobs=[train_job, evaluate_job],
     schedules=[retrain_schedule],
-    sensors=[evaluate_new_model, retrain_on_new_data],
+    sensors=ALL_SENSORS,
     resources=default_resources(),
 )

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ui_browser  # noqa: E402
 
-from locdiff_pipeline.defs.jobs import ALL_ASSETS  # noqa: E402
+from locdiff_pipeline.defs.assets import ALL_ASSETS  # noqa: E402
 
 ASSETS = [asset.key.path[-1] for asset in ALL_ASSETS]  # the graph's own list: every one must be drawn
 FIGURES = ("error_cdf.png", "density_maps.png")

@@ -23,7 +23,7 @@ from locdiff_pipeline.defs.resources import (
     WarehouseResource,
 )
 from locdiff_pipeline.steps.figures import DIALOG_WIDTH_PX
-from locdiff_pipeline.steps.predictions import METHODS
+from locdiff_pipeline.steps.scoring import METHODS
 
 GROUP_ASSETS = {
     "ingest": {"image_metadata", "images"},

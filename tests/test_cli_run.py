@@ -19,7 +19,7 @@ from PIL import Image
 
 from locdiff_pipeline.data.bundled import BUNDLED, HELDOUT, SHIFTED
 from locdiff_pipeline.data.project_lock import holder
-from locdiff_pipeline.steps.predictions import METHODS
+from locdiff_pipeline.steps.scoring import METHODS
 from locdiff_pipeline.tracking import registry
 
 BENCHMARKS = (HELDOUT, SHIFTED)

@@ -16,8 +16,9 @@ import pyarrow as pa
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.warehouse import Warehouse
+from locdiff_pipeline.defs.assets import SHARDED_ASSETS
 from locdiff_pipeline.defs.assets.ingest import image_metadata
-from locdiff_pipeline.defs.jobs import SHARDED_ASSETS, materialize_all
+from locdiff_pipeline.defs.graph_run import materialize_all
 from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
 
 REPOSITORY = Path(__file__).resolve().parents[1]

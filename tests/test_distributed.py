@@ -97,8 +97,9 @@ def _write(folder: Path) -> Path:
 def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
     """`torchrun -m locdiff_pipeline.train_ddp --loading stream` over a materialized warehouse: the ranks
     stream disjoint part files; one MLflow run, one registered version, latest.json downstream."""
+    from locdiff_pipeline.defs.assets import SHARDED_ASSETS
     from locdiff_pipeline.defs.assets.ingest import image_metadata
-    from locdiff_pipeline.defs.jobs import SHARDED_ASSETS, materialize_all
+    from locdiff_pipeline.defs.graph_run import materialize_all
     from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
     from locdiff_pipeline.tracking import registry
 

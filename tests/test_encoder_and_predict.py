@@ -17,7 +17,8 @@ from ingest_fixtures import HOSTILE_REASONS, make_hostile_files
 from PIL import Image
 
 from locdiff_pipeline.data.bundled import BLUE_MARBLE, render_window
-from locdiff_pipeline.data.image_encoder import SEEDED_INIT_NOTE, EncoderSpec, ImageEncoder
+from locdiff_pipeline.data.encoder_spec import EncoderSpec
+from locdiff_pipeline.data.image_encoder import SEEDED_INIT_NOTE, ImageEncoder
 from locdiff_pipeline.method import sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel

@@ -11,9 +11,10 @@ import msgpack
 import pytest
 from ingest_fixtures import bomb_png, jpeg, make_dataset, make_hostile_files
 
+from locdiff_pipeline import settings
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.datasets import DatasetSpec
-from locdiff_pipeline.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, decode_image
+from locdiff_pipeline.data.image_io import ImageTooLargeError, decode_image
 from locdiff_pipeline.data.ingest import IMAGES_TABLE, REJECTED_TABLE, ingest, reason_kind
 from locdiff_pipeline.data.warehouse import Warehouse
 
@@ -61,7 +62,7 @@ def test_the_pixel_limit_is_checked_from_the_header_and_configurable(monkeypatch
     too_large = r"bomb.png: image too large: 400,000,000 pixels, over the limit of 100,000,000"
     with pytest.raises(ImageTooLargeError, match=too_large):
         decode_image(bomb_png(), "bomb.png")
-    assert DEFAULT_MAX_IMAGE_PIXELS < 1_000_000_000
+    assert settings.current().max_image_pixels < 1_000_000_000
     monkeypatch.setenv("LOCDIFF_MAX_IMAGE_PIXELS", "100")
     with pytest.raises(ImageTooLargeError, match="16 x 16 = 256 pixels, over the limit of 100"):
         decode_image(jpeg(1), "small.jpg")

@@ -62,3 +62,15 @@ def test_lower_layers_never_import_upper_ones():
         for path in (PACKAGE / layer).rglob("*.py"):
             bad = {m for m in _imports(path) for f in forbidden if m.startswith(f"locdiff_pipeline.{f}")}
             assert bad == set(), (path.relative_to(PACKAGE).as_posix(), bad)
+
+
+def test_no_function_is_longer_than_80_lines():
+    """A function past 80 lines is several stages wanting names (the project's code standard)."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.relative_to(PACKAGE).as_posix()}:{node.name} ({lines} lines)")
+    assert long == []

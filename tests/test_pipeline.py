@@ -28,7 +28,8 @@ from locdiff_pipeline.data import bundled
 from locdiff_pipeline.definitions import defs
 from locdiff_pipeline.defs.assets.evaluation import accuracy_report
 from locdiff_pipeline.defs.checks import ALL_CHECKS
-from locdiff_pipeline.defs.jobs import EVALUATION_SELECTION, materialize_all
+from locdiff_pipeline.defs.graph_run import materialize_all
+from locdiff_pipeline.defs.jobs import EVALUATION_SELECTION
 from locdiff_pipeline.defs.resources import (
     DatasetsResource,
     EncoderResource,
@@ -40,7 +41,7 @@ from locdiff_pipeline.defs.resources import (
 from locdiff_pipeline.method import metrics, shdd, sphere
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.steps import report_sql
-from locdiff_pipeline.steps.predictions import CHANCE, METHODS
+from locdiff_pipeline.steps.scoring import CHANCE, METHODS
 from locdiff_pipeline.tracking import registry
 
 COUNT, BENCHMARK_COUNT, VIEWS, DEGREES, DRAWS = 300, 40, 4, (4, 10), 3
@@ -542,7 +543,7 @@ def test_a_warehouse_written_before_ranked_answers_still_reports(tmp_path):
 def test_the_new_data_sensor_requests_a_run_when_training_files_change_and_not_otherwise(tmp_path):
     from dagster import SkipReason, build_sensor_context
 
-    from locdiff_pipeline.defs.jobs import retrain_on_new_data
+    from locdiff_pipeline.defs.sensors import retrain_on_new_data
 
     metadata = tmp_path / "metadata.csv"
     metadata.write_text("IMG_ID,LAT,LON\na.jpg,1,2\n")

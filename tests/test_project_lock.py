@@ -92,8 +92,8 @@ RUN_AND_HANG = textwrap.dedent(
 def test_a_run_killed_from_outside_is_marked_failed_and_a_live_one_is_not(tmp_path, monkeypatch):
     from dagster import DagsterInstance, DagsterRunStatus
 
+    from locdiff_pipeline.defs.graph_run import fail_abandoned_runs
     from locdiff_pipeline.defs.instance import prepare_dagster_home
-    from locdiff_pipeline.defs.jobs import fail_abandoned_runs
 
     monkeypatch.setenv("DAGSTER_HOME", str(prepare_dagster_home(tmp_path)))  # the project's own dagster.yaml
     process = subprocess.Popen(

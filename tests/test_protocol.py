@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import clustered_problem
 
-from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
+from locdiff_pipeline.data.encoder_spec import EncoderSpec
+from locdiff_pipeline.data.image_encoder import ImageEncoder
 from locdiff_pipeline.method import shdd, sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel, Samples

@@ -25,8 +25,8 @@ def test_keys_and_assignment_are_stable_and_agree():
 
 @pytest.mark.parametrize("raw", ["zero", "0", "10000"])
 def test_a_bad_shard_count_is_refused_by_name(monkeypatch, raw):
-    monkeypatch.setenv(shards.SHARDS_ENV, raw)
-    with pytest.raises(ValueError, match=shards.SHARDS_ENV):
+    monkeypatch.setenv("LOCDIFF_SHARDS", raw)
+    with pytest.raises(ValueError, match="LOCDIFF_SHARDS"):
         shards.shard_count()
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from locdiff_pipeline.data.compat import prepare_torchvision
 from locdiff_pipeline.data.datasets import IMAGERY
+from locdiff_pipeline.data.encoder_spec import EncoderSpec
 from locdiff_pipeline.data.image_io import sha256_file
 
 CONFIG_DIR = Path(__file__).parent / "encoder_configs"
@@ -31,18 +32,6 @@ def encoder_note(identity: dict) -> str:
     if identity["is_pretrained"]:
         return f"encoder {identity['label']} (local checkpoint)"
     return f"encoder {identity['label']}: {SEEDED_INIT_NOTE}"
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Which encoder: an open_clip model name, an optional local checkpoint file, the init seed without one."""
-
-    model_name: str = "ViT-S-32"
-    checkpoint: str | None = None
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-MAX_IMAGE_PIXELS_ENV = "LOCDIFF_MAX_IMAGE_PIXELS"
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # 100 Mpx: a 300 MB RGB decode, above any camera photo or map tile
+from locdiff_pipeline import settings
 
 
 class ImageDecodeError(ValueError):
@@ -36,15 +35,9 @@ class ImageReadError(ImageDecodeError):
 
 
 def max_image_pixels() -> int:
-    """The pixel-count limit: $LOCDIFF_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
-    value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "")
-    try:
-        limit = int(value) if value else DEFAULT_MAX_IMAGE_PIXELS
-    except ValueError:
-        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be a whole number of pixels, got {value!r}") from None
-    if limit < 1:
-        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be positive, got {limit}")
-    return limit
+    """The pixel-count limit: $LOCDIFF_MAX_IMAGE_PIXELS (100 Mpx by default: a 300 MB RGB decode, above any
+    camera photo or map tile)."""
+    return settings.current().max_image_pixels
 
 
 def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
@@ -61,7 +54,7 @@ def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> Image
                 if width * height > limit:
                     raise ImageTooLargeError(
                         f"{name}: image too large: {width} x {height} = {width * height:,} pixels, over the "
-                        f"limit of {limit:,} (set {MAX_IMAGE_PIXELS_ENV} to change it)"
+                        f"limit of {limit:,} (set LOCDIFF_MAX_IMAGE_PIXELS to change it)"
                     )
                 image.load()  # force the full decode so truncated files fail here, not later
                 return image.convert("RGB")

@@ -45,7 +45,7 @@ from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 IMAGES_TABLE = "images"
 REJECTED_TABLE = "rejected"
 INDEX_TABLE = "image_index"  # archive layouts: where each id's image lives, sharded like the metadata
-INGEST_VERSION = 4  # 3: a perceptual hash of every image (near-duplicate checks); 4: surplus-field count
+INGEST_VERSION = 4  # bump when what ingest writes changes: it is in every downstream cache key
 ROW = "__row"  # the record's 1-based row in the metadata CSV, carried through the split
 SURPLUS = "__surplus_fields"  # how many fields the CSV row has beyond its header (such a row is rejected)
 SHARDED_TABLES = (IMAGES_TABLE, REJECTED_TABLE, "embeddings", "shdd")

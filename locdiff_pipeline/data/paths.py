@@ -6,12 +6,13 @@ The root is $LOCDIFF_HOME, else the current directory (run commands from the rep
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from locdiff_pipeline import settings
 
 
 def project_root() -> Path:
-    return Path(os.environ.get("LOCDIFF_HOME", os.getcwd())).resolve()
+    return settings.current().home or Path.cwd().resolve()
 
 
 def warehouse_dir(root: Path | None = None) -> Path:

@@ -8,7 +8,6 @@ shard keys it wrote, and everything downstream reads exactly those shards.
 
 from __future__ import annotations
 
-import os
 import zlib
 from pathlib import Path
 
@@ -17,24 +16,16 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from locdiff_pipeline import settings
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 
-SHARDS_ENV = "LOCDIFF_SHARDS"
-DEFAULT_SHARDS = 4
 METADATA_TABLE = "metadata"  # the metadata CSV split by shard: what every shard partition starts from
 SHARD_FILE = "part-00000.parquet"
 
 
 def shard_count() -> int:
-    """The configured number of shards ($LOCDIFF_SHARDS), validated."""
-    raw = os.environ.get(SHARDS_ENV, str(DEFAULT_SHARDS))
-    try:
-        count = int(raw)
-    except ValueError:
-        raise ValueError(f"{SHARDS_ENV} must be a whole number of shards, got {raw!r}") from None
-    if not 1 <= count <= 9999:
-        raise ValueError(f"{SHARDS_ENV} must be between 1 and 9999, got {count}")
-    return count
+    """The configured number of shards ($LOCDIFF_SHARDS, validated by settings)."""
+    return settings.current().shards
 
 
 def shard_keys(count: int) -> list[str]:

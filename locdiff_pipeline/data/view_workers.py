@@ -21,11 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from locdiff_pipeline import settings
 from locdiff_pipeline.data.image_encoder import ViewMaker
 from locdiff_pipeline.data.image_io import decode_image
 from locdiff_pipeline.data.image_sources import read_reference
-
-WORKERS_ENV = "LOCDIFF_DECODE_WORKERS"
 
 
 @dataclass(frozen=True)
@@ -43,15 +42,9 @@ def default_workers(device: str = "cpu") -> int:
     """$LOCDIFF_DECODE_WORKERS, else for an encoder on a GPU one per core but one (at most 8), and none for
     an encoder on the CPU, whose forward pass already takes every core (measured on 2 cores: workers
     gained nothing there, benchmarks/bench_embedding.py)."""
-    raw = os.environ.get(WORKERS_ENV)
-    if raw is not None:
-        try:
-            workers = int(raw)
-        except ValueError:
-            raise ValueError(f"{WORKERS_ENV} must be a whole number of worker processes, got {raw!r}") from None
-        if workers < 0:
-            raise ValueError(f"{WORKERS_ENV} must be 0 (decode in this process) or more, got {workers}")
-        return workers
+    configured = settings.current().decode_workers
+    if configured is not None:
+        return configured
     if torch.device(device).type == "cpu":
         return 0
     return min(8, max(1, (os.cpu_count() or 1) - 1))

@@ -24,7 +24,7 @@ from locdiff_pipeline.steps import report_sql
 from locdiff_pipeline.steps.contamination import CONTAMINATION_TABLE
 from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE
-from locdiff_pipeline.steps.predictions import CHANCE, METHODS
+from locdiff_pipeline.steps.scoring import CHANCE, METHODS
 
 # rows of the run's shards of every catalog dataset: $1 = dataset names, $2 = shard keys
 IN_RUN = "list_contains($1, dataset) AND list_contains($2, shard)"

@@ -1,7 +1,7 @@
 """The project's Dagster instance folder (`.dagster_home`), shared by `locdiff run` and `dagster dev`.
 
 Its dagster.yaml turns telemetry off (an offline tool; Dagster otherwise prints its notice on every fresh
-run). Runs whose process died are failed by the next `locdiff run` (`jobs.fail_abandoned_runs`); Dagster's
+run). Runs whose process died are failed by the next `locdiff run` (`graph_run.fail_abandoned_runs`); Dagster's
 own run monitoring is left off: with the default run launcher it only times out runs that never start.
 (`dagster dev` outliving SIGTERM was not this file: it was SIGINT ignored by a background job; `locdiff dev`.)
 A dagster.yaml the user wrote is never replaced.

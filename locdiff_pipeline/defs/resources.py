@@ -1,27 +1,31 @@
-"""Dagster resources: paths, the dataset, the image encoder, training settings.
+"""Dagster resources: paths, the dataset, the image encoder, training and evaluation settings.
 
-Defaults run the bundled Blue Marble dataset on this machine; every field can be set in the Dagster
-UI's launchpad, in a run config YAML, or through the LOCDIFF_* environment variables noted below.
+Defaults run the bundled Blue Marble dataset on this machine. Every field can be set in the Dagster UI's
+launchpad or a run config YAML; a field left unset (None) takes the LOCDIFF_* environment variable that
+sets it (`locdiff_pipeline.settings`), else the default of the dataclass that owns it (LocDiffConfig,
+MethodSettings, BundledRecipe, EncoderSpec). Resources pass on only what is set, by keyword, so each
+default has one home.
 """
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource, InitResourceContext
 
+from locdiff_pipeline import settings
 from locdiff_pipeline.data.bundled import BundledRecipe
 from locdiff_pipeline.data.catalog import Catalog, load_catalog
 from locdiff_pipeline.data.datasets import DatasetSpec
-from locdiff_pipeline.data.image_encoder import EncoderSpec
+from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
 from locdiff_pipeline.data.paths import project_root
 from locdiff_pipeline.data.project_lock import project_lock
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.defs.partitions import PARTITION_TAG
 from locdiff_pipeline.method.config import LocDiffConfig
-from locdiff_pipeline.steps.predictions import MethodSettings
+from locdiff_pipeline.steps.scoring import MethodSettings
 
 
 class WarehouseResource(ConfigurableResource):
@@ -33,7 +37,7 @@ class WarehouseResource(ConfigurableResource):
     lock; runs launched from `dagster dev` never write beside an exclusive writer."""
 
     root: str = ""
-    lock_wait_seconds: float = float(os.environ.get("LOCDIFF_LOCK_WAIT", "7200"))
+    lock_wait_seconds: float | None = None  # None: $LOCDIFF_LOCK_WAIT (2 hours)
 
     def project_root(self) -> Path:
         return Path(self.root).resolve() if self.root else project_root()
@@ -43,7 +47,8 @@ class WarehouseResource(ConfigurableResource):
         run = getattr(context, "run", None)
         one_partition = run is not None and PARTITION_TAG in run.tags
         label = f"dagster run {run.run_id}" if run is not None else "dagster step"
-        with project_lock(self.project_root(), self.lock_wait_seconds, command=label, shared=one_partition):
+        wait = settings.current().lock_wait if self.lock_wait_seconds is None else self.lock_wait_seconds
+        with project_lock(self.project_root(), wait, command=label, shared=one_partition):
             yield self.create_resource(context)
 
     def get(self) -> Warehouse:
@@ -57,18 +62,24 @@ class DatasetsResource(ConfigurableResource):
     `benchmarks` given inline replace the file's. Keep the catalog in a file for `dagster dev`, so the
     runs the daemon launches see the same datasets as the ones you launch."""
 
-    catalog: str = os.environ.get("LOCDIFF_CATALOG", "")
+    catalog: str | None = None  # None: $LOCDIFF_CATALOG, else the bundled datasets
     training: dict[str, Any] = {}
     benchmarks: list[dict[str, Any]] = []
-    bundled_count: int = int(os.environ.get("LOCDIFF_BUNDLED_COUNT", "3000"))
-    bundled_benchmark_count: int = int(os.environ.get("LOCDIFF_BUNDLED_BENCHMARK_COUNT", "300"))
+    bundled_count: int | None = None  # None: $LOCDIFF_BUNDLED_COUNT, else BundledRecipe's
+    bundled_benchmark_count: int | None = None  # None: $LOCDIFF_BUNDLED_BENCHMARK_COUNT, else BundledRecipe's
     max_rejected_share: float = 0.05
 
     def get(self) -> Catalog:
-        return load_catalog(self.catalog, self.training, self.benchmarks)
+        catalog = settings.current().catalog if self.catalog is None else self.catalog
+        return load_catalog(catalog, self.training, self.benchmarks)
 
     def recipe(self) -> BundledRecipe:
-        return BundledRecipe(count=self.bundled_count, benchmark_count=self.bundled_benchmark_count)
+        environment = settings.current()
+        chosen = {
+            "count": _first_set(self.bundled_count, environment.bundled_count),
+            "benchmark_count": _first_set(self.bundled_benchmark_count, environment.bundled_benchmark_count),
+        }
+        return BundledRecipe(**_only_set(chosen))
 
     def specs(self, warehouse: Warehouse) -> list[DatasetSpec]:
         """Every dataset of the catalog, training first."""
@@ -81,17 +92,23 @@ class DatasetsResource(ConfigurableResource):
 class EncoderResource(ConfigurableResource):
     """The frozen open_clip image encoder; without a checkpoint, a seeded init that every output names."""
 
-    model_name: str = os.environ.get("LOCDIFF_ENCODER", "ViT-S-32")
-    checkpoint: str | None = os.environ.get("LOCDIFF_ENCODER_CHECKPOINT") or None
-    seed: int = 0
-    test_views: int = 8  # views per validation and benchmark image (GeoCLIP and the paper use 16: --test-views 16)
+    model_name: str | None = None  # None: $LOCDIFF_ENCODER, else EncoderSpec's
+    checkpoint: str | None = None  # None: $LOCDIFF_ENCODER_CHECKPOINT, else none (a seeded init)
+    seed: int | None = None
+    test_views: int = DEFAULT_TEST_VIEWS  # views per validation and benchmark image (the paper uses 16)
     device: str = "auto"
     # processes that decode images and make their views ahead of the encoder; None: $LOCDIFF_DECODE_WORKERS,
     # else with a GPU one per core but one (at most 8), on the CPU none; 0: in the asset's own process
     decode_workers: int | None = None
 
     def spec(self) -> EncoderSpec:
-        return EncoderSpec(self.model_name, self.checkpoint, self.seed)
+        environment = settings.current()
+        chosen = {
+            "model_name": _first_set(self.model_name, environment.encoder),
+            "checkpoint": _first_set(self.checkpoint, environment.encoder_checkpoint),
+            "seed": self.seed,
+        }
+        return EncoderSpec(**_only_set(chosen))
 
 
 class TrainingResource(ConfigurableResource):
@@ -101,7 +118,7 @@ class TrainingResource(ConfigurableResource):
 
     L: int | None = None
     shdd_degrees: list[int] = [10, 20, 40]  # SHDD tables to build for SQL and inspection, besides L
-    steps: int | None = int(os.environ["LOCDIFF_STEPS"]) if os.environ.get("LOCDIFF_STEPS") else None
+    steps: int | None = None  # None: $LOCDIFF_STEPS, else LocDiffConfig's
     batch_size: int | None = None
     hidden_dims: list[int] | None = None
     learning_rate: float | None = None
@@ -114,23 +131,9 @@ class TrainingResource(ConfigurableResource):
     loading: str = "auto"
 
     def config(self, embed_dim: int = LocDiffConfig.embed_dim) -> LocDiffConfig:
-        named = {
-            name: getattr(self, name)
-            for name in (
-                "L",
-                "steps",
-                "batch_size",
-                "hidden_dims",
-                "learning_rate",
-                "timesteps",
-                "sample_steps",
-                "seed",
-                "device",
-            )
-        }
-        return LocDiffConfig(
-            **{k: v for k, v in {**named, **self.overrides}.items() if v is not None}, embed_dim=embed_dim
-        )
+        named = {name: getattr(self, name) for name in TRAINING_FIELDS}
+        named["steps"] = _first_set(self.steps, settings.current().steps)
+        return LocDiffConfig(**_only_set({**named, **self.overrides}), embed_dim=embed_dim)
 
     def degrees(self) -> list[int]:
         return sorted({*self.shdd_degrees, self.config().L})
@@ -140,32 +143,24 @@ class EvaluationResource(ConfigurableResource):
     """How each benchmark is scored: LocDiff sampling, the baselines, the uncertainty regions, the
     contamination check and the reference rows.
 
-    Unset baseline hyper-parameters (knn_k, cells) are chosen on the validation split. LocDiff's views
-    and view-combination rule are the ones chosen on validation when the model was trained."""
+    Fields left unset take MethodSettings' defaults (knn_k and cells: chosen on the validation split).
+    LocDiff's views and view-combination rule are the ones chosen on validation when the model was trained."""
 
     samples_per_view: int = 1
     knn_k: int | None = None
     cells: int | None = None
-    regression_steps: int = 1500
-    hybrid_radius_km: float = 200.0
+    regression_steps: int | None = None
+    hybrid_radius_km: float | None = None
     density_bandwidth_km: float | None = None
-    seed: int = 0
+    seed: int | None = None
     near_duplicate_cosine: float = 0.95  # plain-view cosine (training-centred) at or above: a near duplicate...
     near_duplicate_max_hash_distance: int = 8  # ...whose perceptual hash differs in at most this many bits
     max_contaminated_share: float = 0.01  # the contamination check warns above this share of a benchmark
     exclude_contaminated: bool = False  # score without benchmark images found in the training data
-    chance_draws: int = 10  # the `chance` row: mean over this many random training locations per image
+    chance_draws: int | None = None  # the `chance` row: mean over this many random training locations per image
 
     def settings(self) -> MethodSettings:
-        return MethodSettings(
-            self.knn_k,
-            self.cells,
-            self.regression_steps,
-            self.hybrid_radius_km,
-            self.density_bandwidth_km,
-            self.seed,
-            self.chance_draws,
-        )
+        return MethodSettings(**_only_set({name: getattr(self, name) for name in METHOD_FIELDS}))
 
 
 class MlflowResource(ConfigurableResource):
@@ -173,19 +168,20 @@ class MlflowResource(ConfigurableResource):
     SQLite backend under mlruns/ (what `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` shows)."""
 
     tracking_uri: str = ""
-    ui_url: str = os.environ.get("LOCDIFF_MLFLOW_UI", "")  # e.g. http://127.0.0.1:5000: links in Dagster
+    ui_url: str | None = None  # e.g. http://127.0.0.1:5000, for links in Dagster; None: $LOCDIFF_MLFLOW_UI
 
     def uri(self) -> str | None:
         return self.tracking_uri or None
 
     def links(self, run_id: str, version: int) -> dict[str, str]:
         """Links to the run and the registered version in the MLflow UI, when its address is configured."""
-        if not self.ui_url:
+        ui_url = _first_set(self.ui_url, settings.current().mlflow_ui)
+        if not ui_url:
             return {}
         import mlflow as mlflow_api
 
         experiment = mlflow_api.get_run(run_id).info.experiment_id
-        base = self.ui_url.rstrip("/")
+        base = ui_url.rstrip("/")
         return {
             "mlflow_run": f"{base}/#/experiments/{experiment}/runs/{run_id}",
             "registered_version": f"{base}/#/models/locdiff/versions/{version}",
@@ -202,3 +198,28 @@ def default_resources() -> dict:
         "evaluation": EvaluationResource(),
         "mlflow": MlflowResource(),
     }
+
+
+# TrainingResource fields that are LocDiffConfig fields of the same name
+TRAINING_FIELDS = (
+    "L",
+    "steps",
+    "batch_size",
+    "hidden_dims",
+    "learning_rate",
+    "timesteps",
+    "sample_steps",
+    "seed",
+    "device",
+)
+METHOD_FIELDS = tuple(field.name for field in dataclass_fields(MethodSettings))
+
+
+def _first_set(*values):
+    """The first value that is not None (a resource field, then its environment variable), else None."""
+    return next((value for value in values if value is not None), None)
+
+
+def _only_set(values: dict) -> dict:
+    """The keyword arguments that were set: unset ones leave the dataclass's default in place."""
+    return {name: value for name, value in values.items() if value is not None}

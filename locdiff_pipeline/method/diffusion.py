@@ -88,7 +88,7 @@ class GaussianDiffusion:
             x0 = self.predict_x0(output, x, t)
             abar = abar_all[step]
             abar_prev = abar_all[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0, device=device)
-            eps = net_output_to_eps(x, x0, abar)
+            eps = predict_noise_from_start(x, x0, abar)
             sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).clamp(min=0).sqrt()
             x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
             if eta > 0 and i + 1 < len(times):
@@ -96,6 +96,7 @@ class GaussianDiffusion:
         return x0
 
 
-def net_output_to_eps(x_t: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    """The noise implied by a noisy vector and a clean estimate."""
+def predict_noise_from_start(x_t: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The noise implied by a noisy vector and an estimate of its clean vector:
+    eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar), Ho et al. (2020) eq. 4 solved for eps."""
     return (x_t - abar.sqrt() * x0) / (1.0 - abar).sqrt()

@@ -33,6 +33,12 @@ SPHERICART_MAX_DEGREE = 80
 _DEFAULT_ANCHOR_COUNT = 20000
 
 
+# ----------------------------------------------------------------------------------------------------
+# 1. Sizes, peak width and default radii
+# How big an SHDD vector of degree L is and how wide its peak: what every setting scales with.
+# ----------------------------------------------------------------------------------------------------
+
+
 def num_coefficients(L: int) -> int:
     """Length (L+1)^2 of an SHDD vector of degree L."""
     check_degree(L)
@@ -90,6 +96,12 @@ def default_tau(L: int) -> float:
     ablation on the leak-free bundled data (docs/results.md), for every L alike.
     """
     return 2.0 / math.log(20.0 * num_coefficients(L))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Encode: coefficients of a Dirac delta
+# Y_lm at points, by the stable recurrence on fully normalised associated Legendre functions.
+# ----------------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=64)
@@ -216,6 +228,12 @@ def encode(lat: ArrayLike, lon: ArrayLike, L: int, *, dtype: type = np.float64) 
     lat_arr, lon_arr = sphere.validate_coordinates(lat, lon)
     table = encode_torch(torch.tensor(lat_arr), torch.tensor(lon_arr), L, validate=False)
     return table.numpy().astype(dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Decode: the mode of F_e
+# Smooth over a cap (Funk-Hecke), find the coarse maximum on a grid or anchors, refine by Newton steps.
+# ----------------------------------------------------------------------------------------------------
 
 
 def cap_smoothing_weights(L: int, rho_km: float) -> np.ndarray:
@@ -487,6 +505,12 @@ def decode(
     return sphere.from_unit(units.double().cpu().numpy())
 
 
+# ----------------------------------------------------------------------------------------------------
+# 4. Ranked modes
+# The k heaviest, well-separated modes of F_e with the mass around each (top-k answers).
+# ----------------------------------------------------------------------------------------------------
+
+
 def ranked_modes(
     coeffs: ArrayLike | torch.Tensor,
     L: int,
@@ -531,6 +555,12 @@ def ranked_modes(
             lon.append(mode_lon.reshape(-1, k))
             probability.append(masses.double().cpu().numpy())
     return np.concatenate(lat), np.concatenate(lon), np.concatenate(probability)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. SHDD KL loss
+# Two vectors as distributions over anchors, compared by KL (the training loss).
+# ----------------------------------------------------------------------------------------------------
 
 
 def kl_loss(

@@ -84,6 +84,55 @@ def _on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+class InMemoryBatches:
+    """Training rows held on the device; each step draws a batch with replacement from the step's generator."""
+
+    def __init__(self, embeddings: np.ndarray, targets: np.ndarray, model: LocDiffModel, device: torch.device):
+        _check_arrays(embeddings, targets, model.space.dim, model.config)
+        self.batch_size = model.config.batch_size
+        self.cond = torch.tensor(np.asarray(embeddings, dtype=np.float32), device=device)
+        self.x0 = torch.tensor(np.asarray(targets, dtype=np.float32), device=device) * model.space.scale
+
+    def fit_condition_statistics(self, model: LocDiffModel, world: distributed.World) -> None:
+        model.net.set_condition_statistics(self.cond)
+
+    def next(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scaled targets, conditions) of one batch."""
+        index = torch.randint(0, self.x0.shape[0], (self.batch_size,), generator=generator, device=self.x0.device)
+        return self.x0[index], self.cond[index]
+
+    def close(self) -> None:
+        pass
+
+
+class StreamedBatches:
+    """Training rows streamed in bounded memory; targets are computed on the device from each batch's
+    coordinates. Batch k is a pure function of k, so a resumed run continues exactly."""
+
+    def __init__(self, stream: RowStream, model: LocDiffModel, device: torch.device, start_step: int):
+        if stream.batch_size != model.config.batch_size:
+            raise ValueError(
+                f"the stream cuts batches of {stream.batch_size} rows, the config asks {model.config.batch_size}"
+            )
+        self.stream, self.space, self.device = stream, model.space, device
+        self.embed_dim = model.config.embed_dim
+        self.batches = stream.batches(start_step)
+
+    def fit_condition_statistics(self, model: LocDiffModel, world: distributed.World) -> None:
+        if world.is_main:  # the other ranks receive rank 0's buffers when DDP wraps the net
+            model.net.set_condition_moments(*(torch.from_numpy(m) for m in self.stream.condition_statistics()))
+
+    def next(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = next(self.batches)
+        cond = _on_device(batch.embedding, self.device)
+        if cond.shape[1] != self.embed_dim:
+            raise ValueError(f"config.embed_dim={self.embed_dim}, the stream's embeddings have {cond.shape[1]}")
+        return self.space.targets_on(batch.lat, batch.lon, self.device) * self.space.scale, cond
+
+    def close(self) -> None:
+        self.batches.close()  # stops the stream's reader thread
+
+
 def train(
     config: LocDiffConfig,
     embeddings: np.ndarray | None = None,
@@ -112,49 +161,77 @@ def train(
     model = LocDiffModel(config, encoder, device=device)
     if (stream is None) == (embeddings is None and targets is None):
         raise ValueError("train on in-memory embeddings and targets, or on a stream: one of the two")
-    if stream is None:
-        _check_arrays(embeddings, targets, model.space.dim, config)
-    elif stream.batch_size != config.batch_size:
-        raise ValueError(f"the stream cuts batches of {stream.batch_size} rows, the config asks {config.batch_size}")
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    start_step = 0
     checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if checkpoint_path is not None and (checkpoint_path / STATE_FILE).is_file():
-        state = torch.load(checkpoint_path / STATE_FILE, map_location=device, weights_only=True)
-        loaded = LocDiffModel.load(checkpoint_path / MODEL_DIR, device=device)
-        if loaded.config != config:
-            raise ValueError(f"{checkpoint_path} holds a run with a different config; use a new checkpoint folder")
-        model.net.load_state_dict(loaded.net.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = int(state["step"])
+    start_step = _resume(checkpoint_path, model, optimizer, device)
     if stream is None:
-        cond_all = torch.tensor(np.asarray(embeddings, dtype=np.float32), device=device)
-        if start_step == 0:
-            model.net.set_condition_statistics(cond_all)
-        x0_all = torch.tensor(np.asarray(targets, dtype=np.float32), device=device) * model.space.scale
+        batches = InMemoryBatches(embeddings, targets, model, device)
     else:
-        if start_step == 0 and world.is_main:  # the other ranks receive rank 0's buffers when DDP wraps the net
-            model.net.set_condition_moments(*(torch.from_numpy(m) for m in stream.condition_statistics()))
-        batches = stream.batches(start_step)
+        batches = StreamedBatches(stream, model, device, start_step)
+    if start_step == 0:
+        batches.fit_condition_statistics(model, world)
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    try:
+        history = _run_steps(
+            model,
+            batches,
+            optimizer,
+            world,
+            device,
+            range(start_step, end),
+            validation,
+            checkpoint_path,
+            log,
+            log_every,
+        )
+    finally:
+        batches.close()
+    model.net.eval()
+    final = _final_validation(model, validation, history, end) if world.is_main else None
+    return TrainResult(model, end - start_step, start_step, time.perf_counter() - started, history, final)
+
+
+def _resume(
+    checkpoint_path: Path | None, model: LocDiffModel, optimizer: torch.optim.Optimizer, device: torch.device
+) -> int:
+    """Load the model and optimizer of an earlier, interrupted call of the same config; the step to start at."""
+    if checkpoint_path is None or not (checkpoint_path / STATE_FILE).is_file():
+        return 0
+    state = torch.load(checkpoint_path / STATE_FILE, map_location=device, weights_only=True)
+    loaded = LocDiffModel.load(checkpoint_path / MODEL_DIR, device=device)
+    if loaded.config != model.config:
+        raise ValueError(f"{checkpoint_path} holds a run with a different config; use a new checkpoint folder")
+    model.net.load_state_dict(loaded.net.state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def _run_steps(
+    model: LocDiffModel,
+    batches: InMemoryBatches | StreamedBatches,
+    optimizer: torch.optim.Optimizer,
+    world: distributed.World,
+    device: torch.device,
+    steps: range,
+    validation: Validation | None,
+    checkpoint_path: Path | None,
+    log: LogFn | None,
+    log_every: int,
+) -> list[dict[str, float]]:
+    """The training loop over `steps`; returns the logged records (loss, learning rate, validation)."""
+    config = model.config
     trainable = distributed.wrap(model.net, world, device)
     history: list[dict[str, float]] = []
-    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    running: list[float] = []
     model.net.train()
-    running = []
-    for step in range(start_step, end):
+    for step in steps:
+        # 1. this step's learning rate and randomness (each rank its own batches)
         learning_rate = cosine_learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
-        generator = step_generator(config.seed + 7919 * world.rank, step, device)  # each rank its own batches
-        if stream is None:
-            index = torch.randint(0, x0_all.shape[0], (config.batch_size,), generator=generator, device=device)
-            x0, cond = x0_all[index], cond_all[index]
-        else:
-            batch = next(batches)
-            cond = _on_device(batch.embedding, device)
-            x0 = model.space.targets_on(batch.lat, batch.lon, device) * model.space.scale
-            if cond.shape[1] != config.embed_dim:
-                raise ValueError(f"config.embed_dim={config.embed_dim}, the stream's embeddings have {cond.shape[1]}")
+        generator = step_generator(config.seed + 7919 * world.rank, step, device)
+        # 2. a batch, and one optimiser step on its loss
+        x0, cond = batches.next(generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model.diffusion.training_loss(trainable, x0, cond, model.space, generator)
         optimizer.zero_grad(set_to_none=True)
@@ -162,11 +239,12 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.net.parameters(), 1.0)
         optimizer.step()
         running.append(float(loss.detach()))
+        # 3. log the mean loss, validating on rank 0 every eval_every steps
         done = step + 1
         evaluate_now = (
             world.is_main and validation is not None and (done % config.eval_every == 0 or done == config.steps)
         )
-        if done % log_every == 0 or done == end or evaluate_now:
+        if done % log_every == 0 or done == steps.stop or evaluate_now:
             record = {"step": done, "loss": float(np.mean(running)), "lr": learning_rate}
             running = []
             if evaluate_now:
@@ -175,20 +253,23 @@ def train(
             history.append(record)
             if log is not None and world.is_main:
                 log(done, record)
-        if checkpoint_path is not None and (done % config.checkpoint_every == 0 or done == end):
+        # 4. checkpoint
+        if checkpoint_path is not None and (done % config.checkpoint_every == 0 or done == steps.stop):
             if world.is_main:
                 _save_state(checkpoint_path, model, optimizer, done)
             distributed.barrier(world)
-    if stream is not None:
-        batches.close()  # stops the stream's reader thread
-    model.net.eval()
-    final = None
-    if validation is not None and end == config.steps and world.is_main:
-        last = history[-1] if history and history[-1]["step"] == end else {}
-        final = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_")} or evaluate(
-            model, validation
-        )
-    return TrainResult(model, end - start_step, start_step, time.perf_counter() - started, history, final)
+    return history
+
+
+def _final_validation(
+    model: LocDiffModel, validation: Validation | None, history: list[dict[str, float]], end: int
+) -> dict[str, float] | None:
+    """The validation scores of a finished run: those logged at its last step, else evaluated now."""
+    if validation is None or end != model.config.steps:
+        return None
+    last = history[-1] if history and history[-1]["step"] == end else {}
+    logged = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_")}
+    return logged or evaluate(model, validation)
 
 
 def _check_arrays(embeddings: np.ndarray, targets: np.ndarray, dim: int, config: LocDiffConfig) -> None:

@@ -1,9 +1,9 @@
 """The `embeddings` table: frozen image-encoder vectors per image and view.
 
 Training images get the plain view; validation and benchmark (test) images get the plain view plus
-test-time augmentations (16 views in all by default, GeoCLIP's protocol; no flips for north-up
-imagery), so the test-time protocol is chosen on validation before it meets a benchmark. One partition per shard of
-the images table; images are streamed in batches, so memory is bounded by the batch.
+test-time augmentations (DEFAULT_TEST_VIEWS views in all; GeoCLIP's protocol uses 16; no flips for
+north-up imagery), so the test-time protocol is chosen on validation before it meets a benchmark. One
+partition per shard of the images table; images are streamed in batches, so memory is bounded by the batch.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from locdiff_pipeline.data import shards
-from locdiff_pipeline.data.image_encoder import EncoderSpec, ImageEncoder
+from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
+from locdiff_pipeline.data.image_encoder import ImageEncoder
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.data.view_workers import ViewJob, ViewWorkers
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 
 EMBEDDINGS_TABLE = "embeddings"
-# 2: validation images get test-time views; views follow the imagery. 3: rows carry their coordinates, so
-# training can stream (embedding, location) pairs from this table alone
 EMBEDDING_VERSION = 3
 
 
@@ -53,7 +52,7 @@ def build_embeddings(
     shard: str,
     spec: EncoderSpec,
     *,
-    test_views: int = 16,
+    test_views: int = DEFAULT_TEST_VIEWS,
     imagery: str = "ground",
     device: str = "cpu",
     batch_rows: int = 256,

@@ -26,14 +26,13 @@ from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol, choose_protocol
 from locdiff_pipeline.method.target_space import target_space
-from locdiff_pipeline.method.training import Validation, train
+from locdiff_pipeline.method.training import MODEL_DIR, Validation, train
 from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, embedding_files, load_labelled
 from locdiff_pipeline.steps.shdd_tables import SHDD_TABLE, load_shdd
 from locdiff_pipeline.tracking import registry
 
 CHECKPOINTS = "checkpoints"
-# 2: the test-time protocol adds the plain view's weight; the pyfunc is logged from code with digests
-TRAINING_VERSION = 2
+TRAINING_VERSION = 2  # bump when training's inputs or outputs change: a new version retrains
 
 
 @dataclass
@@ -101,6 +100,26 @@ def choose_test_protocol(
     return choose_protocol(model, val.embeddings, val.lat, val.lon, seed=model.config.seed, imagery=imagery)
 
 
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What a training run is made of, and the key that names it: the same key reuses the finished run."""
+
+    dataset: str
+    config: LocDiffConfig
+    embeddings_manifest: dict
+    streaming: bool
+    key: str
+    checkpoint_dir: Path
+
+    @property
+    def encoder(self) -> dict:
+        return self.embeddings_manifest["encoder"]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.checkpoint_dir / MODEL_DIR
+
+
 def train_and_register(
     warehouse: Warehouse,
     dataset: str,
@@ -118,6 +137,60 @@ def train_and_register(
     so that it can embed images; without it that model takes embeddings only. `loading`: "memory" loads
     the training rows, "stream" streams them from the embeddings' part files, "auto" streams when they
     would not fit in a few GB (training_stream.streams)."""
+    import mlflow
+
+    inputs = training_inputs(warehouse, dataset, config, loading)
+    world = distributed.current_world()
+    distributed.init(world, resolve_device(config.device))
+    registry.configure(tracking_uri, root=warehouse.root.parent)
+    experiment_id = registry.ensure_experiment(warehouse.root.parent) if world.is_main else None
+    previous = None if force or not world.is_main else registry.find_finished_run(inputs.key)
+    previous = distributed.broadcast_from_main(previous, world)  # every rank takes the same branch
+    if previous is not None:
+        return reused_model(previous, inputs)
+    if inputs.encoder["embed_dim"] != config.embed_dim:
+        raise ValueError(
+            f"config.embed_dim={config.embed_dim} but the {inputs.encoder['label']} embeddings have "
+            f"{inputs.encoder['embed_dim']} dimensions"
+        )
+    rows, train_rows = training_rows(warehouse, inputs)
+    log_every = max(1, config.steps // 50)
+    if not world.is_main:  # a DDP worker: trains its share; rank 0 logs, checkpoints and registers
+        train(config, **rows, checkpoint_dir=inputs.checkpoint_dir, encoder=inputs.encoder, log_every=log_every)
+        return None
+    validation = validation_data(warehouse, dataset)
+    _fail_stale_runs(inputs.key)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"locdiff-{dataset}-L{config.L}") as run:
+        log_run_inputs(warehouse, inputs, train_rows, len(validation.lat))
+        step_logger = StepLogger(log)
+        result = train(
+            config,
+            **rows,
+            checkpoint_dir=inputs.checkpoint_dir,
+            validation=validation,
+            encoder=inputs.encoder,
+            log=step_logger,
+            log_every=log_every,
+        )
+        score = log_final_scores(result.validation, result.seconds, config.steps, step_logger.validated_at)
+        protocol = choose_and_record_protocol(warehouse, inputs, result.model)
+        registration = log_and_register_model(warehouse, inputs, score, protocol, encoder_checkpoint, run.info.run_id)
+    return TrainedModel(
+        version=registration.version,
+        run_id=run.info.run_id,
+        checkpoint=inputs.model_dir,
+        validation=result.validation,
+        promoted=registration.promoted,
+        champion_version=registration.champion_version,
+        cached=False,
+        encoder=inputs.encoder,
+        seconds=result.seconds,
+    )
+
+
+def training_inputs(warehouse: Warehouse, dataset: str, config: LocDiffConfig, loading: str) -> TrainingInputs:
+    """The run's inputs (refusing tables not yet materialized) and its key: a fingerprint of the config, the
+    tables' fingerprints and how rows are loaded (a streamed run samples other batches: another run)."""
     embeddings_manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, dataset)
     if embeddings_manifest is None:
         raise FileNotFoundError(f"the embeddings of {dataset!r} must be materialized first")
@@ -125,162 +198,162 @@ def train_and_register(
     shdd_manifest = shards.manifest(warehouse, SHDD_TABLE, dataset, L=config.L)
     if not streaming and config.representation == "shdd" and shdd_manifest is None:
         raise FileNotFoundError(f"the L={config.L} SHDD table of {dataset!r} must be materialized first")
-    encoder = embeddings_manifest["encoder"]
     key = fingerprint(
         TRAINING_VERSION,
         config.to_dict(),
         embeddings_manifest["fingerprint"],
         None if streaming else shdd_manifest and shdd_manifest["fingerprint"],
         dataset,
-        *([("stream", DEFAULT_BUFFER_ROWS)] if streaming else []),  # another sampling of batches, another run
+        *([("stream", DEFAULT_BUFFER_ROWS)] if streaming else []),
     )
-    checkpoint_dir = warehouse.root / CHECKPOINTS / key
+    return TrainingInputs(dataset, config, embeddings_manifest, streaming, key, warehouse.root / CHECKPOINTS / key)
+
+
+def reused_model(previous: dict, inputs: TrainingInputs) -> TrainedModel:
+    """The finished run of the same inputs, as this call's result (nothing trained, nothing registered)."""
     import mlflow
 
-    world = distributed.current_world()
-    distributed.init(world, resolve_device(config.device))
-    registry.configure(tracking_uri, root=warehouse.root.parent)
-    experiment_id = registry.ensure_experiment(warehouse.root.parent) if world.is_main else None
-    previous = None if force or not world.is_main else registry.find_finished_run(key)
-    previous = distributed.broadcast_from_main(previous, world)  # every rank takes the same branch
-    if previous is not None:
-        client = mlflow.MlflowClient()
-        champion_version, _ = registry.champion_score(client)
-        validation = {k.removeprefix("val_"): v for k, v in previous["metrics"].items() if k.startswith("val_")}
-        return TrainedModel(
-            previous["version"],
-            previous["run_id"],
-            checkpoint_dir / "model",
-            validation,
-            False,
-            champion_version,
-            True,
-            encoder,
-        )
-    if encoder["embed_dim"] != config.embed_dim:
-        raise ValueError(
-            f"config.embed_dim={config.embed_dim} but the {encoder['label']} embeddings have "
-            f"{encoder['embed_dim']} dimensions"
-        )
-    if streaming:
-        rows = {"stream": training_stream(warehouse, dataset, config)}
-        train_rows = rows["stream"].total_rows
-    else:
-        embeddings, targets = training_data(warehouse, dataset, config)
-        rows, train_rows = {"embeddings": embeddings, "targets": targets}, len(embeddings)
-    if not world.is_main:  # a DDP worker: trains its share; rank 0 logs, checkpoints and registers
-        train(
-            config,
-            **rows,
-            checkpoint_dir=checkpoint_dir,
-            encoder=encoder,
-            log_every=max(1, config.steps // 50),
-        )
-        return None
-    validation = validation_data(warehouse, dataset)
-    _fail_stale_runs(key)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"locdiff-{dataset}-L{config.L}") as run:
-        mlflow.set_tags(
-            {
-                "locdiff_fingerprint": key,
-                "dataset": dataset,
-                "encoder": encoder["label"],
-                "encoder_pretrained": str(encoder["is_pretrained"]).lower(),
-                "encoder_note": encoder_note(encoder),
-                **owner_tags(),
-            }
-        )
-        registry.log_dataset_input(dataset, warehouse.partition_dir(EMBEDDINGS_TABLE, dataset=dataset), key)
-        mlflow.log_params(
-            {
-                **config.to_dict(),
-                "hidden_dims": ",".join(map(str, config.hidden_dims)),
-                "train_rows": train_rows,
-                "val_rows": len(validation.lat),
-                "training_data": "streamed from the embeddings' part files" if streaming else "in memory",
-            }
-        )
-
-        validated_at: set[int] = set()
-
-        def log_step(step: int, record: dict[str, float]) -> None:
-            values = {k: float(v) for k, v in record.items() if k != "step"}
-            if all(f"val_{metrics.accuracy_column(t)}" in values for t in metrics.THRESHOLDS_KM):
-                scores = {k.removeprefix("val_"): v for k, v in values.items()}
-                values[registry.VALIDATION_METRIC] = metrics.validation_score(scores)  # a curve, not one point
-                validated_at.add(step)
-            mlflow.log_metrics(values, step=step)
-            if log is not None:
-                log(step, record)
-
-        result = train(
-            config,
-            **rows,
-            checkpoint_dir=checkpoint_dir,
-            validation=validation,
-            encoder=encoder,
-            log=log_step,
-            log_every=max(1, config.steps // 50),
-        )
-        score = metrics.validation_score(result.validation)
-        final = {f"val_{k}": float(v) for k, v in result.validation.items()} | {registry.VALIDATION_METRIC: score}
-        mlflow.log_metrics(
-            {
-                **({} if config.steps in validated_at else final),  # each metric once per step
-                "train_seconds": result.seconds,
-            },
-            step=config.steps,
-        )
-        protocol, grid = choose_test_protocol(warehouse, dataset, result.model, embeddings_manifest)
-        result.model.metadata["protocol"] = protocol.to_dict()
-        result.model.save(checkpoint_dir / "model")
-        mlflow.log_params(
-            {
-                "protocol_rule": protocol.rule,
-                "protocol_views": protocol.views,
-                "protocol_plain_weight": "uniform" if protocol.plain_weight is None else protocol.plain_weight,
-            }
-        )
-        mlflow.log_dict({"chosen": protocol.to_dict(), "candidates": grid}, "protocol_choice.json")
-        (checkpoint_dir / "model" / "encoder_note.txt").write_text(encoder_note(encoder) + "\n")
-        from locdiff_pipeline.tracking import pyfunc_model
-
-        digests = registry.checkpoint_digests(checkpoint_dir / "model")
-        artifacts = {pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint_dir / "model")}
-        if encoder.get("is_pretrained") and encoder_checkpoint:
-            artifacts[pyfunc_model.ENCODER_ARTIFACT] = str(encoder_checkpoint)
-        import pandas as pd
-
-        servable = not encoder.get("is_pretrained") or encoder_checkpoint  # can the served model embed images?
-        example = _example_image(warehouse, dataset) if servable else None
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=pyfunc_model.MODEL_CODE,  # models-from-code: nothing pickled, nothing unpickled
-            artifacts=artifacts,
-            model_config={pyfunc_model.DIGESTS_CONFIG: digests},
-            signature=pyfunc_model.signature(),
-            input_example=None if example is None else pd.DataFrame({"image": [example]}),
-            pip_requirements=_pip_requirements(),
-        )
-        registration = registry.register_and_promote(info.model_uri, run.info.run_id, score, digests)
-        registry.describe_version(
-            registration.version,
-            f"LocDiff trained on `{dataset}` (input fingerprint {key}); validation score {score:.4f} (mean of "
-            f"the five accuracies); test-time protocol: {protocol.describe()}. {encoder_note(encoder)}",
-        )
-        mlflow.set_tag("registered_version", str(registration.version))
-        mlflow.set_tag("champion_after_run", str(registration.champion_version))
+    champion_version, _ = registry.champion_score(mlflow.MlflowClient())
     return TrainedModel(
-        registration.version,
-        run.info.run_id,
-        checkpoint_dir / "model",
-        result.validation,
-        registration.promoted,
-        registration.champion_version,
-        False,
-        encoder,
-        result.seconds,
+        version=previous["version"],
+        run_id=previous["run_id"],
+        checkpoint=inputs.model_dir,
+        validation={k.removeprefix("val_"): v for k, v in previous["metrics"].items() if k.startswith("val_")},
+        promoted=False,
+        champion_version=champion_version,
+        cached=True,
+        encoder=inputs.encoder,
     )
+
+
+def training_rows(warehouse: Warehouse, inputs: TrainingInputs) -> tuple[dict, int]:
+    """`train`'s row arguments (a stream, or embeddings and targets in memory) and how many rows there are."""
+    if inputs.streaming:
+        stream = training_stream(warehouse, inputs.dataset, inputs.config)
+        return {"stream": stream}, stream.total_rows
+    embeddings, targets = training_data(warehouse, inputs.dataset, inputs.config)
+    return {"embeddings": embeddings, "targets": targets}, len(embeddings)
+
+
+def log_run_inputs(warehouse: Warehouse, inputs: TrainingInputs, train_rows: int, val_rows: int) -> None:
+    """The MLflow run's tags (fingerprint, dataset, encoder, owner), dataset input and parameters."""
+    import mlflow
+
+    encoder = inputs.encoder
+    mlflow.set_tags(
+        {
+            "locdiff_fingerprint": inputs.key,
+            "dataset": inputs.dataset,
+            "encoder": encoder["label"],
+            "encoder_pretrained": str(encoder["is_pretrained"]).lower(),
+            "encoder_note": encoder_note(encoder),
+            **owner_tags(),
+        }
+    )
+    embeddings_folder = warehouse.partition_dir(EMBEDDINGS_TABLE, dataset=inputs.dataset)
+    registry.log_dataset_input(inputs.dataset, embeddings_folder, inputs.key)
+    mlflow.log_params(
+        {
+            **inputs.config.to_dict(),
+            "hidden_dims": ",".join(map(str, inputs.config.hidden_dims)),
+            "train_rows": train_rows,
+            "val_rows": val_rows,
+            "training_data": "streamed from the embeddings' part files" if inputs.streaming else "in memory",
+        }
+    )
+
+
+class StepLogger:
+    """`train`'s log callback: each record as MLflow metrics at its step (with the validation score where the
+    step validated, so it is a curve), passed on to `log`."""
+
+    def __init__(self, log=None):
+        self.log = log
+        self.validated_at: set[int] = set()
+
+    def __call__(self, step: int, record: dict[str, float]) -> None:
+        import mlflow
+
+        values = {k: float(v) for k, v in record.items() if k != "step"}
+        if all(f"val_{metrics.accuracy_column(t)}" in values for t in metrics.THRESHOLDS_KM):
+            scores = {k.removeprefix("val_"): v for k, v in values.items()}
+            values[registry.VALIDATION_METRIC] = metrics.validation_score(scores)
+            self.validated_at.add(step)
+        mlflow.log_metrics(values, step=step)
+        if self.log is not None:
+            self.log(step, record)
+
+
+def log_final_scores(validation: dict[str, float], seconds: float, steps: int, validated_at: set[int]) -> float:
+    """Log the final validation scores (unless the last step logged them) and the training time; the score."""
+    import mlflow
+
+    score = metrics.validation_score(validation)
+    final = {f"val_{k}": float(v) for k, v in validation.items()} | {registry.VALIDATION_METRIC: score}
+    mlflow.log_metrics({**({} if steps in validated_at else final), "train_seconds": seconds}, step=steps)
+    return score
+
+
+def choose_and_record_protocol(warehouse: Warehouse, inputs: TrainingInputs, model: LocDiffModel) -> Protocol:
+    """Choose the test-time protocol on validation, save it with the checkpoint and log it (params and the
+    whole candidate grid)."""
+    import mlflow
+
+    protocol, grid = choose_test_protocol(warehouse, inputs.dataset, model, inputs.embeddings_manifest)
+    model.metadata["protocol"] = protocol.to_dict()
+    model.save(inputs.model_dir)
+    mlflow.log_params(
+        {
+            "protocol_rule": protocol.rule,
+            "protocol_views": protocol.views,
+            "protocol_plain_weight": "uniform" if protocol.plain_weight is None else protocol.plain_weight,
+        }
+    )
+    mlflow.log_dict({"chosen": protocol.to_dict(), "candidates": grid}, "protocol_choice.json")
+    return protocol
+
+
+def log_and_register_model(
+    warehouse: Warehouse,
+    inputs: TrainingInputs,
+    score: float,
+    protocol: Protocol,
+    encoder_checkpoint: str | None,
+    run_id: str,
+) -> registry.Registration:
+    """Log the checkpoint as a models-from-code pyfunc (nothing pickled, nothing unpickled) with its digests,
+    signature and input example, register it and move `champion` if it beats the current one."""
+    import mlflow
+    import pandas as pd
+
+    from locdiff_pipeline.tracking import pyfunc_model
+
+    encoder = inputs.encoder
+    (inputs.model_dir / "encoder_note.txt").write_text(encoder_note(encoder) + "\n")
+    digests = registry.checkpoint_digests(inputs.model_dir)
+    artifacts = {pyfunc_model.CHECKPOINT_ARTIFACT: str(inputs.model_dir)}
+    if encoder.get("is_pretrained") and encoder_checkpoint:
+        artifacts[pyfunc_model.ENCODER_ARTIFACT] = str(encoder_checkpoint)
+    servable = not encoder.get("is_pretrained") or encoder_checkpoint  # can the served model embed images?
+    example = _example_image(warehouse, inputs.dataset) if servable else None
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_DIR,
+        python_model=pyfunc_model.MODEL_CODE,
+        artifacts=artifacts,
+        model_config={pyfunc_model.DIGESTS_CONFIG: digests},
+        signature=pyfunc_model.signature(),
+        input_example=None if example is None else pd.DataFrame({"image": [example]}),
+        pip_requirements=_pip_requirements(),
+    )
+    registration = registry.register_and_promote(info.model_uri, run_id, score, digests)
+    registry.describe_version(
+        registration.version,
+        f"LocDiff trained on `{inputs.dataset}` (input fingerprint {inputs.key}); validation score {score:.4f} "
+        f"(mean of the five accuracies); test-time protocol: {protocol.describe()}. {encoder_note(encoder)}",
+    )
+    mlflow.set_tag("registered_version", str(registration.version))
+    mlflow.set_tag("champion_after_run", str(registration.champion_version))
+    return registration
 
 
 def _fail_stale_runs(key: str) -> None:

@@ -16,9 +16,7 @@ from dagster import (
     asset,
 )
 
-from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
-from locdiff_pipeline.data.warehouse import fingerprint
 from locdiff_pipeline.defs.assets.features import clip_embeddings
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.assets.model import locdiff_model
@@ -32,22 +30,19 @@ from locdiff_pipeline.defs.resources import (
 )
 from locdiff_pipeline.method import metrics
 from locdiff_pipeline.method.devices import resolve_device
-from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
 from locdiff_pipeline.steps import report_sql
 from locdiff_pipeline.steps.accuracy_report import REPORT_VERSION, build_report, scoring_note
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
 from locdiff_pipeline.steps.contamination import (
-    CONTAMINATION_TABLE,
     CONTAMINATION_VERSION,
     build_contamination,
-    contaminated_ids,
 )
 from locdiff_pipeline.steps.figures import fit_width
 from locdiff_pipeline.steps.locdiff_model import read_latest
-from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
-from locdiff_pipeline.steps.predictions import METHODS, PREDICTIONS_VERSION, SCORING_STAGES, predict_benchmark
+from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE
+from locdiff_pipeline.steps.predictions import PREDICTIONS_VERSION, build_predictions
 from locdiff_pipeline.steps.progress import Progress
+from locdiff_pipeline.steps.scoring import SCORING_STAGES
 from locdiff_pipeline.tracking import registry
 
 GROUP = "evaluation"
@@ -107,79 +102,34 @@ def contamination(
 def predictions(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
-    datasets: DatasetsResource,
     training: TrainingResource,
     evaluation: EvaluationResource,
 ) -> MaterializeResult:
-    store = warehouse.get()
     started = time.perf_counter()
     benchmark = context.partition_key
-    latest = read_latest(store)
-    version, training_dataset = latest["version"], latest["training_dataset"]
-    embeddings = shards.manifest(store, EMBEDDINGS_TABLE, benchmark)
-    contamination_manifest = store.manifest(CONTAMINATION_TABLE, dataset=benchmark)
-    settings = evaluation.settings()
-    excluded = contaminated_ids(store, benchmark) if evaluation.exclude_contaminated else set()
-    key = fingerprint(
-        PREDICTIONS_VERSION,
-        version,
-        latest["run_id"],
-        embeddings["fingerprint"],
-        evaluation.samples_per_view,
-        settings.to_dict(),
-        METHODS,
-        sorted(excluded),
-    )
-    if predictions_are_current(store, benchmark, version, key):
-        manifest = store.manifest(PREDICTIONS_TABLE, dataset=benchmark, model_version=version)
-        return MaterializeResult(
-            metadata={
-                "rows": manifest["rows"],
-                "model_version": version,
-                "images_scored": manifest["images"],
-                "cached": True,
-            }
-        )
-    model = LocDiffModel.load(latest["checkpoint"], device=resolve_device(training.config().device))
     progress = Progress(f"scoring {benchmark}", SCORING_STAGES, context.log.info, unit="stages", every=0.25)
-    scored = predict_benchmark(
-        store,
+    scored = build_predictions(
+        warehouse.get(),
         benchmark,
-        training_dataset,
-        model,
-        embeddings["test_views"],
         evaluation.samples_per_view,
-        settings,
-        excluded,
+        evaluation.settings(),
+        exclude_contaminated=evaluation.exclude_contaminated,
+        device=resolve_device(training.config().device),
         progress=progress.advance,
     )
-    manifest = {
-        "fingerprint": key,
-        "training_dataset": training_dataset,
-        "methods": list(METHODS),
-        "images": scored.images,
-        "excluded_contaminated": len(excluded),
-        "contamination": {
-            k: contamination_manifest[k]
-            for k in ("images", "exact", "near", "threshold", "max_hash_distance", "training_dataset")
-        },
-        "protocol": model.metadata.get("protocol"),
-        "chosen": scored.chosen,
-        "locdiff_h_fallback_share": scored.hybrid_fallback_share,
-    }
-    rows = write_predictions(store, benchmark, version, scored.tables, scored.samples, manifest)
-    context.log.info(f"{benchmark}: {rows} prediction rows for {scored.images} images; {scored.chosen}")
+    summary = {"rows": scored["rows"], "model_version": scored["model_version"], "images_scored": scored["images"]}
+    if scored["cached"]:
+        return MaterializeResult(metadata={**summary, "cached": True})
+    context.log.info(f"{benchmark}: {scored['rows']} prediction rows for {scored['images']} images; {scored['chosen']}")
     return MaterializeResult(
         metadata={
-            "rows": rows,
-            "dagster/row_count": rows,
-            "model_version": version,
-            "training_dataset": training_dataset,
-            "images_scored": scored.images,
-            "excluded_contaminated": len(excluded),
-            "methods": MetadataValue.json(list(METHODS)),
-            "chosen": MetadataValue.json(scored.chosen),
-            "locdiff_h_fallback_share": scored.hybrid_fallback_share,
+            **summary,
+            "dagster/row_count": scored["rows"],
+            "training_dataset": scored["training_dataset"],
+            "excluded_contaminated": scored["excluded_contaminated"],
+            "methods": MetadataValue.json(scored["methods"]),
+            "chosen": MetadataValue.json(scored["chosen"]),
+            "locdiff_h_fallback_share": scored["locdiff_h_fallback_share"],
             "cached": False,
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -245,7 +195,7 @@ def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
     """The accuracy rows as a Dagster table (a sortable table in the UI, not a Markdown link)."""
     columns = ["method", "count", *(metrics.accuracy_column(t) for t in metrics.THRESHOLDS_KM), "median_km"]
     schema = TableSchema(columns=[TableColumn(name, "string" if name == "method" else "float") for name in columns])
-    records = [TableRecord({name: _plain(row[name]) for name in columns}) for row in rows]
+    records = [TableRecord({name: _rounded_for_display(row[name]) for name in columns}) for row in rows]
     return MetadataValue.table(records, schema)
 
 
@@ -254,7 +204,7 @@ def per_method_numbers(rows: list[dict]) -> dict[str, float]:
     return {f"{row['method']} {name}": float(row[name]) for row in rows for name in REPORTED_NUMBERS}
 
 
-def _plain(value):
+def _rounded_for_display(value):
     """Readable in the UI: shares to 4 decimals, distances to 0.1 km (the per-method numbers keep full precision)."""
     if isinstance(value, str):
         return value

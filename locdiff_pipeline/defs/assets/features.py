@@ -6,6 +6,7 @@ import time
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS
 from locdiff_pipeline.data.image_encoder import ImageEncoder, encoder_note
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.defs.assets.ingest import images
@@ -26,7 +27,8 @@ GROUP = "features"
     deps=[images],
     partitions_def=SHARDS,
     description=(
-        "Frozen open_clip embeddings per shard: the plain view for training images; 16 test-time views for "
+        "Frozen open_clip embeddings per shard: the plain view for training images; the encoder resource's "
+        f"test_views ({DEFAULT_TEST_VIEWS} by default) test-time views for "
         "validation and benchmark images (no flips for north-up imagery). Batched, on CUDA when present."
     ),
 )

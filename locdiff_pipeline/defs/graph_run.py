@@ -1,0 +1,111 @@
+"""The whole graph in process, as the named jobs: what `locdiff run`, the ablation and the tests use.
+
+One `locdiff_train` run of ingest, features and training over every shard, then one `locdiff_evaluate`
+run per benchmark of the catalog: what `dagster dev`'s backfill and sensor do, without a daemon.
+"""
+
+from dataclasses import dataclass
+
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, materialize
+
+from locdiff_pipeline.defs.assets import ALL_ASSETS
+from locdiff_pipeline.defs.checks import ALL_CHECKS
+from locdiff_pipeline.defs.jobs import evaluate_job, train_job
+from locdiff_pipeline.defs.partitions import all_shards_tags
+from locdiff_pipeline.defs.resources import default_resources
+
+
+@dataclass
+class GraphRun:
+    """The in-process runs of one `materialize_all`: the training run, then one run per benchmark."""
+
+    results: list[ExecuteInProcessResult]
+
+    @property
+    def success(self) -> bool:
+        return all(r.success for r in self.results)
+
+    def get_asset_check_evaluations(self) -> list:
+        return [e for r in self.results for e in r.get_asset_check_evaluations()]
+
+    def get_asset_materialization_events(self) -> list:
+        return [e for r in self.results for e in r.get_asset_materialization_events()]
+
+    def metadata(self, asset: str, partition: str | None = None) -> dict:
+        """The metadata of an asset's materialization in these runs (of one partition, if given)."""
+        for event in self.get_asset_materialization_events():
+            materialization = event.event_specific_data.materialization
+            if materialization.asset_key.path[-1] == asset and (
+                partition is None or materialization.partition == partition
+            ):
+                return materialization.metadata
+        raise KeyError(f"{asset} ({partition}) was not materialized in these runs")
+
+
+def materialize_all(
+    resources: dict,
+    instance: DagsterInstance | None = None,
+    selection=None,
+    raise_on_error: bool = True,
+    tags: dict[str, str] | None = None,
+    console_level: str | None = None,
+) -> GraphRun:
+    """The graph in process, with its checks, as the named jobs: one `locdiff_train` run of ingest, features
+    and training over every shard, then one `locdiff_evaluate` run per benchmark of the catalog (what
+    `dagster dev`'s backfill and sensor do). With `selection`, only that selection of the training side
+    (an ad-hoc run). Resources not given take their defaults; `tags` go on every run; `console_level`
+    (e.g. WARNING) quiets the terminal's copy of the run log (the instance keeps every event)."""
+    resources = {**default_resources(), **resources}
+    run_config = {"loggers": {"console": {"config": {"log_level": console_level}}}} if console_level else None
+    instance = instance or DagsterInstance.ephemeral()
+    training_tags = {**all_shards_tags(), **(tags or {})}
+    if selection is not None:
+        everything = [*ALL_ASSETS, *ALL_CHECKS]
+        run = materialize(
+            everything,
+            resources=resources,
+            instance=instance,
+            selection=selection,
+            tags=training_tags,
+            raise_on_error=raise_on_error,
+            run_config=run_config,
+        )
+        return GraphRun([run])
+    definitions = Definitions(
+        assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[train_job, evaluate_job], resources=resources
+    )
+    first = definitions.resolve_job_def(train_job.name).execute_in_process(
+        instance=instance, tags=training_tags, raise_on_error=raise_on_error, run_config=run_config
+    )
+    results = [first]
+    if first.success:
+        evaluate = definitions.resolve_job_def(evaluate_job.name)
+        for benchmark in resources["datasets"].get().benchmark_names:
+            results.append(
+                evaluate.execute_in_process(
+                    instance=instance,
+                    partition_key=benchmark,
+                    tags=tags,
+                    raise_on_error=raise_on_error,
+                    run_config=run_config,
+                )
+            )
+    return GraphRun(results)
+
+
+def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark as failed the runs still STARTED or STARTING whose process (recorded in its tags by
+    `locdiff run`) is gone: a run killed from outside (SIGKILL, a lost machine) otherwise stays STARTED in
+    Dagster for ever. Runs of live processes and runs without the tags are left alone. Returns their ids."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from locdiff_pipeline.data.processes import owner_is_gone
+
+    abandoned = [
+        run
+        for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING]))
+        if owner_is_gone(run.tags)
+    ]
+    for run in abandoned:
+        instance.report_run_failed(run, message=f"its process (pid {run.tags.get('locdiff.pid')}) is gone")
+    return [run.run_id for run in abandoned]

@@ -1,0 +1,304 @@
+"""Every method on one benchmark dataset, against one training dataset: LocDiff, LocDiff-H, the
+baselines and two reference rows.
+
+The training dataset alone provides the kNN gallery, the cells, the regressor's training data,
+LocDiff-H's retrieval and the validation split that tunes them; the benchmark provides only the images
+to score. LocDiff uses the test-time protocol recorded with the model (views, combination rule and the
+plain view's weight, chosen on validation); the baselines see the same views, combined by the mean of
+their embeddings or by LocDiff's rule on their per-view predictions, whichever validation prefers.
+Every method is also scored from the plain view alone, as NAME/plain. Reference rows: `chance` (a
+random training location, averaged over several draws) and `constant` (the training set's densest
+location): a method is worth its row only above them.
+
+Produces the rows of the `predictions` table (one per image and method, `chance` one per draw) and of
+`prediction_samples` (every decoded LocDiff sample, for density maps and calibration); the `predictions`
+step (steps/predictions.py) caches and writes them. Dagster-free, so tests and notebooks call it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.warehouse import Warehouse
+from locdiff_pipeline.method import baselines, shdd, uncertainty
+from locdiff_pipeline.method.model import LocDiffModel, Prediction, Samples
+from locdiff_pipeline.method.protocol import Protocol
+from locdiff_pipeline.method.views import MEAN_EMBEDDING, ViewRule
+from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_labelled
+from locdiff_pipeline.steps.prediction_table import prediction_rows
+
+LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION = "locdiff", "locdiff_h", "knn", "cell_classification", "regression"
+CHANCE, CONSTANT = "chance", "constant"
+PLAIN_SUFFIX = "/plain"
+TOP_K = 5  # ranked answers kept per LocDiff and kNN prediction (the report's top-5 accuracy)
+BASE_METHODS = (LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION)
+REFERENCE_METHODS = (CHANCE, CONSTANT)
+METHODS = BASE_METHODS + tuple(m + PLAIN_SUFFIX for m in BASE_METHODS) + REFERENCE_METHODS
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("method", pa.string()),
+        ("sample_lat", pa.list_(pa.float32())),
+        ("sample_lon", pa.list_(pa.float32())),
+        ("bandwidth_km", pa.float64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Baseline, reference and uncertainty settings; None means 'chosen on validation' / 'from L'."""
+
+    knn_k: int | None = None
+    cells: int | None = None
+    regression_steps: int = 1500
+    hybrid_radius_km: float = baselines.HYBRID_RADIUS_KM
+    density_bandwidth_km: float | None = None
+    seed: int = 0
+    chance_draws: int = 10
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BenchmarkPredictions:
+    tables: list[pa.Table]
+    samples: pa.Table
+    images: int
+    chosen: dict[str, str] = field(default_factory=dict)
+    hybrid_fallback_share: float = 0.0
+
+
+@dataclass
+class FittedBaselines:
+    """What every benchmark is scored against, fitted on the training dataset only."""
+
+    gallery: baselines.Gallery
+    knn: baselines.KnnRetrieval
+    cells: baselines.CellClassifier
+    regressor: baselines.UnitVectorRegressor
+    constant: tuple[float, float]
+
+
+_fitted: dict[tuple, FittedBaselines] = {}  # one fit per training data and settings, shared by benchmarks
+
+
+def baseline_view_rules(protocol: Protocol, L: int) -> tuple[ViewRule, ...]:
+    """The view rules the baselines choose from on validation: the mean of the view embeddings, or LocDiff's
+    chosen rule on their per-view predictions; both weigh the plain view as LocDiff's protocol does."""
+    return tuple(ViewRule(rule, protocol.plain_weight, L) for rule in (MEAN_EMBEDDING, protocol.rule))
+
+
+def fit_baselines(
+    warehouse: Warehouse,
+    training: str,
+    settings: MethodSettings,
+    views: int = 1,
+    view_rules: tuple[ViewRule, ...] = (ViewRule(),),
+) -> FittedBaselines:
+    """The gallery, the baselines tuned on validation (seeing the same `views` as at test, combined by the
+    best of `view_rules`) and the constant reference, fitted once per training data, settings, views and
+    rules in a process (every benchmark of a run reuses them)."""
+    manifest = shards.manifest(warehouse, EMBEDDINGS_TABLE, training)
+    if manifest is None:
+        raise FileNotFoundError(f"the training dataset {training!r} has no complete embeddings yet")
+    settings_key = tuple(sorted(settings.to_dict().items()))
+    key = (str(warehouse.root), training, manifest["fingerprint"], settings_key, views, view_rules)
+    if key not in _fitted:
+        train = load_labelled(warehouse, training, "train")
+        val = load_labelled(warehouse, training, "val", views=manifest["test_views"])
+        gallery = baselines.Gallery(train.embeddings, train.lat, train.lon)
+        validation = (val.embeddings[:, :views], val.lat, val.lon)
+        seed = settings.seed
+        _fitted.clear()
+        _fitted[key] = FittedBaselines(
+            gallery,
+            baselines.fit_knn(gallery, *validation, settings.knn_k, view_rules=view_rules),
+            baselines.fit_cells(gallery, *validation, settings.cells, seed, view_rules=view_rules),
+            baselines.fit_regressor_on_validation(
+                gallery, *validation, steps=settings.regression_steps, seed=seed, view_rules=view_rules
+            ),
+            baselines.densest_location(gallery),
+        )
+    return _fitted[key]
+
+
+def density_bandwidth_km(model: LocDiffModel, settings: MethodSettings) -> float:
+    """Kernel width of the sample density: as set, else the half-width of an SHDD peak at the model's L
+    (finer structure than that is not representable at degree L)."""
+    return settings.density_bandwidth_km or shdd.default_rho_km(model.config.L)
+
+
+SCORING_STAGES = 4  # baselines fitted, LocDiff sampled, every method with the chosen views, with the plain view
+
+
+@dataclass
+class ScoredImages:
+    """The benchmark images being scored, and how to turn one method's predictions into table rows."""
+
+    ids: list[str]
+    embeddings: np.ndarray  # (N, views, D)
+    lat: np.ndarray
+    lon: np.ndarray
+    training: str
+    encoder: dict
+
+    def rows(self, method: str, prediction, draws: int = 1, **extra) -> pa.Table:
+        """The table rows of `method`'s predictions (`draws` per image, image-major)."""
+        image_ids = np.repeat(self.ids, draws).tolist()
+        truth = (np.repeat(self.lat, draws), np.repeat(self.lon, draws))
+        return prediction_rows(
+            method, self.training, image_ids, *truth, prediction.lat, prediction.lon, self.encoder, **extra
+        )
+
+
+def predict_benchmark(
+    warehouse: Warehouse,
+    benchmark: str,
+    training: str,
+    model: LocDiffModel,
+    views: int,
+    samples_per_view: int,
+    settings: MethodSettings,
+    exclude: Collection[str] = (),
+    progress: Callable[[int], None] = lambda done: None,
+) -> BenchmarkPredictions:
+    """Every method on the benchmark's test images (less `exclude`), from embeddings with `views` views.
+    `progress(1)` is called after each of the SCORING_STAGES stages."""
+    protocol = Protocol.from_dict(model.metadata.get("protocol"))
+    used_views = min(protocol.views, views)
+    fitted = fit_baselines(warehouse, training, settings, used_views, baseline_view_rules(protocol, model.config.L))
+    progress(1)
+    images = benchmark_images(warehouse, benchmark, training, model.encoder, views, used_views, exclude)
+    drawn = model.sample(images.embeddings, samples=samples_per_view, seed=settings.seed)
+    progress(1)
+    tables, chosen_prediction, fell_back = [], None, None
+    for suffix, view_count in (("", used_views), (PLAIN_SUFFIX, 1)):
+        scored = score_methods(model, drawn, fitted, protocol, images, view_count, settings, suffix)
+        tables += scored.tables
+        if not suffix:
+            chosen_prediction, fell_back = scored.locdiff, scored.hybrid_fell_back
+        progress(1)
+    tables += reference_rows(fitted, images, settings)
+    samples = samples_table(images.ids, chosen_prediction, density_bandwidth_km(model, settings))
+    chosen = chosen_settings(protocol, used_views, samples_per_view, fitted, settings)
+    return BenchmarkPredictions(tables, samples, len(images.ids), chosen, float(fell_back.mean()))
+
+
+def benchmark_images(
+    warehouse: Warehouse,
+    benchmark: str,
+    training: str,
+    encoder: dict,
+    views: int,
+    used_views: int,
+    exclude: Collection[str],
+) -> ScoredImages:
+    """The benchmark's test images less `exclude`, with their first `used_views` view embeddings."""
+    test = load_labelled(warehouse, benchmark, "test", views=views)
+    excluded = set(exclude)
+    keep = [i for i, image_id in enumerate(test.ids) if image_id not in excluded]
+    if not keep:
+        raise ValueError(f"benchmark {benchmark!r} has no test images to score")
+    ids = [test.ids[i] for i in keep]
+    return ScoredImages(ids, test.embeddings[keep, :used_views], test.lat[keep], test.lon[keep], training, encoder)
+
+
+@dataclass
+class ScoredMethods:
+    tables: list[pa.Table]
+    locdiff: Prediction
+    hybrid_fell_back: np.ndarray
+
+
+def score_methods(
+    model: LocDiffModel,
+    drawn: Samples,
+    fitted: FittedBaselines,
+    protocol: Protocol,
+    images: ScoredImages,
+    view_count: int,
+    settings: MethodSettings,
+    suffix: str,
+) -> ScoredMethods:
+    """LocDiff (with its 90 % region and ranked answers), LocDiff-H and the baselines from each image's first
+    `view_count` views, as rows of methods named with `suffix`."""
+    weight = protocol.plain_weight
+    prediction = model.combine(drawn, protocol.rule, view_count, weight)
+    inputs = images.embeddings[:, :view_count]
+    with_samples = prediction.sample_lat.shape[1] > 1  # one sample has no spread and no region of its own
+    region = None
+    if with_samples:
+        bandwidth, levels = density_bandwidth_km(model, settings), (uncertainty.REGION_LEVEL,)
+        region = uncertainty.sample_regions(
+            prediction.sample_lat, prediction.sample_lon, prediction.lat, prediction.lon, bandwidth, levels
+        )[:, 0]
+    ranked = model.ranked(drawn, TOP_K, view_count, weight) if model.config.representation == "shdd" else None
+    hybrid, hybrid_fell_back = baselines.locdiff_h(
+        fitted.gallery, inputs, prediction.lat, prediction.lon, settings.hybrid_radius_km, weight
+    )
+    knn = fitted.knn.predict(inputs)
+    separation = 2 * shdd.peak_width_km(model.config.L)  # ranked answers: the same spread for LocDiff and kNN
+    knn_ranked = baselines.knn_ranked(fitted.gallery, inputs, TOP_K, separation, plain_weight=weight)
+    spread = prediction.spread_km if with_samples else None
+    tables = [
+        images.rows(LOCDIFF + suffix, prediction, spread_km=spread, region_km=region, ranked=ranked),
+        images.rows(LOCDIFF_H + suffix, hybrid),
+        images.rows(KNN + suffix, knn, spread_km=knn.spread_km, ranked=knn_ranked),
+        images.rows(CELLS + suffix, fitted.cells.predict(inputs)),
+        images.rows(REGRESSION + suffix, fitted.regressor.predict(inputs)),
+    ]
+    return ScoredMethods(tables, prediction, hybrid_fell_back)
+
+
+def reference_rows(fitted: FittedBaselines, images: ScoredImages, settings: MethodSettings) -> list[pa.Table]:
+    """The `chance` rows (a random training location, settings.chance_draws per image) and the `constant`
+    rows (the training set's densest location)."""
+    n, draws = len(images.ids), settings.chance_draws
+    constant = baselines.MethodPrediction(np.full(n, fitted.constant[0]), np.full(n, fitted.constant[1]))
+    return [
+        images.rows(CHANCE, baselines.chance(fitted.gallery, n, draws, settings.seed), draws=draws),
+        images.rows(CONSTANT, constant),
+    ]
+
+
+def samples_table(ids: list[str], prediction: Prediction, bandwidth_km: float) -> pa.Table:
+    """Every decoded LocDiff sample per image (for densities and calibration)."""
+    n = len(ids)
+    return pa.table(
+        {
+            "image_id": ids,
+            "method": [LOCDIFF] * n,
+            "sample_lat": list(prediction.sample_lat.astype(np.float32)),
+            "sample_lon": list(prediction.sample_lon.astype(np.float32)),
+            "bandwidth_km": np.full(n, bandwidth_km),
+        },
+        schema=SAMPLES_SCHEMA,
+    )
+
+
+def chosen_settings(
+    protocol: Protocol, used_views: int, samples_per_view: int, fitted: FittedBaselines, settings: MethodSettings
+) -> dict[str, str]:
+    """What each method used, as the report prints it (settings chosen on validation, with their grids)."""
+    weight = protocol.plain_weight
+    return {
+        LOCDIFF: f"{Protocol(protocol.rule, used_views, plain_weight=weight).describe()} x {samples_per_view} "
+        "samples (chosen on validation)",
+        KNN: f"k={fitted.knn.k} of {baselines.KNN_K_CHOICES}; views: {fitted.knn.view_rule.describe()}",
+        CELLS: f"cells={len(fitted.cells.centroids_lat)}, C={fitted.cells.C:g} of "
+        f"{baselines.CELL_COUNT_CHOICES} x {baselines.CELL_C_CHOICES}; views: {fitted.cells.view_rule.describe()}",
+        REGRESSION: f"lr={fitted.regressor.learning_rate:g}, steps={fitted.regressor.steps} of "
+        f"{baselines.REGRESSION_LEARNING_RATES} x ({max(1, settings.regression_steps // 3)}, "
+        f"{settings.regression_steps}); views: {fitted.regressor.view_rule.describe()}",
+        LOCDIFF_H: f"radius={settings.hybrid_radius_km:g}km",
+        CONSTANT: f"({fitted.constant[0]:.2f}, {fitted.constant[1]:.2f})",
+        CHANCE: f"{settings.chance_draws} draws per image",
+    }
