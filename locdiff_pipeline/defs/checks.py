@@ -208,12 +208,10 @@ def predictions_cover_benchmark(
            FROM predictions WHERE dataset = $1 AND model_version = $2""",
         [benchmark, version, CHANCE],
     )
-    expected = scored * (len(METHODS) - 1) + scored * evaluation.chance_draws
+    draws = evaluation.settings().chance_draws
+    expected = scored * (len(METHODS) - 1) + scored * draws
     return AssetCheckResult(
-        passed=methods == len(METHODS)
-        and rows == expected
-        and bad == 0
-        and chance_rows == scored * evaluation.chance_draws,
+        passed=methods == len(METHODS) and rows == expected and bad == 0 and chance_rows == scored * draws,
         metadata={"images": scored, "methods": methods, "rows": rows, "expected_rows": expected, "non_finite": bad},
     )
 
