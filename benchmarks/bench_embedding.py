@@ -5,7 +5,7 @@
 
 Images are generated 640 x 480 JPEGs with smooth content (a photo's decoding cost). Measured in one run:
 the forward pass alone on pre-decoded, preprocessed tensors (the ceiling), then the project's own
-`embed_row_batches` (what the clip_embeddings asset runs) with decoding in this process (workers = 0, the
+`embed_row_batches` (what the image_embeddings asset runs) with decoding in this process (workers = 0, the
 path before #13) and with decoding workers, each as images/s and as a share of the forward-only rate.
 """
 
@@ -21,9 +21,9 @@ from bench_model import sync
 from PIL import Image
 
 from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import ImageEncoder
+from locdiff_pipeline.data.image_encoder import ImageEncoder, build_encoder
 from locdiff_pipeline.data.image_io import decode_image
-from locdiff_pipeline.steps.clip_embeddings import embed_row_batches
+from locdiff_pipeline.steps.image_embeddings import embed_row_batches
 
 
 def photo_jpegs(count: int, seed: int = 0) -> list[bytes]:
@@ -71,7 +71,7 @@ def embedding_path(encoder: ImageEncoder, jpegs: list[bytes], views: int, worker
 
 def measure(model_name: str, device: str, images: int, views: int, workers: list[int], batch_rows: int) -> dict:
     """{'forward': img/s, workers: img/s, ...} for one encoder on one device, all in this run."""
-    encoder = ImageEncoder(EncoderSpec(model_name, None, 0), device=device)
+    encoder = build_encoder(EncoderSpec(model_name, None, 0), device=device)
     jpegs = photo_jpegs(images)
     encoder.embed_pixels(encoder.views(decode_image(jpegs[0], "warm-up"), "warm-up", 1))
     rates = {"forward": forward_only(encoder, jpegs, views)}

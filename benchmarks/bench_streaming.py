@@ -28,7 +28,7 @@ from locdiff_pipeline.method import sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.target_space import target_space
 from locdiff_pipeline.method.training import train
-from locdiff_pipeline.steps.clip_embeddings import embedding_batch
+from locdiff_pipeline.steps.image_embeddings import embedding_batch
 
 ROWS_PER_PART = 256
 

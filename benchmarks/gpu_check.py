@@ -5,7 +5,7 @@
 
 Prints: paper-sized training steps/s (L = 40, CS-UNet 2048-1024-512, batch 1024, 8,192 anchors;
 bfloat16 autocast on CUDA) with the CPU figure beside it; embedding images/s for ViT-B-32 and ViT-L-14
-(seeded init: speed does not depend on the weights) through the clip_embeddings asset's path (640 x 480
+(seeded init: speed does not depend on the weights) through the image_embeddings asset's path (640 x 480
 JPEG bytes -> decode -> views -> encoder), in process and with decoding workers, against the encoder's
 forward pass alone on pre-decoded tensors; decode vectors/s at L = 20 and 40 by both coarse searches
 (anchors, grid) against the bare matrix product on the same device; exact gallery search on the device

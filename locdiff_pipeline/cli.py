@@ -25,13 +25,15 @@ def _run(args: argparse.Namespace) -> int:
     from locdiff_pipeline.data.project_lock import project_lock
 
     root = project_root()
+    resources = _run_resources(args, root)
+    resources["encoder"].weights_file()  # pretrained weights that cannot be had fail here, before anything runs
     # One writer per project folder, taken before anything is created (two runs initialising Dagster's
     # storage at once corrupt it); a second run waits --wait seconds, then exits naming the holder.
     with project_lock(root, wait_seconds=args.wait, command="locdiff run"):
-        return _run_locked(args, root)
+        return _run_locked(resources, root)
 
 
-def _run_locked(args: argparse.Namespace, root: Path) -> int:
+def _run_locked(resources: dict, root: Path) -> int:
     from locdiff_pipeline.defs.instance import prepare_dagster_home
 
     home = prepare_dagster_home(root)
@@ -40,7 +42,6 @@ def _run_locked(args: argparse.Namespace, root: Path) -> int:
 
     from locdiff_pipeline.defs.graph_run import fail_abandoned_runs
 
-    resources = _run_resources(args, root)
     started = time.perf_counter()
     instance = DagsterInstance.get()
     for run_id in fail_abandoned_runs(instance):
@@ -79,11 +80,17 @@ def _run_resources(args: argparse.Namespace, root: Path) -> dict:
     return {
         "warehouse": WarehouseResource(root=str(root)),
         "datasets": DatasetsResource(
-            **given(bundled_count=args.count, bundled_benchmark_count=args.benchmark_count, catalog=args.catalog)
+            **given(
+                bundled_count=args.count,
+                bundled_gallery_count=args.gallery_count,
+                bundled_benchmark_count=args.benchmark_count,
+                catalog=args.catalog,
+            )
         ),
         "encoder": EncoderResource(
             **given(
                 model_name=args.encoder,
+                pretrained=args.pretrained,
                 checkpoint=args.encoder_checkpoint,
                 test_views=args.test_views,
                 decode_workers=args.decode_workers,
@@ -106,7 +113,7 @@ def _materialize_with_progress(resources: dict, instance):
         **owner_tags(),
         "locdiff/trigger": "locdiff run",
         "locdiff/dataset": resources["datasets"].training_name(),
-        "locdiff/encoder": spec.model_name + ("" if spec.checkpoint else f"@seeded-init-{spec.seed}"),
+        "locdiff/encoder": spec.describe(),
     }
     bars = _wants_bars()
     if bars:  # live bars instead of the run log's lines; the log keeps every event (the UI shows it)
@@ -238,7 +245,10 @@ def _add_run(commands, common: argparse.ArgumentParser) -> None:
     run.add_argument("--steps", type=int, help=f"training steps (default {LocDiffConfig.steps})")
     run.add_argument("--L", type=int, help=f"SHDD degree to train on (default {LocDiffConfig.L})")
     run.add_argument("--device", help=f"auto, cpu, cuda (default {LocDiffConfig.device})")
-    run.add_argument("--encoder", help=f"open_clip model name (default {EncoderSpec.model_name})")
+    run.add_argument(
+        "--encoder", help=f"image encoder: descriptors or an open_clip model name (default {EncoderSpec.model_name})"
+    )
+    run.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (from the hub or its local cache)")
     run.add_argument("--encoder-checkpoint", help="local open_clip checkpoint file with real weights")
     run.add_argument(
         "--test-views",
@@ -259,6 +269,11 @@ def _add_run(commands, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--count", type=int, help=f"how many bundled training locations to use (default {BundledRecipe.count})"
+    )
+    run.add_argument(
+        "--gallery-count",
+        type=int,
+        help=f"further MP16 locations for bundled training and validation (default {BundledRecipe.gallery_count})",
     )
     run.add_argument(
         "--benchmark-count",
@@ -286,7 +301,12 @@ def _add_predict(commands, common: argparse.ArgumentParser) -> None:
         "--views", type=int, default=None, help="test-time views (default: the model's, chosen on validation)"
     )
     pred.add_argument("--rule", default=None, help="mixture or centre: how views combine (default: the model's)")
-    pred.add_argument("--samples", type=int, default=1, help="diffusion samples per view (default %(default)s)")
+    pred.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="diffusion samples per view (default: the model's, chosen on validation)",
+    )
     pred.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
     pred.add_argument(
         "--encoder-checkpoint", help="the encoder checkpoint file, when the model was trained on real weights"

@@ -54,7 +54,7 @@ def predict(
     *,
     views: int | None = None,
     rule: str | None = None,
-    samples: int = 1,
+    samples: int | None = None,
     seed: int = 0,
     encoder_checkpoint: str | None = None,
     device: str | None = None,
@@ -62,15 +62,16 @@ def predict(
 ) -> PredictResult:
     """Predict (lat, lon, spread_km) for each readable image; unreadable ones are reported in `errors`.
 
-    `views` and `rule` default to the protocol chosen on validation and recorded with the model; the
+    `views`, `rule` and `samples` (diffusion samples per view, combined by the rule) default to the protocol
+    chosen on validation and recorded with the model; the
     views are made for the imagery the model was trained on (no flips for north-up imagery). With
     `top_k`, each prediction also carries the k most likely places of the image's mixture density with
     their probabilities (rank 1 is the mixture's mode)."""
-    if (views is not None and views < 1) or samples < 1 or (top_k is not None and top_k < 1):
+    if any(value is not None and value < 1 for value in (views, samples, top_k)):
         raise ValueError(f"views, samples and top_k must be at least 1, got {views}, {samples} and {top_k}")
     loaded = LocDiffModel.load(resolve_model(model), device=device)
     protocol = Protocol.from_dict(loaded.metadata.get("protocol"))
-    views, rule = views or protocol.views, rule or protocol.rule
+    views, rule, samples = views or protocol.views, rule or protocol.rule, samples or protocol.samples
     encoder = recorded_encoder(loaded.encoder, encoder_checkpoint, loaded.device)
     result = PredictResult([], {}, model, encoder.identity.note)
     readable, names = [], []

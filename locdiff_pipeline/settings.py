@@ -77,7 +77,9 @@ VARIABLES = (
     Variable("LOCDIFF_SHARDS", "id-hash shards per dataset (read when the definitions load)", _whole(1, 9999), "4"),
     Variable("LOCDIFF_BUNDLED_COUNT", "bundled training locations to use (BundledRecipe.count)", _whole(1)),
     Variable("LOCDIFF_BUNDLED_BENCHMARK_COUNT", "held-out locations per bundled benchmark", _whole(1)),
-    Variable("LOCDIFF_ENCODER", "open_clip model name of the image encoder (EncoderSpec)"),
+    Variable("LOCDIFF_BUNDLED_GALLERY_COUNT", "further MP16 locations for bundled training and validation", _whole(0)),
+    Variable("LOCDIFF_ENCODER", "image encoder: descriptors, or an open_clip model name (EncoderSpec)"),
+    Variable("LOCDIFF_ENCODER_PRETRAINED", "open_clip pretrained tag, e.g. openai (from the hub or its local cache)"),
     Variable("LOCDIFF_ENCODER_CHECKPOINT", "local open_clip checkpoint file with real weights"),
     Variable("LOCDIFF_DECODE_WORKERS", "processes decoding images ahead of the encoder (0: none)", _whole(0)),
     Variable("LOCDIFF_STEPS", "training steps (LocDiffConfig.steps)", _whole(0)),
@@ -105,7 +107,9 @@ class Settings:
     shards: int
     bundled_count: int | None
     bundled_benchmark_count: int | None
+    bundled_gallery_count: int | None
     encoder: str | None
+    encoder_pretrained: str | None
     encoder_checkpoint: str | None
     decode_workers: int | None
     steps: int | None

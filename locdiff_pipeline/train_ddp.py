@@ -3,7 +3,7 @@
     torchrun --nproc_per_node=4 -m locdiff_pipeline.train_ddp --L 20 --steps 200000 --batch-size 1024
     dagster asset materialize --select 'predictions,accuracy_report' -m locdiff_pipeline.definitions
 
-Run from the project root after the upstream assets exist (images, clip_embeddings, shdd_tables). The
+Run from the project root after the upstream assets exist (images, image_embeddings, shdd_tables). The
 run is logged and registered in MLflow exactly like the `locdiff_model` asset's, and recorded as the
 latest model, so the downstream assets pick it up. The batch size is per process. Defaults come from
 LocDiffConfig; nothing here imports Dagster.
@@ -20,7 +20,7 @@ from locdiff_pipeline.data.training_stream import LOADINGS
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import distributed
 from locdiff_pipeline.method.config import LocDiffConfig
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
+from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE
 from locdiff_pipeline.steps.locdiff_model import train_and_register, write_latest
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     if manifest is None:
         raise SystemExit(
             f"no embeddings for dataset {args.dataset!r} under {store.root}: materialize images, "
-            f"clip_embeddings and shdd_tables first"
+            f"image_embeddings and shdd_tables first"
         )
     config = LocDiffConfig(
         L=args.L,

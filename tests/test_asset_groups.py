@@ -25,9 +25,11 @@ from locdiff_pipeline.defs.resources import (
 from locdiff_pipeline.steps.figures import DIALOG_WIDTH_PX
 from locdiff_pipeline.steps.scoring import METHODS
 
+GALLERY = 100  # of the 30,000 bundled gallery locations: a small graph
+
 GROUP_ASSETS = {
     "ingest": {"image_metadata", "images"},
-    "features": {"clip_embeddings", "shdd_tables"},
+    "features": {"image_embeddings", "shdd_tables"},
     "model": {"locdiff_model"},
     "evaluation": {"contamination", "predictions", "accuracy_report"},
 }
@@ -38,7 +40,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("groups")
     resources = {
         "warehouse": WarehouseResource(root=str(root)),
-        "datasets": DatasetsResource(bundled_count=160, bundled_benchmark_count=12),
+        "datasets": DatasetsResource(bundled_count=160, bundled_gallery_count=GALLERY, bundled_benchmark_count=12),
         "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=2),
         "training": TrainingResource(
             L=4, shdd_degrees=[4], steps=20, batch_size=32, hidden_dims=[32], timesteps=20, sample_steps=3
@@ -125,7 +127,9 @@ def test_a_failing_blocking_check_stops_training(project):
     _, resources, instance = project
     strict = {
         **resources,
-        "datasets": DatasetsResource(bundled_count=160, bundled_benchmark_count=12, max_rejected_share=-1),
+        "datasets": DatasetsResource(
+            bundled_count=160, bundled_gallery_count=GALLERY, bundled_benchmark_count=12, max_rejected_share=-1
+        ),
     }
     result = materialize(
         [*defs.assets, *defs.asset_checks],
@@ -138,4 +142,4 @@ def test_a_failing_blocking_check_stops_training(project):
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert "rejected_share" in failed
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
-    assert "images" in materialized and not materialized & {"clip_embeddings", "shdd_tables", "locdiff_model"}
+    assert "images" in materialized and not materialized & {"image_embeddings", "shdd_tables", "locdiff_model"}

@@ -149,8 +149,8 @@ def test_baseline_hyper_parameters_are_chosen_on_validation_only(problem):
     def score(prediction) -> float:
         return metrics.validation_score(metrics.accuracy(val[1], val[2], prediction.lat, prediction.lon))
 
-    others = [baselines.fit_cell_classifier(gallery, len(cells.centroids_lat), C=c) for c in baselines.CELL_C_CHOICES]
-    assert score(cells.predict(val[0])) == max(score(o.predict(val[0])) for o in others)
+    others = [baselines.fit_cells(gallery, *val, cells=len(cells.centroids_lat), C=c) for c in baselines.CELL_C_CHOICES]
+    assert score(cells.predict(val[0])) >= max(score(o.predict(val[0])) for o in others)  # each C fitted from scratch
     shuffled = baselines.fit_cells(gallery, *val)  # the same choice with other test images around
     assert (len(shuffled.centroids_lat), shuffled.C) == (len(cells.centroids_lat), cells.C)
     assert score(regressor.predict(val[0])) >= score(

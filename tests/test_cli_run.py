@@ -35,6 +35,8 @@ def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
         "run",
         "--count",
         "300",
+        "--gallery-count",
+        "100",  # of the 30,000 bundled gallery locations
         "--benchmark-count",
         "30",
         "--encoder",

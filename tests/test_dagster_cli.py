@@ -22,7 +22,7 @@ from locdiff_pipeline.defs.graph_run import materialize_all
 from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-DATASET = {"bundled_count": 160, "bundled_benchmark_count": 20}
+DATASET = {"bundled_count": 160, "bundled_gallery_count": 100, "bundled_benchmark_count": 20}
 ENCODER = {"model_name": "locdiff-tiny-vit", "test_views": 2}
 TRAINING = {"L": 4, "shdd_degrees": [4, 6]}
 
@@ -90,7 +90,7 @@ def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_sin
     keys = shards.dataset_shards(Warehouse(parallel / "warehouse"), "bluemarble")
     assert len(keys) > 1
     launched = [
-        _cli(parallel, "--select", "images,clip_embeddings,shdd_tables", "--partition", key) for key in keys
+        _cli(parallel, "--select", "images,image_embeddings,shdd_tables", "--partition", key) for key in keys
     ]  # all at once
     outputs = [_finish(process) for process in launched]
     assert all("multiprocess executor" in output and "RUN_SUCCESS" in output for output in outputs)
@@ -100,7 +100,12 @@ def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_sin
 
     one, many = Warehouse(single / "warehouse"), Warehouse(parallel / "warehouse")
     assert shards.dataset_shards(one, "bluemarble") == keys
-    assert 0 < _sorted(many, "images").num_rows == _sorted(one, "images").num_rows <= DATASET["bundled_count"]
+    assert (
+        0
+        < _sorted(many, "images").num_rows
+        == _sorted(one, "images").num_rows
+        <= DATASET["bundled_count"] + DATASET["bundled_gallery_count"]
+    )
     for table, keys_of_table in (("images", {}), ("rejected", {}), ("shdd", {"L": 4}), ("shdd", {"L": 6})):
         assert _sorted(many, table, **keys_of_table).equals(_sorted(one, table, **keys_of_table)), table
     expected, actual = _sorted(one, "embeddings"), _sorted(many, "embeddings")

@@ -20,14 +20,14 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 EXPECTED_ASSETS = {
     "image_metadata",
     "images",
-    "clip_embeddings",
+    "image_embeddings",
     "shdd_tables",
     "locdiff_model",
     "contamination",
     "predictions",
     "accuracy_report",
 }
-TRAINING_SIDE = ["clip_embeddings", "image_metadata", "images", "locdiff_model", "shdd_tables"]
+TRAINING_SIDE = ["image_embeddings", "image_metadata", "images", "locdiff_model", "shdd_tables"]
 
 
 def _free_port() -> int:
@@ -57,6 +57,7 @@ def dagster_dev(tmp_path):
         "DAGSTER_HOME": str(home),
         "LOCDIFF_HOME": str(tmp_path),
         "LOCDIFF_BUNDLED_COUNT": "160",
+        "LOCDIFF_BUNDLED_GALLERY_COUNT": "100",
         "LOCDIFF_BUNDLED_BENCHMARK_COUNT": "15",
         "LOCDIFF_STEPS": "30",
         "LOCDIFF_ENCODER": "locdiff-tiny-vit",
@@ -104,7 +105,7 @@ def test_dagster_dev_serves_the_asset_graph_and_stops_by_pid(dagster_dev):
     }
     assert set(nodes) == EXPECTED_ASSETS
     assert nodes["predictions"] == {"locdiff_model", "contamination"}
-    assert nodes["clip_embeddings"] == {"images"}
+    assert nodes["image_embeddings"] == {"images"}
     schedules = _graphql(
         port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { schedules { name cronSchedule } } } } }"
     )
@@ -209,13 +210,13 @@ def test_a_backfill_runs_each_shard_as_its_own_run_then_training_then_the_sensor
     by_partition = {partition(r): r for r in backfill if r["assetSelection"]}
     shard_runs = [by_partition[key] for key in shard_keys]
     assert all(
-        sorted(a["path"][-1] for a in r["assetSelection"]) == ["clip_embeddings", "images", "shdd_tables"]
+        sorted(a["path"][-1] for a in r["assetSelection"]) == ["image_embeddings", "images", "shdd_tables"]
         for r in shard_runs
     )
     training = [r for r in backfill if {a["path"][-1] for a in r["assetSelection"]} == {"locdiff_model"}]
     assert len(backfill) == len(shard_keys) + 2 and len(training) == 1
     materialized = []  # training waits for every shard's embeddings and SHDD tables (not for their checks)
-    for asset_name in ("clip_embeddings", "shdd_tables"):
+    for asset_name in ("image_embeddings", "shdd_tables"):
         answer = _graphql(
             port,
             '{ assetOrError(assetKey: {path: ["%s"]}) { ... on Asset { assetMaterializations { partition '

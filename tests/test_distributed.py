@@ -105,7 +105,7 @@ def test_the_documented_torchrun_command_trains_logs_and_registers(tmp_path):
 
     resources = {
         "warehouse": WarehouseResource(root=str(tmp_path)),
-        "datasets": DatasetsResource(bundled_count=150, bundled_benchmark_count=20),
+        "datasets": DatasetsResource(bundled_count=150, bundled_gallery_count=100, bundled_benchmark_count=20),
         "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=2),
         "training": TrainingResource(L=4, shdd_degrees=[4]),
     }

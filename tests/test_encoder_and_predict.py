@@ -18,7 +18,7 @@ from PIL import Image
 
 from locdiff_pipeline.data.bundled import BLUE_MARBLE, render_window
 from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import SEEDED_INIT_NOTE, ImageEncoder
+from locdiff_pipeline.data.image_encoder import SEEDED_INIT_NOTE, build_encoder
 from locdiff_pipeline.method import sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel
@@ -34,7 +34,7 @@ def world():
 
 def test_seeded_encoder_is_deterministic_and_says_it_is_not_pretrained(world):
     images = [render_window(world, 45.0, 7.0, 8.0, 96), render_window(world, -33.9, 151.2, 8.0, 96)]
-    a, b = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=3)), ImageEncoder(EncoderSpec(TINY_ENCODER, seed=3))
+    a, b = build_encoder(EncoderSpec(TINY_ENCODER, seed=3)), build_encoder(EncoderSpec(TINY_ENCODER, seed=3))
     assert np.array_equal(a.embed(images), b.embed(images))
     assert not a.identity.is_pretrained and a.identity.label == f"{TINY_ENCODER}@seeded-init-3"
     assert SEEDED_INIT_NOTE in a.identity.note
@@ -58,7 +58,7 @@ def test_decoding_workers_give_exactly_the_views_and_embeddings_of_the_main_proc
     (tmp_path / "on_disk.png").write_bytes(payloads[2])  # one image read from its reference, in the worker
     jobs = [ViewJob("a", payloads[0], None, 4, "ground"), ViewJob("b", payloads[1], None, 4, "north_up")]
     jobs.append(ViewJob("c", None, str(tmp_path / "on_disk.png"), 4, "ground"))
-    encoder = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=1))
+    encoder = build_encoder(EncoderSpec(TINY_ENCODER, seed=1))
     with ViewWorkers(encoder.views, 2) as pool:
         pending = pool.submit(jobs)  # returns at once; the workers decode while this process goes on
         in_workers = pending.get()
@@ -76,17 +76,17 @@ def test_decoding_workers_give_exactly_the_views_and_embeddings_of_the_main_proc
 
 def test_checkpoint_path_loads_real_weights_through_the_user_code_path(tmp_path, world):
     images = [render_window(world, 10.0, 20.0, 8.0, 96)]
-    source = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=7))
+    source = build_encoder(EncoderSpec(TINY_ENCODER, seed=7))
     checkpoint = tmp_path / "tiny_clip.pt"
     torch.save(source.model.state_dict(), checkpoint)
-    loaded = ImageEncoder(EncoderSpec(TINY_ENCODER, checkpoint=str(checkpoint)))
+    loaded = build_encoder(EncoderSpec(TINY_ENCODER, checkpoint=str(checkpoint)))
     assert loaded.identity.is_pretrained and loaded.identity.checkpoint_sha256 is not None
     assert loaded.identity.label.startswith(f"{TINY_ENCODER}@") and "seeded" not in loaded.identity.label
     assert np.allclose(loaded.embed(images), source.embed(images), atol=1e-6)
-    other_seed = ImageEncoder(EncoderSpec(TINY_ENCODER, seed=8))
+    other_seed = build_encoder(EncoderSpec(TINY_ENCODER, seed=8))
     assert not np.allclose(other_seed.embed(images), source.embed(images), atol=1e-3)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        ImageEncoder(EncoderSpec(TINY_ENCODER, checkpoint=str(tmp_path / "missing.pt")))
+        build_encoder(EncoderSpec(TINY_ENCODER, checkpoint=str(tmp_path / "missing.pt")))
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -102,7 +102,7 @@ def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
-    encoder = ImageEncoder(EncoderSpec(TINY_ENCODER))
+    encoder = build_encoder(EncoderSpec(TINY_ENCODER))
     model = LocDiffModel(
         LocDiffConfig(
             L=6, embed_dim=encoder.identity.embed_dim, hidden_dims=(32,), time_dim=16, timesteps=20, sample_steps=4
@@ -150,7 +150,7 @@ def test_predict_cli_prints_valid_csv_and_names_bad_files(tmp_path, world):
 def test_predict_refuses_an_unknown_or_broken_model_in_one_line(tmp_path):
     done = _run_cli("predict", "--model", str(tmp_path / "nope"), str(tmp_path / "a.jpg"), cwd=tmp_path)
     assert done.returncode == 2 and "neither a checkpoint folder nor an MLflow reference" in done.stderr
-    encoder = ImageEncoder(EncoderSpec(TINY_ENCODER))
+    encoder = build_encoder(EncoderSpec(TINY_ENCODER))
     config = LocDiffConfig(L=4, embed_dim=encoder.identity.embed_dim, hidden_dims=(16,), time_dim=8, timesteps=10)
     for broken, damage in (("bad_weights", "weights.pt"), ("bad_config", "config.json")):
         folder = LocDiffModel(config, encoder.identity.to_dict()).save(tmp_path / broken)
@@ -169,7 +169,7 @@ def _csv_rows(stdout: str) -> list[dict]:
 
 
 def test_predict_top_k_prints_ranked_places_with_probabilities(tmp_path, world):
-    encoder = ImageEncoder(EncoderSpec(TINY_ENCODER))
+    encoder = build_encoder(EncoderSpec(TINY_ENCODER))
     config = LocDiffConfig(
         L=8, embed_dim=encoder.identity.embed_dim, hidden_dims=(32,), time_dim=16, timesteps=20, sample_steps=4
     )

@@ -153,14 +153,14 @@ def test_noise_prediction_weights_the_kl_by_alpha_bar():
 
     space.loss = recording_loss
     diffusion.training_loss(
-        lambda x, c, t, d: torch.zeros_like(x), x0, torch.zeros(64, 32), space, torch.Generator().manual_seed(0)
+        lambda x, c, t, d, offset: torch.zeros_like(x), x0, torch.zeros(64, 32), space, torch.Generator().manual_seed(0)
     )
     weights = calls[0]
     assert weights is not None and weights.shape == (64,) and torch.all((weights > 0) & (weights <= 1))
     x0_config = LocDiffConfig(**TINY)
     calls.clear()
     GaussianDiffusion(x0_config).training_loss(
-        lambda x, c, t, d: x, x0, torch.zeros(64, 32), space, torch.Generator().manual_seed(0)
+        lambda x, c, t, d, offset: x, x0, torch.zeros(64, 32), space, torch.Generator().manual_seed(0)
     )
     assert calls == [None]  # x0 prediction: the loss applies to the network's own output, unweighted
     result = train(

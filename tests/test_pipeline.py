@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -25,6 +26,7 @@ from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_schedul
 from PIL import Image
 
 from locdiff_pipeline.data import bundled
+from locdiff_pipeline.data.image_encoder import DESCRIPTORS_NOTE
 from locdiff_pipeline.definitions import defs
 from locdiff_pipeline.defs.assets.evaluation import accuracy_report
 from locdiff_pipeline.defs.checks import ALL_CHECKS
@@ -40,19 +42,22 @@ from locdiff_pipeline.defs.resources import (
 )
 from locdiff_pipeline.method import metrics, shdd, sphere
 from locdiff_pipeline.method.model import LocDiffModel
+from locdiff_pipeline.method.protocol import Protocol, draws_needed
 from locdiff_pipeline.steps import report_sql
 from locdiff_pipeline.steps.scoring import CHANCE, METHODS
 from locdiff_pipeline.tracking import registry
 
-COUNT, BENCHMARK_COUNT, VIEWS, DEGREES, DRAWS = 300, 40, 4, (4, 10), 3
+COUNT, GALLERY, BENCHMARK_COUNT, VIEWS, DEGREES, DRAWS = 300, 300, 40, 4, (4, 10), 3
 BENCHMARKS = (bundled.HELDOUT, bundled.SHIFTED)
 
 
 def tiny_resources(root, **evaluation) -> dict:
     return {
         "warehouse": WarehouseResource(root=str(root)),
-        "datasets": DatasetsResource(bundled_count=COUNT, bundled_benchmark_count=BENCHMARK_COUNT),
-        "encoder": EncoderResource(model_name="locdiff-tiny-vit", test_views=VIEWS, decode_workers=1),
+        "datasets": DatasetsResource(
+            bundled_count=COUNT, bundled_gallery_count=GALLERY, bundled_benchmark_count=BENCHMARK_COUNT
+        ),
+        "encoder": EncoderResource(test_views=VIEWS, decode_workers=1),  # the default: scene descriptors
         "training": TrainingResource(
             L=10,
             shdd_degrees=list(DEGREES),
@@ -107,7 +112,8 @@ def test_every_stage_wrote_its_rows(pipeline):
     assert chosen["rule"] in ("mixture", "centre") and 1 <= chosen["views"] <= VIEWS and chosen["imagery"] == "north_up"
     samples = _table(root, "prediction_samples")
     assert samples.num_rows == 2 * BENCHMARK_COUNT
-    assert {len(s) for s in samples["sample_lat"].to_pylist()} == {chosen["views"] * 2}  # views x samples_per_view
+    drawn = draws_needed(replace(Protocol.from_dict(chosen), samples=2))  # samples_per_view, or the region's
+    assert {len(s) for s in samples["sample_lat"].to_pylist()} == {chosen["views"] * drawn}
     assert protocol["training_dataset"] == bundled.BUNDLED
     evaluations = first.get_asset_check_evaluations()
     assert all(e.passed for e in evaluations if e.severity == AssetCheckSeverity.ERROR)
@@ -121,7 +127,7 @@ def test_a_run_over_every_shard_describes_each_shard_on_its_own(pipeline):
     root, instance, _ = pipeline
     images = _table(root, "images").to_pandas()
     images["shard"] = images["shard"].map(lambda number: f"{int(number):03d}")  # the partition key
-    for asset_name in ("images", "clip_embeddings", "shdd_tables"):
+    for asset_name in ("images", "image_embeddings", "shdd_tables"):
         records = instance.fetch_observations(AssetKey(asset_name), limit=1000).records
         by_shard = {r.partition_key: r.asset_observation.metadata for r in records}
         assert set(by_shard) == set(images["shard"].unique()) and len(by_shard) > 1, asset_name
@@ -131,7 +137,7 @@ def test_a_run_over_every_shard_describes_each_shard_on_its_own(pipeline):
     assert accepted == images.groupby("shard").size().to_dict()
     embedded = _table(root, "embeddings").to_pandas().groupby("shard").size()
     embedded = {f"{int(number):03d}": int(count) for number, count in embedded.items()}
-    observed = instance.fetch_observations(AssetKey("clip_embeddings"), limit=1000).records
+    observed = instance.fetch_observations(AssetKey("image_embeddings"), limit=1000).records
     assert {r.partition_key: r.asset_observation.metadata["dagster/row_count"].value for r in observed} == embedded
 
 
@@ -185,7 +191,7 @@ def test_mlflow_run_and_registered_champion_exist(pipeline):
     assert run.info.status == "FINISHED"
     assert run.data.params["L"] == "10" and run.data.tags["encoder_pretrained"] == "false"
     assert run.data.tags["dataset"] == bundled.BUNDLED and run.data.params["protocol_rule"] in ("mixture", "centre")
-    assert "NO pretrained weights" in run.data.tags["encoder_note"]
+    assert DESCRIPTORS_NOTE in run.data.tags["encoder_note"]
     assert {"val_acc_750km", "val_score", "loss"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "loss")) >= 10  # per-step losses
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_score")][-1] == 60  # at its real step
@@ -199,7 +205,7 @@ def test_mlflow_run_and_registered_champion_exist(pipeline):
     inputs = run.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == [bundled.BUNDLED] and inputs[0].tags[0].value == "training"
     version = client.get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION)
-    assert bundled.BUNDLED in version.description and "NO pretrained weights" in version.description
+    assert bundled.BUNDLED in version.description and DESCRIPTORS_NOTE in version.description
     assert client.get_registered_model(registry.REGISTERED_MODEL).description == registry.MODEL_DESCRIPTION
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.note.content"] == registry.EXPERIMENT_DESCRIPTION
 
@@ -283,7 +289,7 @@ def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline
     assert observed == sorted(observed)  # nested regions: coverage cannot fall as the level rises
     ninety = next(p["observed"] for p in calibration if p["level"] == 0.9)
     assert ninety == pytest.approx(rows["locdiff"]["region_coverage"], abs=1e-9)  # samples table reproduces region_km
-    assert "NO pretrained weights" in (folder / "accuracy.md").read_text()
+    assert DESCRIPTORS_NOTE in (folder / "accuracy.md").read_text()
 
 
 def test_rematerializing_one_asset_leaves_its_upstream_alone(pipeline):
@@ -302,7 +308,7 @@ def test_second_run_of_the_graph_is_served_from_cache(pipeline):
     root, instance, _ = pipeline
     second = materialize_all(tiny_resources(root), instance=instance)
     assert second.success
-    for key in ("image_metadata", "images", "clip_embeddings", "shdd_tables", "locdiff_model"):
+    for key in ("image_metadata", "images", "image_embeddings", "shdd_tables", "locdiff_model"):
         assert second.metadata(key)["cached"].value is True, key
     for benchmark in BENCHMARKS:
         for key in ("contamination", "predictions"):
@@ -368,7 +374,10 @@ def third_benchmark(pipeline, tmp_path_factory):
     (folder / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     resources = tiny_resources(root)
     resources["datasets"] = DatasetsResource(
-        catalog=str(folder / "catalog.yaml"), bundled_count=COUNT, bundled_benchmark_count=BENCHMARK_COUNT
+        catalog=str(folder / "catalog.yaml"),
+        bundled_count=COUNT,
+        bundled_gallery_count=GALLERY,
+        bundled_benchmark_count=BENCHMARK_COUNT,
     )
     manifests = sorted((root / "warehouse").glob(f"*/dataset={bundled.BUNDLED}/**/_manifest.json"))
     before = {path: path.stat().st_mtime_ns for path in manifests}
@@ -455,7 +464,7 @@ def test_definitions_hold_the_graph_schedule_sensor_and_checks():
     assert keys == {
         "image_metadata",
         "images",
-        "clip_embeddings",
+        "image_embeddings",
         "shdd_tables",
         "locdiff_model",
         "contamination",

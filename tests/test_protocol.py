@@ -9,11 +9,11 @@ import torch
 from conftest import clustered_problem
 
 from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import ImageEncoder
-from locdiff_pipeline.method import shdd, sphere
+from locdiff_pipeline.data.image_encoder import build_encoder
+from locdiff_pipeline.method import shdd, sphere, uncertainty
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel, Samples
-from locdiff_pipeline.method.protocol import choose_protocol, select
+from locdiff_pipeline.method.protocol import REGION_BANDWIDTHS, Protocol, calibrate_region, choose_protocol, select
 from locdiff_pipeline.method.training import train
 from locdiff_pipeline.method.views import view_weights
 
@@ -113,19 +113,51 @@ def test_the_chosen_protocol_is_the_best_validation_candidate_and_never_below_th
     rng = np.random.default_rng(0)
     views = features[700:, None, :] + rng.normal(0, 0.05, (200, 4, 32)).astype(np.float32)  # noisy views
     views[:, 0] = features[700:]  # view 0 is the plain view
-    protocol, grid = choose_protocol(model, views, lat[700:], lon[700:])
+    protocol, grid = choose_protocol(model, views, lat[700:], lon[700:], sample_choices=(1, 4))
     weights = {1: (None,), 2: (None, 0.5, 0.75), 4: (None, 0.5, 0.75)}
-    assert {(row["rule"], row["views"], row["plain_weight"]) for row in grid} == {
-        (r, v, w) for r in ("mixture", "centre") for v in (1, 2, 4) for w in weights[v]
+    assert {(row["rule"], row["views"], row["samples"], row["plain_weight"]) for row in grid} == {
+        (r, v, s, w) for r in ("mixture", "centre") for v in (1, 2, 4) for s in (1, 4) for w in weights[v]
     }
     best = max(row["score"] for row in grid if row["eligible"])
     assert protocol.validation_score == best
-    assert protocol.validation_score >= max(row["score"] for row in grid if row["views"] == 1)
-    chosen = (protocol.rule, protocol.views, protocol.plain_weight)
-    row = next(row for row in grid if (row["rule"], row["views"], row["plain_weight"]) == chosen)
+    plain = [row for row in grid if row["views"] == 1 and row["samples"] == 1]
+    assert protocol.validation_score >= max(row["score"] for row in plain)
+    chosen = (protocol.rule, protocol.views, protocol.samples, protocol.plain_weight)
+    row = next(row for row in grid if (row["rule"], row["views"], row["samples"], row["plain_weight"]) == chosen)
     assert row["score"] == best and row["eligible"]
-    assert all(r["gain_over_plain"] > 2 * r["gain_standard_error"] for r in grid if r["eligible"] and r["views"] > 1)
+    more = [r for r in grid if r["eligible"] and (r["views"] > 1 or r["samples"] > 1)]
+    assert all(r["gain_over_plain"] > 2 * r["gain_standard_error"] for r in more)
     assert all(type(r["eligible"]) is bool for r in grid)  # plain JSON in protocol_choice.json, not "False"
+    # the region's kernel: the narrowest tried that covers 90 % of the validation truths, measured there
+    assert protocol.region_bandwidth_km is not None and protocol.validation_coverage is not None
+    rho = shdd.default_rho_km(config.L)
+    assert any(protocol.region_bandwidth_km == pytest.approx(rho * f) for f in REGION_BANDWIDTHS)
+    at_widest = protocol.region_bandwidth_km == pytest.approx(rho * REGION_BANDWIDTHS[-1])
+    assert protocol.validation_coverage >= 0.9 or at_widest
+
+
+def test_region_calibration_takes_the_narrowest_kernel_that_covers_ninety_percent():
+    """Samples that all sit on one answer 1,000 km from the truth: only a kernel wide enough to reach 1,000 km
+    covers the truth, and the calibration must find the first such width, not a wider one."""
+    lat, lon = np.zeros(50), np.linspace(-20, 20, 50)
+    answer_lon = lon + 1000.0 / 111.19  # 1,000 km east on the equator
+    samples = np.repeat(answer_lon[:, None, None], 16, axis=2)  # (N, 1 view, 16 samples), all agree
+    config = LocDiffConfig(L=10, embed_dim=4, hidden_dims=(8,), time_dim=8)
+    model = LocDiffModel(config)
+    drawn = Samples(
+        torch.as_tensor(shdd.encode(np.zeros(samples.size), samples.ravel(), 10)).reshape(50, 1, 16, -1),
+        np.zeros_like(samples),
+        samples,
+    )
+    calibrated = calibrate_region(model, drawn, Protocol(samples=16), lat, lon)
+    rho = shdd.default_rho_km(10)
+    radii = {
+        f: uncertainty.sample_regions(np.zeros((1, 16)), np.zeros((1, 16)), [0.0], [0.0], rho * f, (0.9,))[0, 0]
+        for f in REGION_BANDWIDTHS
+    }
+    first = next(f for f in REGION_BANDWIDTHS if radii[f] >= 1000.0)
+    assert calibrated.region_bandwidth_km == pytest.approx(rho * first)
+    assert calibrated.validation_coverage == 1.0
 
 
 def _candidate(views: int, per_image: list[float]) -> tuple[dict, np.ndarray]:
@@ -147,7 +179,7 @@ def test_more_views_are_chosen_only_for_a_gain_beyond_noise():
 
 
 def test_north_up_imagery_gets_no_flips_and_ground_photos_do():
-    encoder = ImageEncoder(EncoderSpec("locdiff-tiny-vit"))
+    encoder = build_encoder(EncoderSpec("locdiff-tiny-vit"))
     augments = encoder.views.augment.items()
     kinds = {imagery: [type(t).__name__ for t in augment.transforms] for imagery, augment in augments}
     assert "RandomHorizontalFlip" in kinds["ground"] and "RandomHorizontalFlip" not in kinds["north_up"]

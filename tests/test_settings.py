@@ -63,6 +63,7 @@ def _help(command: str) -> str:
         ("--test-views", DEFAULT_TEST_VIEWS),
         ("--count", BundledRecipe.count),
         ("--benchmark-count", BundledRecipe.benchmark_count),
+        ("--gallery-count", BundledRecipe.gallery_count),
     ],
 )
 def test_run_help_prints_the_code_defaults(option, default):
@@ -74,7 +75,7 @@ def test_run_help_prints_the_code_defaults(option, default):
 
 def test_predict_and_dev_help_print_argparse_defaults():
     predict = _help("predict")
-    assert "(default 1)" in predict and "default csv" in predict
+    assert "(default 0)" in predict and "default csv" in predict
     parsed = build_parser().parse_args(["predict", "--model", "m", "x.jpg"])
-    assert (parsed.samples, parsed.seed, parsed.format) == (1, 0, "csv")
+    assert (parsed.samples, parsed.seed, parsed.format) == (None, 0, "csv")
     assert "(default 3000)" in _help("dev") and "(default 127.0.0.1)" in _help("dev")

@@ -13,7 +13,7 @@ from locdiff_pipeline.data.training_stream import EmbeddingStream, streams
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.distributed import World
 from locdiff_pipeline.method.training import Validation, train
-from locdiff_pipeline.steps.clip_embeddings import embedding_batch
+from locdiff_pipeline.steps.image_embeddings import embedding_batch
 
 
 def write_parts(folder, features, lat, lon, rows_per_part, *, extra_val=3, seed=0):

@@ -5,8 +5,8 @@ An "image" of a location is a square window of an equirectangular world map arou
 (moved by a seeded jitter so it does not pin the location exactly), resampled to image_px pixels.
 Three datasets come from one layout:
 
-- `bluemarble` (training): windows of NASA's Blue Marble at the bundled MP16 sample, split into train
-  and val by blocks of the globe;
+- `bluemarble` (training): windows of NASA's Blue Marble at the bundled MP16 sample and at further MP16
+  gallery locations, split into train and val by blocks of the globe;
 - `bluemarble_heldout` (benchmark): windows of the same map at held-out MP16 locations (never in the
   training sample), in blocks of their own;
 - `etopo_shift` (benchmark): the same held-out windows cut from the ETOPO1 relief map (a domain shift).
@@ -36,6 +36,7 @@ from locdiff_pipeline.method import sphere
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "earth"
 TRAINING_COORDINATES = ASSETS / "mp16_coordinates_sample.csv"
 HELDOUT_COORDINATES = ASSETS / "mp16_heldout_pool.csv"
+GALLERY_COORDINATES = ASSETS / "mp16_gallery_sample.csv"
 BLUE_MARBLE = ASSETS / "bmng.jpg"
 ETOPO = ASSETS / "etopo1.jpg"
 MAP_WIDTH, MAP_HEIGHT = 5400, 2700  # both maps: 1/15 degree per pixel
@@ -67,12 +68,18 @@ class BundledRecipe:
     """Everything that determines the bundled datasets (recorded in their fingerprints)."""
 
     count: int = 3000  # how many of the bundled training coordinates to use (at most 3000)
+    # further MP16 locations (at most 30,000) for training and validation windows: they never decide which
+    # blocks are benchmark or validation blocks, so the benchmarks stay the same whatever their number
+    gallery_count: int = 30000
+    max_val: int = 600  # validation windows kept at most (the first, in the seeded order of their rows)
+    max_val_per_block: int = 25  # and at most this many per validation sub-block: no one place dominates
     benchmark_count: int = 300  # held-out locations per benchmark (at most; fewer if the pool runs out)
     window_deg: float = 4.0
     jitter_deg: float = 0.5
     image_px: int = 96
-    block_deg: float = 15.0  # the globe is cut into blocks this size; a block belongs to one role
-    val_share: float = 0.1
+    block_deg: float = 15.0  # the globe is cut into blocks this size; a block is a benchmark block or not
+    val_block_deg: float = 7.5  # validation takes sub-blocks this size outside the benchmark blocks
+    val_share: float = 0.2  # of the occupied validation sub-blocks
     benchmark_share: float = 0.15
     seed: int = 16
 
@@ -104,7 +111,7 @@ def load_coordinates(path: Path, count: int | None = None) -> tuple[np.ndarray, 
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     count = len(rows) if count is None else count
-    if not 1 <= count <= len(rows):
+    if not 0 <= count <= len(rows):
         raise ValueError(f"count must be between 1 and {len(rows)} (the bundled sample), got {count}")
     rows = rows[:count]
     source = np.array([int(r["source_row"]) for r in rows])
@@ -112,30 +119,58 @@ def load_coordinates(path: Path, count: int | None = None) -> tuple[np.ndarray, 
     return source, lat, lon
 
 
-def block_of(row: np.ndarray, col: np.ndarray, recipe: BundledRecipe) -> np.ndarray:
-    """The block of the globe holding each map pixel (blocks are block_deg squares aligned with the map)."""
-    block_px = int(round(recipe.block_deg * MAP_WIDTH / 360.0))
+def block_of(row: np.ndarray, col: np.ndarray, recipe: BundledRecipe, block_deg: float | None = None) -> np.ndarray:
+    """The block of the globe holding each map pixel (blocks are block_deg squares aligned with the map;
+    recipe.block_deg unless given)."""
+    block_px = int(round((block_deg or recipe.block_deg) * MAP_WIDTH / 360.0))
     return (np.asarray(row) // block_px) * (MAP_WIDTH // block_px + 1) + (np.asarray(col) % MAP_WIDTH) // block_px
 
 
-def block_roles(blocks: np.ndarray, recipe: BundledRecipe) -> dict[int, str]:
-    """'benchmark', 'val' or 'train' for every block, in a seeded order, so that the benchmark and
-    validation blocks hold about benchmark_share and val_share of the given locations' blocks (MP16 is
-    dense in a few places, so shares are counted in locations, not in blocks)."""
+def seeded_share(blocks: np.ndarray, share: float, seed: str) -> set[int]:
+    """The blocks that, taken in a seeded order, hold about `share` of the given locations (MP16 is dense
+    in a few places, so shares are counted in locations, not in blocks)."""
     ids, counts = np.unique(blocks, return_counts=True)
-    order = np.argsort([zlib.crc32(f"{recipe.seed}:{int(i)}".encode()) for i in ids], kind="stable")
+    order = np.argsort([zlib.crc32(f"{seed}:{int(i)}".encode()) for i in ids], kind="stable")
     cumulative = np.cumsum(counts[order]) / counts.sum()
-    benchmark, val = recipe.benchmark_share, recipe.benchmark_share + recipe.val_share
-    roles = np.where(cumulative <= benchmark, "benchmark", np.where(cumulative <= val, "val", "train"))
-    return {int(block): str(role) for block, role in zip(ids[order], roles, strict=True)}
+    return {int(block) for block, total in zip(ids[order], cumulative, strict=True) if total <= share}
 
 
-def inside_role(windows: Windows, roles: dict[int, str], role: str, recipe: BundledRecipe) -> np.ndarray:
-    """Whether each window lies wholly in blocks of `role` (a window is smaller than a block, so its four
-    corners decide)."""
+def block_roles(blocks: np.ndarray, recipe: BundledRecipe) -> dict[int, str]:
+    """'benchmark' or 'train' for every block: the benchmark blocks hold about benchmark_share of the
+    given locations."""
+    chosen = seeded_share(blocks, recipe.benchmark_share, str(recipe.seed))
+    return {int(block): "benchmark" if int(block) in chosen else "train" for block in np.unique(blocks)}
+
+
+def validation_blocks(windows: Windows, roles: dict[int, str], recipe: BundledRecipe) -> set[int]:
+    """A seeded val_share of the sub-blocks (val_block_deg) outside the benchmark blocks that hold any of
+    `windows`, each sub-block as likely as any other: many small regions spread over the training areas, so
+    validation measures what the benchmark does (places a few hundred km from any training image) over many
+    regions, where shares counted in locations would give the few densest cities."""
+    centre_row, centre_col = windows.row + windows.side // 2, windows.col + windows.side // 2
+    outside = np.array([roles.get(int(b), "train") != "benchmark" for b in block_of(centre_row, centre_col, recipe)])
+    occupied = np.unique(block_of(centre_row[outside], centre_col[outside], recipe, recipe.val_block_deg))
+    return seeded_share(occupied, recipe.val_share, f"val:{recipe.seed}")
+
+
+def first_per_block(windows: Windows, recipe: BundledRecipe) -> np.ndarray:
+    """Whether each window is among the first max_val_per_block of its validation sub-block."""
+    blocks = block_of(windows.row + windows.side // 2, windows.col + windows.side // 2, recipe, recipe.val_block_deg)
+    rank = np.zeros(len(blocks), dtype=int)
+    for block in np.unique(blocks):
+        at = np.flatnonzero(blocks == block)
+        rank[at] = np.arange(len(at))
+    return rank < recipe.max_val_per_block
+
+
+def inside_blocks(
+    windows: Windows, blocks: set[int], recipe: BundledRecipe, block_deg: float | None = None
+) -> np.ndarray:
+    """Whether each window lies wholly in `blocks` (a window is smaller than a block, so its four corners
+    decide)."""
     last = windows.side - 1
-    corners = [block_of(windows.row + dr, windows.col + dc, recipe) for dr in (0, last) for dc in (0, last)]
-    return np.all([[roles.get(int(b), "train") == role for b in corner] for corner in corners], axis=0)
+    corners = [block_of(windows.row + dr, windows.col + dc, recipe, block_deg) for dr in (0, last) for dc in (0, last)]
+    return np.all([[int(b) in blocks for b in corner] for corner in corners], axis=0)
 
 
 def place_windows(
@@ -167,19 +202,32 @@ def overlapping(windows: Windows, others: Windows) -> np.ndarray:
 def layout(recipe: BundledRecipe) -> dict[str, Windows]:
     """The training windows (train and val) and the benchmark windows, pixel-disjoint across roles.
 
-    Validation and benchmark windows lie wholly inside blocks of their role; a training window is
-    dropped if it touches any of them (training windows may cross into other training blocks)."""
+    Benchmark windows lie wholly inside benchmark blocks, validation windows wholly inside validation
+    sub-blocks; a training window is dropped if its centre is in a benchmark block or it touches any
+    validation or benchmark window. Which blocks are benchmark blocks depends on the training sample and
+    the held-out pool alone, so gallery locations (further training and validation windows) never move
+    the benchmarks."""
     source, lat, lon = load_coordinates(TRAINING_COORDINATES, recipe.count)
-    training = place_windows(source, lat, lon, np.full(len(lat), "train"), recipe, recipe.seed)
+    sample = place_windows(source, lat, lon, np.full(len(lat), "train"), recipe, recipe.seed)
     pool_source, pool_lat, pool_lon = load_coordinates(HELDOUT_COORDINATES)
     pool = place_windows(pool_source, pool_lat, pool_lon, np.full(len(pool_lat), "test"), recipe, recipe.seed + 1)
-    centres = [block_of(w.row + w.side // 2, w.col + w.side // 2, recipe) for w in (training, pool)]
+    centres = [block_of(w.row + w.side // 2, w.col + w.side // 2, recipe) for w in (sample, pool)]
     roles = block_roles(np.concatenate(centres), recipe)
-    val = training.take(inside_role(training, roles, "val", recipe))
-    val = Windows(**{**asdict(val), "split": np.full(len(val), "val")})
-    benchmark = pool.take(inside_role(pool, roles, "benchmark", recipe))
+    gallery_source, gallery_lat, gallery_lon = load_coordinates(GALLERY_COORDINATES, recipe.gallery_count)
+    gallery = place_windows(
+        gallery_source, gallery_lat, gallery_lon, np.full(len(gallery_lat), "train"), recipe, recipe.seed + 2
+    )
+    training = concatenate(sample, gallery)
+    benchmark_blocks = {block for block, role in roles.items() if role == "benchmark"}
+    benchmark = pool.take(inside_blocks(pool, benchmark_blocks, recipe))
     benchmark = benchmark.take(np.arange(len(benchmark)) < recipe.benchmark_count)
-    in_train_blocks = np.array([roles[int(b)] == "train" for b in centres[0]])
+    val_blocks = validation_blocks(training, roles, recipe)
+    in_val_blocks = inside_blocks(training, val_blocks, recipe, recipe.val_block_deg)
+    val = training.take(in_val_blocks & ~overlapping(training, benchmark))
+    val = val.take(first_per_block(val, recipe) & (np.cumsum(first_per_block(val, recipe)) <= recipe.max_val))
+    val = Windows(**{**asdict(val), "split": np.full(len(val), "val")})
+    training_centres = block_of(training.row + training.side // 2, training.col + training.side // 2, recipe)
+    in_train_blocks = np.array([roles.get(int(b), "train") == "train" for b in training_centres])
     train = training.take(in_train_blocks & ~overlapping(training, val) & ~overlapping(training, benchmark))
     return {"training": concatenate(train, val), "benchmark": benchmark}
 

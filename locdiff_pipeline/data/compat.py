@@ -9,7 +9,6 @@ Pillow). On CUDA torch nothing is done.
 
 from __future__ import annotations
 
-import os
 import sys
 
 _library = None
@@ -18,8 +17,6 @@ _library = None
 def prepare_torchvision() -> None:
     """Make `import torchvision` (and so `import open_clip`) work on the CPU build of torch."""
     global _library
-    # No hub access exists here: a pretrained-weight request must fail at once, not hang.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if _library is not None or "torchvision" in sys.modules:
         return
     import torch

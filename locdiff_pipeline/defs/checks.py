@@ -10,7 +10,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeve
 
 from locdiff_pipeline.data.ingest import IMAGES_TABLE, REJECTED_TABLE
 from locdiff_pipeline.defs.assets.evaluation import accuracy_report, contamination, predictions
-from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
+from locdiff_pipeline.defs.assets.features import image_embeddings, shdd_tables
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.assets.model import locdiff_model
 from locdiff_pipeline.defs.resources import (
@@ -105,7 +105,7 @@ def rejected_share(
     )
 
 
-@asset_check(blocking=True, asset=clip_embeddings, description="No NaN/inf embeddings; every embedding has unit norm.")
+@asset_check(blocking=True, asset=image_embeddings, description="No NaN/inf embeddings; every embedding has unit norm.")
 def embeddings_finite_unit_norm(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource
 ) -> AssetCheckResult:
@@ -120,7 +120,7 @@ def embeddings_finite_unit_norm(
 
 @asset_check(
     blocking=True,
-    asset=clip_embeddings,
+    asset=image_embeddings,
     description="Embedding rows = images (plain view) + validation and test images x (views - 1).",
 )
 def embedding_rows_match_images(

@@ -67,6 +67,7 @@ class DatasetsResource(ConfigurableResource):
     benchmarks: list[dict[str, Any]] = []
     bundled_count: int | None = None  # None: $LOCDIFF_BUNDLED_COUNT, else BundledRecipe's
     bundled_benchmark_count: int | None = None  # None: $LOCDIFF_BUNDLED_BENCHMARK_COUNT, else BundledRecipe's
+    bundled_gallery_count: int | None = None  # None: $LOCDIFF_BUNDLED_GALLERY_COUNT, else BundledRecipe's
     max_rejected_share: float = 0.05
 
     def get(self) -> Catalog:
@@ -78,6 +79,7 @@ class DatasetsResource(ConfigurableResource):
         chosen = {
             "count": _first_set(self.bundled_count, environment.bundled_count),
             "benchmark_count": _first_set(self.bundled_benchmark_count, environment.bundled_benchmark_count),
+            "gallery_count": _first_set(self.bundled_gallery_count, environment.bundled_gallery_count),
         }
         return BundledRecipe(**_only_set(chosen))
 
@@ -90,10 +92,12 @@ class DatasetsResource(ConfigurableResource):
 
 
 class EncoderResource(ConfigurableResource):
-    """The frozen open_clip image encoder; without a checkpoint, a seeded init that every output names."""
+    """The frozen image encoder: scene descriptors (no weights; the default), or an open_clip model with a
+    pretrained tag (hub or its local cache), a local checkpoint, or neither (a seeded init every output names)."""
 
-    model_name: str | None = None  # None: $LOCDIFF_ENCODER, else EncoderSpec's
-    checkpoint: str | None = None  # None: $LOCDIFF_ENCODER_CHECKPOINT, else none (a seeded init)
+    model_name: str | None = None  # None: $LOCDIFF_ENCODER, else EncoderSpec's (descriptors)
+    pretrained: str | None = None  # open_clip pretrained tag, e.g. openai; None: $LOCDIFF_ENCODER_PRETRAINED
+    checkpoint: str | None = None  # local open_clip weights file; None: $LOCDIFF_ENCODER_CHECKPOINT
     seed: int | None = None
     test_views: int = DEFAULT_TEST_VIEWS  # views per validation and benchmark image (the paper uses 16)
     device: str = "auto"
@@ -106,9 +110,20 @@ class EncoderResource(ConfigurableResource):
         chosen = {
             "model_name": _first_set(self.model_name, environment.encoder),
             "checkpoint": _first_set(self.checkpoint, environment.encoder_checkpoint),
+            "pretrained": _first_set(self.pretrained, environment.encoder_pretrained),
             "seed": self.seed,
         }
         return EncoderSpec(**_only_set(chosen))
+
+    def weights_file(self) -> str | None:
+        """The local file of the encoder's weights (its checkpoint, or its pretrained tag's cached file), which
+        the served model carries so it can embed images anywhere; None when there are no weights."""
+        spec = self.spec()
+        if spec.pretrained is not None:
+            from locdiff_pipeline.data.open_clip_weights import resolve_pretrained
+
+            return str(resolve_pretrained(spec.model_name, spec.pretrained))
+        return spec.checkpoint
 
 
 class TrainingResource(ConfigurableResource):
@@ -146,7 +161,7 @@ class EvaluationResource(ConfigurableResource):
     Fields left unset take MethodSettings' defaults (knn_k and cells: chosen on the validation split).
     LocDiff's views and view-combination rule are the ones chosen on validation when the model was trained."""
 
-    samples_per_view: int = 1
+    samples_per_view: int | None = None  # None: the protocol's, chosen on validation
     knn_k: int | None = None
     cells: int | None = None
     regression_steps: int | None = None

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from locdiff_pipeline.method.standardise import guarded_spread, standardised
+
 
 class SirenLayer(nn.Module):
     """sin(w0 * (W x + b)) with the SIREN initialisation (Sitzmann et al. 2020)."""
@@ -50,11 +52,13 @@ class CSirenBlock(nn.Module):
         self.fuse = SirenLayer(2 * out_dim, out_dim, w0)
         self.skip = nn.Linear(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """`condition` is this block's projection of the image condition (self.condition(cond)), computed once
+        per image for a whole sampling chain; `time` may be one row for a batch that shares its timestep."""
         hidden = self.project(x)
         scale, shift = self.film(time).chunk(2, dim=-1)
         hidden = hidden * (1.0 + scale) + shift
-        hidden = self.fuse(torch.cat([hidden, self.condition(cond)], dim=-1))
+        hidden = self.fuse(torch.cat([hidden, condition.expand(hidden.shape[0], -1)], dim=-1))
         return (hidden + self.skip(x)) / math.sqrt(2.0)
 
 
@@ -92,23 +96,46 @@ class CSUNet(nn.Module):
         self.set_condition_moments(embeddings.mean(dim=0), embeddings.std(dim=0))
 
     def set_condition_moments(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """The same from moments computed elsewhere (a stream that never holds every embedding at once)."""
+        """The same from moments computed elsewhere (a stream that never holds every embedding at once).
+        Near-constant dimensions are ignored (standardise.guarded_spread)."""
         self.cond_mean.copy_(torch.as_tensor(mean, dtype=self.cond_mean.dtype))
-        self.cond_std.copy_(torch.as_tensor(std, dtype=self.cond_std.dtype).clamp(min=1e-6))
+        self.cond_std.copy_(guarded_spread(torch.as_tensor(std, dtype=self.cond_std.dtype)))
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, drop: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        t: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        cond_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        cond = (cond - self.cond_mean.to(cond.dtype)) / self.cond_std.to(cond.dtype)
+        """Denoise x at timesteps t given image embeddings `cond` (see `conditions` for drop and cond_offset)."""
+        return self.denoise(x, t, self.conditions(cond, drop, cond_offset))
+
+    def conditions(
+        self, cond: torch.Tensor, drop: torch.Tensor | None = None, cond_offset: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Every block's projection of the image condition: standardised with the training statistics, plus
+        `cond_offset` (in standard deviations: the condition noise of LocDiffConfig.cond_noise), the learnt
+        null condition where `drop` is set (classifier-free guidance). They depend on the image alone, so a
+        sampling chain computes them once, not at each of its steps."""
+        cond = standardised(cond, self.cond_mean.to(cond.dtype), self.cond_std.to(cond.dtype))
+        if cond_offset is not None:
+            cond = cond + cond_offset.to(cond.dtype)
         if drop is not None:
             cond = torch.where(drop[:, None], self.null_condition.to(cond.dtype).expand_as(cond), cond)
+        return [block.condition(cond) for block in (*self.down, self.middle, *self.up)]
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, conditions: list[torch.Tensor]) -> torch.Tensor:
+        """The network's output for noisy x at timesteps t (one per row, or one for all) given `conditions`."""
         time = self.time_mlp(timestep_embedding(t, self.time_dim))
+        per_block = iter(conditions)
         skips = []
         hidden = x
         for block in self.down:
-            hidden = block(hidden, cond, time)
+            hidden = block(hidden, next(per_block), time)
             skips.append(hidden)
-        hidden = self.middle(hidden, cond, time)
+        hidden = self.middle(hidden, next(per_block), time)
         for block in self.up:
-            hidden = block(torch.cat([hidden, skips.pop()], dim=-1), cond, time)
+            hidden = block(torch.cat([hidden, skips.pop()], dim=-1), next(per_block), time)
         return self.out(hidden)

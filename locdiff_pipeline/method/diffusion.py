@@ -54,8 +54,9 @@ class GaussianDiffusion:
         t = torch.randint(0, self.timesteps, (n,), generator=generator, device=device)
         noise = torch.randn(x0_scaled.shape, generator=generator, device=device)
         drop = torch.rand(n, generator=generator, device=device) < self.config.cond_dropout
+        offset = self.condition_noise(cond, generator)
         x_t = self.q_sample(x0_scaled, t, noise)
-        output = net(x_t, cond, t, drop)
+        output = net(x_t, cond, t, drop, offset)
         # With noise prediction the clean estimate divides by sqrt(alpha_bar): near t = T it amplifies the
         # network's error up to 1000x. Weighting the target-space loss by alpha_bar keeps those steps from
         # dominating it; the noise MSE below still trains them.
@@ -66,26 +67,49 @@ class GaussianDiffusion:
             loss = loss + torch.mean((output - noise) ** 2)
         return loss
 
+    def condition_noise(self, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """Gaussian noise of config.cond_noise standard deviations for each condition row (None when 0): at
+        training, the denoiser learns the posterior of locations given a neighbourhood of the image, not the
+        one location its training image has; at sampling, each sample sees its own draw, so the samples
+        spread over that neighbourhood's locations (see docs/results.md)."""
+        if self.config.cond_noise <= 0:
+            return None
+        return self.config.cond_noise * torch.randn(cond.shape, generator=generator, device=cond.device)
+
     @torch.no_grad()
     def sample(self, net, cond: torch.Tensor, dim: int, generator: torch.Generator) -> torch.Tensor:
-        """Generate clean (scaled) vectors for each condition row, by DDIM or ancestral DDPM."""
+        """Generate clean (scaled) vectors for each condition row, by DDIM or ancestral DDPM.
+
+        Steps (Song et al. 2021, eq. 12; eta = 0 is DDIM, eta = 1 over every timestep is DDPM):
+        1. x_T ~ N(0, I); each row's condition projections (and its condition noise) fixed for the chain;
+        2. at each timestep t of the chain: the clean estimate x0 from the network (with classifier-free
+           guidance, the unconditional output moved towards the conditional one);
+        3. the noise implied by x_t and x0;
+        4. x_{t_prev} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps (+ sigma z when eta > 0)."""
         config, device, n = self.config, cond.device, cond.shape[0]
         if config.sampler == "ddpm":
             times, eta = list(range(self.timesteps - 1, -1, -1)), 1.0
         else:
             count = min(config.sample_steps, self.timesteps)
             times, eta = sorted({int(round(x)) for x in np.linspace(0, self.timesteps - 1, count)}, reverse=True), 0.0
+        # 1. the starting noise and the condition, computed once for the chain
         x = torch.randn((n, dim), generator=generator, device=device)
-        abar_all = self.alphas_cumprod.to(device).float()
+        offset = self.condition_noise(cond, generator)  # one draw per sample, kept through its whole chain
+        conditions = net.conditions(cond, None, offset)
         guided = config.guidance_scale != 1.0
+        if guided:
+            unconditioned = net.conditions(cond, torch.ones(n, dtype=torch.bool, device=device))
+        abar_all = self.alphas_cumprod.to(device).float()
         x0 = x
         for i, step in enumerate(times):
-            t = torch.full((n,), step, device=device, dtype=torch.long)
-            output = net(x, cond, t)
+            # 2. the clean estimate (every row shares the timestep: one time embedding for all)
+            t = torch.full((1,), step, device=device, dtype=torch.long)
+            output = net.denoise(x, t, conditions)
             if guided:
-                unconditional = net(x, cond, t, torch.ones(n, dtype=torch.bool, device=device))
+                unconditional = net.denoise(x, t, unconditioned)
                 output = unconditional + config.guidance_scale * (output - unconditional)
-            x0 = self.predict_x0(output, x, t)
+            x0 = self.predict_x0(output, x, torch.full((n,), step, device=device, dtype=torch.long))
+            # 3. the noise it implies, 4. the step to the previous timestep
             abar = abar_all[step]
             abar_prev = abar_all[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0, device=device)
             eps = predict_noise_from_start(x, x0, abar)

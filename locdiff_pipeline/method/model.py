@@ -52,8 +52,10 @@ class Samples:
     lat: np.ndarray  # (N, V, S)
     lon: np.ndarray
 
-    def first_views(self, views: int) -> Samples:
-        return Samples(self.vectors[:, :views], self.lat[:, :views], self.lon[:, :views])
+    def first(self, views: int | None = None, samples: int | None = None) -> Samples:
+        """Each image's first `views` views and their first `samples` samples (None: all)."""
+        v, s = slice(None, views), slice(None, samples)
+        return Samples(self.vectors[:, v, s], self.lat[:, v, s], self.lon[:, v, s])
 
 
 class LocDiffModel:
@@ -116,7 +118,7 @@ class LocDiffModel:
         (see `views`), the plain view weighing `plain_weight` (None: every view alike)."""
         if rule not in COMBINE_RULES:
             raise ValueError(f"rule must be one of {COMBINE_RULES}, got {rule!r}")
-        chosen = drawn if views is None else drawn.first_views(views)
+        chosen = drawn.first(views)
         n, view_count, samples = chosen.lat.shape
         weights = sample_weights(view_count, samples, plain_weight)
         lat, lon = chosen.lat.reshape(n, -1), chosen.lon.reshape(n, -1)
@@ -143,7 +145,7 @@ class LocDiffModel:
         the mixture's mode."""
         if self.config.representation != "shdd":
             raise ValueError("ranked answers need the SHDD representation (a density), not raw xyz")
-        chosen = drawn if views is None else drawn.first_views(views)
+        chosen = drawn.first(views)
         _, view_count, samples = chosen.lat.shape
         mixture = self._mixture(chosen, sample_weights(view_count, samples, plain_weight))
         return shdd.ranked_modes(mixture.to(self.device), self.config.L, k, rho=self.config.rho_km)

@@ -104,6 +104,15 @@ def calibration(
     return [(float(level), float(share)) for level, share in zip(levels, covered)]
 
 
+def spread_error_correlation(spread_km: np.ndarray, errors_km: np.ndarray) -> float:
+    """Pearson correlation of log spread and log error over images (1 km added to both): near 0 when the
+    samples' agreement says nothing about the error, as for a model whose samples always agree."""
+    spread, errors = np.log1p(np.asarray(spread_km, float)), np.log1p(np.asarray(errors_km, float))
+    if len(spread) < 2 or spread.std() == 0 or errors.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(spread, errors)[0, 1])
+
+
 def density_on_grid(
     sample_lat: np.ndarray, sample_lon: np.ndarray, bandwidth_km: float, resolution_deg: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

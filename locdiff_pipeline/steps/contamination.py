@@ -21,7 +21,7 @@ from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_io import hash_distance
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_embeddings
+from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE, load_embeddings
 
 CONTAMINATION_TABLE = "contamination"
 CONTAMINATION_VERSION = 1

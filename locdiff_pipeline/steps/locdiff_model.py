@@ -27,12 +27,12 @@ from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol, choose_protocol
 from locdiff_pipeline.method.target_space import target_space
 from locdiff_pipeline.method.training import MODEL_DIR, Validation, train
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, embedding_files, load_labelled
+from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE, embedding_files, load_labelled
 from locdiff_pipeline.steps.shdd_tables import SHDD_TABLE, load_shdd
 from locdiff_pipeline.tracking import registry
 
 CHECKPOINTS = "checkpoints"
-TRAINING_VERSION = 2  # bump when training's inputs or outputs change: a new version retrains
+TRAINING_VERSION = 3  # bump when training's inputs or outputs change: a new version retrains
 
 
 @dataclass
@@ -295,8 +295,8 @@ def log_final_scores(validation: dict[str, float], seconds: float, steps: int, v
 
 
 def choose_and_record_protocol(warehouse: Warehouse, inputs: TrainingInputs, model: LocDiffModel) -> Protocol:
-    """Choose the test-time protocol on validation, save it with the checkpoint and log it (params and the
-    whole candidate grid)."""
+    """Choose the test-time protocol on validation, save it with the checkpoint and log it (params, the
+    whole candidate grid, and its calibration on validation as metrics)."""
     import mlflow
 
     protocol, grid = choose_test_protocol(warehouse, inputs.dataset, model, inputs.embeddings_manifest)
@@ -306,9 +306,15 @@ def choose_and_record_protocol(warehouse: Warehouse, inputs: TrainingInputs, mod
         {
             "protocol_rule": protocol.rule,
             "protocol_views": protocol.views,
+            "protocol_samples": protocol.samples,
             "protocol_plain_weight": "uniform" if protocol.plain_weight is None else protocol.plain_weight,
         }
     )
+    calibration = {
+        "val_coverage_90": protocol.validation_coverage,
+        "val_spread_error_correlation": protocol.validation_spread_error_correlation,
+    }
+    mlflow.log_metrics({name: value for name, value in calibration.items() if value is not None and np.isfinite(value)})
     mlflow.log_dict({"chosen": protocol.to_dict(), "candidates": grid}, "protocol_choice.json")
     return protocol
 

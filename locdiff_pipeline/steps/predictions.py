@@ -9,20 +9,20 @@ from collections.abc import Callable
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 from locdiff_pipeline.method.model import LocDiffModel
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
 from locdiff_pipeline.steps.contamination import CONTAMINATION_TABLE, contaminated_ids
+from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE
 from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
 from locdiff_pipeline.steps.scoring import METHODS, MethodSettings, predict_benchmark
 
-PREDICTIONS_VERSION = 2  # bump when any method's predictions change: cached predictions are recomputed
+PREDICTIONS_VERSION = 3  # bump when any method's predictions change: cached predictions are recomputed
 CONTAMINATION_FIELDS = ("images", "exact", "near", "threshold", "max_hash_distance", "training_dataset")
 
 
 def build_predictions(
     warehouse: Warehouse,
     benchmark: str,
-    samples_per_view: int,
+    samples_per_view: int | None,
     settings: MethodSettings,
     *,
     exclude_contaminated: bool = False,

@@ -70,6 +70,8 @@ SELECT dataset, {value["training_dataset"]} AS training_dataset, method, model_v
     avg(CASE WHEN region_km IS NULL OR isnan(region_km) THEN NULL
              WHEN error_km <= region_km THEN 1.0 ELSE 0.0 END) AS region_coverage,
     median(CASE WHEN isnan(region_km) THEN NULL ELSE region_km END) AS median_region_km,
+    corr(CASE WHEN isnan(spread_km) THEN NULL ELSE ln(1 + spread_km) END, ln(1 + error_km))
+        AS spread_error_correlation,
     {ranked}
 FROM {source}
 GROUP BY ALL
@@ -157,6 +159,7 @@ def markdown_table(rows: list[dict], note: str | None = None) -> str:
         *[f"{t} km" for t in THRESHOLDS_KM],
         "median km",
         "in 90% region",
+        "spread ~ error",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -173,6 +176,7 @@ def markdown_table(rows: list[dict], note: str | None = None) -> str:
                     *accuracies,
                     f"{r['median_km']:.0f}",
                     _coverage(r),
+                    _correlation(r),
                 ]
             )
             + " |"
@@ -206,14 +210,14 @@ def text_table(rows: list[dict]) -> str:
     header = (
         f"{'benchmark':<20} {'trained on':<12} {'method':<26} {'model':>5} {'n':>5} "
         + " ".join(f"{str(t) + 'km':>7}" for t in THRESHOLDS_KM)
-        + f" {'median km':>10} {'in 90% region':>14}"
+        + f" {'median km':>10} {'in 90% region':>19} {'spread~error':>12}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         accuracies = " ".join(f"{100 * r[accuracy_column(t)]:>6.1f}%" for t in THRESHOLDS_KM)
         lines.append(
             f"{r['dataset']:<20} {r['training_dataset']:<12} {r['method']:<26} {'v' + str(r['model_version']):>5} "
-            f"{r['count']:>5} {accuracies} {r['median_km']:>10.0f} {_coverage(r):>14}"
+            f"{r['count']:>5} {accuracies} {r['median_km']:>10.0f} {_coverage(r):>19} {_correlation(r):>12}"
         )
     return "\n".join(lines)
 
@@ -223,3 +227,9 @@ def _coverage(row: dict) -> str:
     if row.get("region_coverage") is None:
         return ""
     return f"{100 * row['region_coverage']:.1f}% (r~{row['median_region_km']:.0f} km)"
+
+
+def _correlation(row: dict) -> str:
+    """The correlation of log sample spread with log error, for methods with a spread; '' for the others."""
+    value = row.get("spread_error_correlation")
+    return "" if value is None or value != value else f"{value:+.2f}"

@@ -18,18 +18,18 @@ step (steps/predictions.py) caches and writes them. Dagster-free, so tests and n
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.warehouse import Warehouse
-from locdiff_pipeline.method import baselines, shdd, uncertainty
+from locdiff_pipeline.method import baselines, shdd
 from locdiff_pipeline.method.model import LocDiffModel, Prediction, Samples
-from locdiff_pipeline.method.protocol import Protocol
+from locdiff_pipeline.method.protocol import Protocol, answer, draws_needed
 from locdiff_pipeline.method.views import MEAN_EMBEDDING, ViewRule
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE, load_labelled
+from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE, load_labelled
 from locdiff_pipeline.steps.prediction_table import prediction_rows
 
 LOCDIFF, LOCDIFF_H, KNN, CELLS, REGRESSION = "locdiff", "locdiff_h", "knn", "cell_classification", "regression"
@@ -131,9 +131,11 @@ def fit_baselines(
 
 
 def density_bandwidth_km(model: LocDiffModel, settings: MethodSettings) -> float:
-    """Kernel width of the sample density: as set, else the half-width of an SHDD peak at the model's L
-    (finer structure than that is not representable at degree L)."""
-    return settings.density_bandwidth_km or shdd.default_rho_km(model.config.L)
+    """Kernel width of the sample density and of the 90 % regions: as set, else the width calibrated on
+    validation with the model's protocol, else the half-width of an SHDD peak at the model's L (finer
+    structure than that is not representable at degree L)."""
+    protocol = Protocol.from_dict(model.metadata.get("protocol"))
+    return settings.density_bandwidth_km or protocol.region_bandwidth_km or shdd.default_rho_km(model.config.L)
 
 
 SCORING_STAGES = 4  # baselines fitted, LocDiff sampled, every method with the chosen views, with the plain view
@@ -165,19 +167,22 @@ def predict_benchmark(
     training: str,
     model: LocDiffModel,
     views: int,
-    samples_per_view: int,
+    samples_per_view: int | None,
     settings: MethodSettings,
     exclude: Collection[str] = (),
     progress: Callable[[int], None] = lambda done: None,
 ) -> BenchmarkPredictions:
     """Every method on the benchmark's test images (less `exclude`), from embeddings with `views` views.
-    `progress(1)` is called after each of the SCORING_STAGES stages."""
-    protocol = Protocol.from_dict(model.metadata.get("protocol"))
+    LocDiff answers from the protocol's samples per view (or `samples_per_view`, when given); its 90 %
+    region comes from at least protocol.REGION_SAMPLES. `progress(1)` is called after each of the
+    SCORING_STAGES stages."""
+    recorded = Protocol.from_dict(model.metadata.get("protocol"))
+    protocol = replace(recorded, samples=samples_per_view or recorded.samples)
     used_views = min(protocol.views, views)
     fitted = fit_baselines(warehouse, training, settings, used_views, baseline_view_rules(protocol, model.config.L))
     progress(1)
     images = benchmark_images(warehouse, benchmark, training, model.encoder, views, used_views, exclude)
-    drawn = model.sample(images.embeddings, samples=samples_per_view, seed=settings.seed)
+    drawn = model.sample(images.embeddings, samples=draws_needed(protocol), seed=settings.seed)
     progress(1)
     tables, chosen_prediction, fell_back = [], None, None
     for suffix, view_count in (("", used_views), (PLAIN_SUFFIX, 1)):
@@ -188,7 +193,7 @@ def predict_benchmark(
         progress(1)
     tables += reference_rows(fitted, images, settings)
     samples = samples_table(images.ids, chosen_prediction, density_bandwidth_km(model, settings))
-    chosen = chosen_settings(protocol, used_views, samples_per_view, fitted, settings)
+    chosen = chosen_settings(protocol, used_views, fitted, settings)
     return BenchmarkPredictions(tables, samples, len(images.ids), chosen, float(fell_back.mean()))
 
 
@@ -214,7 +219,7 @@ def benchmark_images(
 @dataclass
 class ScoredMethods:
     tables: list[pa.Table]
-    locdiff: Prediction
+    locdiff: Prediction  # its sample_lat / sample_lon hold every sample drawn (the posterior), not only the answer's
     hybrid_fell_back: np.ndarray
 
 
@@ -228,28 +233,22 @@ def score_methods(
     settings: MethodSettings,
     suffix: str,
 ) -> ScoredMethods:
-    """LocDiff (with its 90 % region and ranked answers), LocDiff-H and the baselines from each image's first
-    `view_count` views, as rows of methods named with `suffix`."""
+    """LocDiff (its answer from the protocol's samples; its spread, 90 % region and ranked answers from every
+    sample drawn, the model's posterior), LocDiff-H and the baselines from each image's first `view_count`
+    views, as rows of methods named with `suffix`."""
     weight = protocol.plain_weight
-    prediction = model.combine(drawn, protocol.rule, view_count, weight)
+    prediction, region = answer(model, drawn, protocol, view_count, density_bandwidth_km(model, settings))
     inputs = images.embeddings[:, :view_count]
-    with_samples = prediction.sample_lat.shape[1] > 1  # one sample has no spread and no region of its own
-    region = None
-    if with_samples:
-        bandwidth, levels = density_bandwidth_km(model, settings), (uncertainty.REGION_LEVEL,)
-        region = uncertainty.sample_regions(
-            prediction.sample_lat, prediction.sample_lon, prediction.lat, prediction.lon, bandwidth, levels
-        )[:, 0]
-    ranked = model.ranked(drawn, TOP_K, view_count, weight) if model.config.representation == "shdd" else None
+    posterior = drawn.first(view_count)
+    ranked = model.ranked(posterior, TOP_K, plain_weight=weight) if model.config.representation == "shdd" else None
     hybrid, hybrid_fell_back = baselines.locdiff_h(
         fitted.gallery, inputs, prediction.lat, prediction.lon, settings.hybrid_radius_km, weight
     )
     knn = fitted.knn.predict(inputs)
     separation = 2 * shdd.peak_width_km(model.config.L)  # ranked answers: the same spread for LocDiff and kNN
     knn_ranked = baselines.knn_ranked(fitted.gallery, inputs, TOP_K, separation, plain_weight=weight)
-    spread = prediction.spread_km if with_samples else None
     tables = [
-        images.rows(LOCDIFF + suffix, prediction, spread_km=spread, region_km=region, ranked=ranked),
+        images.rows(LOCDIFF + suffix, prediction, spread_km=prediction.spread_km, region_km=region, ranked=ranked),
         images.rows(LOCDIFF_H + suffix, hybrid),
         images.rows(KNN + suffix, knn, spread_km=knn.spread_km, ranked=knn_ranked),
         images.rows(CELLS + suffix, fitted.cells.predict(inputs)),
@@ -285,14 +284,14 @@ def samples_table(ids: list[str], prediction: Prediction, bandwidth_km: float) -
 
 
 def chosen_settings(
-    protocol: Protocol, used_views: int, samples_per_view: int, fitted: FittedBaselines, settings: MethodSettings
+    protocol: Protocol, used_views: int, fitted: FittedBaselines, settings: MethodSettings
 ) -> dict[str, str]:
     """What each method used, as the report prints it (settings chosen on validation, with their grids)."""
-    weight = protocol.plain_weight
     return {
-        LOCDIFF: f"{Protocol(protocol.rule, used_views, plain_weight=weight).describe()} x {samples_per_view} "
-        "samples (chosen on validation)",
-        KNN: f"k={fitted.knn.k} of {baselines.KNN_K_CHOICES}; views: {fitted.knn.view_rule.describe()}",
+        LOCDIFF: f"{replace(protocol, views=used_views).describe()} (chosen on validation); the 90 % region from "
+        f"{draws_needed(protocol)} samples per view",
+        KNN: f"k={fitted.knn.k} of {baselines.KNN_K_CHOICES}, {fitted.knn.aggregate} of "
+        f"{baselines.KNN_AGGREGATIONS}; views: {fitted.knn.view_rule.describe()}",
         CELLS: f"cells={len(fitted.cells.centroids_lat)}, C={fitted.cells.C:g} of "
         f"{baselines.CELL_COUNT_CHOICES} x {baselines.CELL_C_CHOICES}; views: {fitted.cells.view_rule.describe()}",
         REGRESSION: f"lr={fitted.regressor.learning_rate:g}, steps={fitted.regressor.steps} of "

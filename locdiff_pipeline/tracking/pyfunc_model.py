@@ -47,7 +47,8 @@ def signature():
                 for name in ("top_lat", "top_lon", "top_probability")
             ]
         ),
-        params=ParamSchema([ParamSpec("samples", DataType.long, 1), ParamSpec("top_k", DataType.long, 0)]),
+        # samples 0: the protocol's samples per view, chosen on validation; top_k 0: no ranked places
+        params=ParamSchema([ParamSpec("samples", DataType.long, 0), ParamSpec("top_k", DataType.long, 0)]),
     )
 
 
@@ -67,7 +68,7 @@ class LocDiffPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
-        samples, top_k = int(params.get("samples") or 1), int(params.get("top_k") or 0)
+        samples, top_k = int(params.get("samples") or self.protocol.samples), int(params.get("top_k") or 0)
         embeddings = self._embeddings(model_input)
         drawn = self.model.sample(embeddings, samples=samples, seed=0)
         weight = self.protocol.plain_weight

@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from locdiff_pipeline.data.image_encoder import encoder_note
-from locdiff_pipeline.defs.assets.features import clip_embeddings
+from locdiff_pipeline.defs.assets.features import image_embeddings
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.assets.model import locdiff_model
 from locdiff_pipeline.defs.partitions import BENCHMARKS
@@ -54,7 +54,7 @@ ALL_SHARDS = AllPartitionMapping()  # a benchmark's partition reads every shard 
     code_version=str(CONTAMINATION_VERSION),
     group_name=GROUP,
     partitions_def=BENCHMARKS,
-    deps=[AssetDep(images, partition_mapping=ALL_SHARDS), AssetDep(clip_embeddings, partition_mapping=ALL_SHARDS)],
+    deps=[AssetDep(images, partition_mapping=ALL_SHARDS), AssetDep(image_embeddings, partition_mapping=ALL_SHARDS)],
     description=(
         "Benchmark images that also appear in the training dataset: exact duplicates (same sha256) and near "
         "duplicates (plain-view cosine at or above the threshold), in warehouse/contamination."

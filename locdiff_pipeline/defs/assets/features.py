@@ -1,5 +1,5 @@
-"""Features stage: frozen image-encoder embeddings and SHDD coefficient tables, per shard, for every
-catalog dataset."""
+"""Features stage: frozen image-encoder embeddings (scene descriptors or CLIP) and SHDD coefficient tables,
+per shard, for every catalog dataset."""
 
 import functools
 import time
@@ -7,13 +7,13 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS
-from locdiff_pipeline.data.image_encoder import ImageEncoder, encoder_note
+from locdiff_pipeline.data.image_encoder import build_encoder, encoder_note
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.partitions import SHARDS, observe_each_shard, span
 from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
 from locdiff_pipeline.method.devices import resolve_device
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDING_VERSION, build_embeddings
+from locdiff_pipeline.steps.image_embeddings import EMBEDDING_VERSION, build_embeddings
 from locdiff_pipeline.steps.progress import Progress
 from locdiff_pipeline.steps.shdd_tables import SHDD_VERSION, build_shdd_table
 
@@ -27,19 +27,20 @@ GROUP = "features"
     deps=[images],
     partitions_def=SHARDS,
     description=(
-        "Frozen open_clip embeddings per shard: the plain view for training images; the encoder resource's "
+        "Frozen image-encoder vectors per shard (scene descriptors by default, or an open_clip model): the plain "
+        "view for training images; the encoder resource's "
         f"test_views ({DEFAULT_TEST_VIEWS} by default) test-time views for "
         "validation and benchmark images (no flips for north-up imagery). Batched, on CUDA when present."
     ),
 )
-def clip_embeddings(
+def image_embeddings(
     context: AssetExecutionContext, warehouse: WarehouseResource, datasets: DatasetsResource, encoder: EncoderResource
 ) -> MaterializeResult:
     store = warehouse.get()
     started = time.perf_counter()
     device = str(resolve_device(encoder.device))
     load = functools.cache(
-        lambda: ImageEncoder(encoder.spec(), device=device)
+        lambda: build_encoder(encoder.spec(), device=device)
     )  # loaded once, at the first shard to embed
     specs = datasets.specs(store)
     total = sum(

@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
-from locdiff_pipeline.defs.assets.features import clip_embeddings, shdd_tables
+from locdiff_pipeline.defs.assets.features import image_embeddings, shdd_tables
 from locdiff_pipeline.defs.resources import (
     DatasetsResource,
     EncoderResource,
@@ -14,7 +14,7 @@ from locdiff_pipeline.defs.resources import (
 )
 from locdiff_pipeline.method import metrics
 from locdiff_pipeline.method.devices import resolve_device
-from locdiff_pipeline.steps.clip_embeddings import EMBEDDINGS_TABLE
+from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE
 from locdiff_pipeline.steps.locdiff_model import (
     TRAINING_VERSION,
     chance_validation_score,
@@ -34,7 +34,7 @@ class ModelRunConfig(Config):
     kinds={"pytorch", "mlflow"},
     code_version=str(TRAINING_VERSION),
     group_name=GROUP,
-    deps=[clip_embeddings, shdd_tables],
+    deps=[image_embeddings, shdd_tables],
     description=(
         "Train LocDiff (CUDA when present), log to MLflow, register a `locdiff` version, promote `champion` if better."
     ),
@@ -67,7 +67,7 @@ def locdiff_model(
         log=log,
         force=config.force_retrain,
         tracking_uri=mlflow.uri(),
-        encoder_checkpoint=encoder.checkpoint,
+        encoder_checkpoint=encoder.weights_file(),
         loading=training.loading,
     )
     write_latest(store, trained, training_dataset)

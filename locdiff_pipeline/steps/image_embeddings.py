@@ -1,4 +1,4 @@
-"""The `embeddings` table: frozen image-encoder vectors per image and view.
+"""The `embeddings` table: frozen image-encoder vectors (scene descriptors or CLIP) per image and view.
 
 Training images get the plain view; validation and benchmark (test) images get the plain view plus
 test-time augmentations (DEFAULT_TEST_VIEWS views in all; GeoCLIP's protocol uses 16; no flips for
@@ -19,13 +19,13 @@ import pyarrow.dataset as ds
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
-from locdiff_pipeline.data.image_encoder import ImageEncoder
+from locdiff_pipeline.data.image_encoder import ImageEncoder, build_encoder
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.data.view_workers import ViewJob, ViewWorkers
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
 
 EMBEDDINGS_TABLE = "embeddings"
-EMBEDDING_VERSION = 3
+EMBEDDING_VERSION = 4
 
 
 def embedding_fingerprint(
@@ -69,7 +69,7 @@ def build_embeddings(
     key = embedding_fingerprint(warehouse, dataset, shard, spec, test_views, imagery)
     if not force and warehouse.is_current(EMBEDDINGS_TABLE, key, dataset=dataset, shard=shard):
         return {**warehouse.manifest(EMBEDDINGS_TABLE, dataset=dataset, shard=shard), "cached": True}
-    encoder = load() if load is not None else ImageEncoder(spec, device=device)
+    encoder = load() if load is not None else build_encoder(spec, device=device)
     identity = encoder.identity
     manifest = {"fingerprint": key, "encoder": identity.to_dict(), "test_views": test_views, "imagery": imagery}
     columns = ["image_id", "split", "lat", "lon", "image_bytes", "source"]
