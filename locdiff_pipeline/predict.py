@@ -7,13 +7,13 @@ Images are embedded by the encoder recorded with the model, in the same views as
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from locdiff_pipeline.data.image_encoder import recorded_encoder
 from locdiff_pipeline.data.image_io import ImageDecodeError, read_image_file
 from locdiff_pipeline.method.model import LocDiffModel
-from locdiff_pipeline.method.protocol import Protocol
+from locdiff_pipeline.method.protocol import Protocol, sample_and_answer
 
 
 @dataclass
@@ -22,6 +22,7 @@ class ImagePrediction:
     lat: float
     lon: float
     spread_km: float
+    region_km: float  # radius of the 90 % region around the answer (calibrated on validation)
     ranked: list[tuple[float, float, float]] = field(default_factory=list)  # (lat, lon, probability), best first
 
 
@@ -60,18 +61,22 @@ def predict(
     device: str | None = None,
     top_k: int | None = None,
 ) -> PredictResult:
-    """Predict (lat, lon, spread_km) for each readable image; unreadable ones are reported in `errors`.
+    """Predict (lat, lon, spread_km, region_km) for each readable image; unreadable ones are reported in
+    `errors`.
 
     `views`, `rule` and `samples` (diffusion samples per view, combined by the rule) default to the protocol
-    chosen on validation and recorded with the model; the
-    views are made for the imagery the model was trained on (no flips for north-up imagery). With
-    `top_k`, each prediction also carries the k most likely places of the image's mixture density with
-    their probabilities (rank 1 is the mixture's mode)."""
+    chosen on validation and recorded with the model, so with the defaults an image gets the answer and the
+    90 % region the benchmark's `predictions` table gives it; the views are made for the imagery the model
+    was trained on (no flips for north-up imagery). With
+    `top_k`, each prediction also carries the k most likely places of the mixture density of every sample
+    drawn for it (the answer's and the region's) with their probabilities, as the table's ranked answers."""
     if any(value is not None and value < 1 for value in (views, samples, top_k)):
         raise ValueError(f"views, samples and top_k must be at least 1, got {views}, {samples} and {top_k}")
     loaded = LocDiffModel.load(resolve_model(model), device=device)
-    protocol = Protocol.from_dict(loaded.metadata.get("protocol"))
-    views, rule, samples = views or protocol.views, rule or protocol.rule, samples or protocol.samples
+    recorded = Protocol.from_dict(loaded.metadata.get("protocol"))
+    protocol = replace(
+        recorded, views=views or recorded.views, rule=rule or recorded.rule, samples=samples or recorded.samples
+    )
     encoder = recorded_encoder(loaded.encoder, encoder_checkpoint, loaded.device)
     result = PredictResult([], {}, model, encoder.identity.note)
     readable, names = [], []
@@ -82,19 +87,23 @@ def predict(
         except ImageDecodeError as error:
             result.errors[str(image)] = str(error)
     if readable:
-        embeddings = encoder.embed_views(readable, [Path(n).name for n in names], views, protocol.imagery)
-        drawn = loaded.sample(embeddings, samples=samples, seed=seed)
-        prediction = loaded.combine(drawn, rule, plain_weight=protocol.plain_weight)
+        embeddings = encoder.embed_views(readable, [Path(n).name for n in names], protocol.views, protocol.imagery)
+        prediction, region, drawn = sample_and_answer(loaded, embeddings, protocol, seed)
         ranked = loaded.ranked(drawn, top_k, plain_weight=protocol.plain_weight) if top_k else None
         for i, name in enumerate(names):
             places = [] if ranked is None else [tuple(float(a[i, r]) for a in ranked) for r in range(top_k)]
-            point = (float(prediction.lat[i]), float(prediction.lon[i]), float(prediction.spread_km[i]))
+            point = (
+                float(prediction.lat[i]),
+                float(prediction.lon[i]),
+                float(prediction.spread_km[i]),
+                float(region[i]),
+            )
             result.predictions.append(ImagePrediction(name, *point, places))
     return result
 
 
 def to_csv(result: PredictResult) -> str:
-    """CSV with columns image,lat,lon,spread_km, or image,rank,lat,lon,probability when ranked answers
+    """CSV with columns image,lat,lon,spread_km,region_km, or image,rank,lat,lon,probability when ranked answers
     were asked for; comment lines (#) say which model and encoder."""
     import csv
     import io
@@ -108,9 +117,9 @@ def to_csv(result: PredictResult) -> str:
             for rank, (lat, lon, probability) in enumerate(p.ranked, start=1):
                 writer.writerow([p.image, rank, f"{lat:.6f}", f"{lon:.6f}", f"{probability:.4f}"])
         return buffer.getvalue()
-    writer.writerow(["image", "lat", "lon", "spread_km"])
+    writer.writerow(["image", "lat", "lon", "spread_km", "region_km"])
     for p in result.predictions:
-        writer.writerow([p.image, f"{p.lat:.6f}", f"{p.lon:.6f}", f"{p.spread_km:.1f}"])
+        writer.writerow([p.image, f"{p.lat:.6f}", f"{p.lon:.6f}", f"{p.spread_km:.1f}", f"{p.region_km:.1f}"])
     return buffer.getvalue()
 
 
@@ -148,7 +157,8 @@ def to_geojson(result: PredictResult) -> str:
 
 
 def _prediction_dict(prediction: ImagePrediction) -> dict:
-    row = {"image": prediction.image, "lat": prediction.lat, "lon": prediction.lon, "spread_km": prediction.spread_km}
+    row = {"image": prediction.image, "lat": prediction.lat, "lon": prediction.lon}
+    row |= {"spread_km": prediction.spread_km, "region_km": prediction.region_km}
     if prediction.ranked:
         row["ranked"] = [
             {"rank": rank, "lat": lat, "lon": lon, "probability": probability}

@@ -179,7 +179,8 @@ def test_predict_top_k_prints_ranked_places_with_probabilities(tmp_path, world):
     for i, (lat, lon) in enumerate(places):
         render_window(world, lat, lon, 8.0, 96).save(tmp_path / f"img{i}.jpg")
         images.append(str(tmp_path / f"img{i}.jpg"))
-    common = ("predict", "--model", str(tmp_path / "model"), "--views", "3", "--samples", "2")
+    # 3 views x 6 samples: every sample drawn is the answer's (draws_needed: 16 per image), so rank 1 is the answer
+    common = ("predict", "--model", str(tmp_path / "model"), "--views", "3", "--samples", "6")
     ranked = _run_cli(*common, "--top-k", "3", *images, cwd=tmp_path)
     plain = _run_cli(*common, *images, cwd=tmp_path)
     assert ranked.returncode == 0 and plain.returncode == 0, ranked.stderr + plain.stderr

@@ -77,11 +77,14 @@ class GaussianDiffusion:
         return self.config.cond_noise * torch.randn(cond.shape, generator=generator, device=cond.device)
 
     @torch.no_grad()
-    def sample(self, net, cond: torch.Tensor, dim: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(
+        self, net, cond: torch.Tensor, dim: int, generator: torch.Generator, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Generate clean (scaled) vectors for each condition row, by DDIM or ancestral DDPM.
 
         Steps (Song et al. 2021, eq. 12; eta = 0 is DDIM, eta = 1 over every timestep is DDPM):
-        1. x_T ~ N(0, I); each row's condition projections (and its condition noise) fixed for the chain;
+        1. x_T ~ N(0, I) (`start` when given: see row_noise); each row's condition projections (and its
+           condition noise) fixed for the chain;
         2. at each timestep t of the chain: the clean estimate x0 from the network (with classifier-free
            guidance, the unconditional output moved towards the conditional one);
         3. the noise implied by x_t and x0;
@@ -93,7 +96,7 @@ class GaussianDiffusion:
             count = min(config.sample_steps, self.timesteps)
             times, eta = sorted({int(round(x)) for x in np.linspace(0, self.timesteps - 1, count)}, reverse=True), 0.0
         # 1. the starting noise and the condition, computed once for the chain
-        x = torch.randn((n, dim), generator=generator, device=device)
+        x = start.to(device) if start is not None else torch.randn((n, dim), generator=generator, device=device)
         offset = self.condition_noise(cond, generator)  # one draw per sample, kept through its whole chain
         conditions = net.conditions(cond, None, offset)
         guided = config.guidance_scale != 1.0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from locdiff_pipeline.method import shdd, sphere
+from locdiff_pipeline.method import row_noise, shdd, sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.denoiser import CSUNet
 from locdiff_pipeline.method.devices import resolve_device, step_generator
@@ -89,24 +89,34 @@ class LocDiffModel:
         return array
 
     @torch.no_grad()
-    def sample_vectors(self, embeddings: np.ndarray, seed: int = 0, batch_size: int = 4096) -> torch.Tensor:
-        """Generated (unscaled) target-space vectors, one per embedding row (N, D) -> (N, dim)."""
+    def sample_vectors(
+        self, embeddings: np.ndarray, seed: int = 0, batch_size: int = 4096, start: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """Generated (unscaled) target-space vectors, one per embedding row (N, D) -> (N, dim), from the
+        starting noise `start` (N, dim) when given, else from a generator per batch."""
         self.net.eval()
         cond_all = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
         out = []
         for i in range(0, cond_all.shape[0], batch_size):
             cond = cond_all[i : i + batch_size].to(self.device)
+            noise = None if start is None else torch.as_tensor(start[i : i + batch_size])
+            generator = step_generator(seed, i, self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                vectors = self.diffusion.sample(self.net, cond, self.space.dim, step_generator(seed, i, self.device))
+                vectors = self.diffusion.sample(self.net, cond, self.space.dim, generator, noise)
             out.append(vectors.float() / self.space.scale)
         return torch.cat(out) if out else torch.zeros((0, self.space.dim), device=self.device)
 
     def sample(self, embeddings: np.ndarray, samples: int = 1, seed: int = 0) -> Samples:
-        """Sample every view of (N, D) or (N, views, D) embeddings `samples` times and decode each sample."""
+        """Sample every view of (N, D) or (N, views, D) embeddings `samples` times and decode each sample.
+        Each sample's starting noise is keyed by its view's embedding, its index and the seed (row_noise), so
+        an image's samples are the same whatever other images are sampled with it."""
         array = self._check_embeddings(embeddings)
         n, views, dim = array.shape
         flat = np.repeat(array.reshape(n * views, dim), samples, axis=0)
-        vectors = self.sample_vectors(flat, seed=seed)
+        index = np.tile(np.arange(samples), n * views)
+        vectors = self.sample_vectors(
+            flat, seed=seed, start=row_noise.starting_noise(flat, index, seed, self.space.dim)
+        )
         lat, lon = self.space.decode(vectors)
         shape = (n, views, samples)
         return Samples(vectors.float().cpu().reshape(*shape, -1), lat.reshape(shape), lon.reshape(shape))

@@ -203,6 +203,16 @@ def answer(
     return prediction, _regions(prediction, bandwidth)
 
 
+def sample_and_answer(
+    model: LocDiffModel, embeddings: np.ndarray, protocol: Protocol, seed: int = 0
+) -> tuple[Prediction, np.ndarray, Samples]:
+    """An image's answer and 90 % region as the benchmark table gives them: draws_needed(protocol) samples of
+    each of its views with `seed` (keyed by the image, not the batch), then `answer`. Also the draws."""
+    drawn = model.sample(embeddings, samples=draws_needed(protocol), seed=seed)
+    prediction, region = answer(model, drawn, protocol)
+    return prediction, region, drawn
+
+
 def _regions(prediction: Prediction, bandwidth_km: float) -> np.ndarray:
     """The 90 % region radius in km of each image's samples under a kernel of `bandwidth_km`."""
     level = (uncertainty.REGION_LEVEL,)

@@ -4,20 +4,22 @@
 of: `image` (the image file's bytes; base64 in a JSON scoring request), `path` (an image file the server
 can read) or `embedding` (the encoder's vector, or a list of view vectors). Images are embedded by the
 encoder recorded with the model, in the views of its test-time protocol. It returns lat, lon, spread_km,
-and with the parameter `top_k` the k most likely places (top_lat, top_lon, top_probability, best first).
+region_km (the radius of the 90 % region), and with the parameter `top_k` the k most likely places
+(top_lat, top_lon, top_probability, best first).
 It is logged as models-from-code (MODEL_CODE), and refuses a checkpoint whose files changed since it was
 logged (their SHA-256 is in the model config).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from locdiff_pipeline.method.protocol import Protocol
+from locdiff_pipeline.method.protocol import Protocol, sample_and_answer
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 ENCODER_ARTIFACT = "encoder_checkpoint"  # only for a model trained on a pretrained encoder's embeddings
@@ -41,7 +43,7 @@ def signature():
             ]
         ),
         outputs=Schema(
-            [ColSpec(DataType.double, name) for name in ("lat", "lon", "spread_km")]
+            [ColSpec(DataType.double, name) for name in ("lat", "lon", "spread_km", "region_km")]
             + [
                 ColSpec(Array(DataType.double), name, required=False)
                 for name in ("top_lat", "top_lon", "top_probability")
@@ -70,10 +72,12 @@ class LocDiffPyfunc(mlflow.pyfunc.PythonModel):
         params = params or {}
         samples, top_k = int(params.get("samples") or self.protocol.samples), int(params.get("top_k") or 0)
         embeddings = self._embeddings(model_input)
-        drawn = self.model.sample(embeddings, samples=samples, seed=0)
+        protocol = replace(self.protocol, samples=samples)
+        prediction, region, drawn = sample_and_answer(self.model, embeddings, protocol)
         weight = self.protocol.plain_weight
-        prediction = self.model.combine(drawn, self.protocol.rule, plain_weight=weight)
-        answer = pd.DataFrame({"lat": prediction.lat, "lon": prediction.lon, "spread_km": prediction.spread_km})
+        answer = pd.DataFrame(
+            {"lat": prediction.lat, "lon": prediction.lon, "spread_km": prediction.spread_km, "region_km": region}
+        )
         if top_k > 0:
             lat, lon, probability = self.model.ranked(drawn, top_k, plain_weight=weight)
             answer["top_lat"], answer["top_lon"] = list(lat.astype(float)), list(lon.astype(float))
