@@ -69,8 +69,10 @@ def open_asset_graph(page, base_url: str, assets: list[str], timeout_s: float = 
 
 
 def open_asset(page, base_url: str, asset: str, partition: str | None = None, wait_for: str = "Metadata") -> str:
-    """An asset's overview page (its latest materialization's metadata) for one partition; its text."""
-    page.goto(f"{base_url}/assets/{asset}" + (f"?partition={partition}" if partition else ""))
+    """An asset's latest materialization's metadata: the overview page, or for `partition` the Partitions
+    tab with that partition selected (the overview shows whichever partition was materialized last); the
+    page's text."""
+    page.goto(f"{base_url}/assets/{asset}" + (f"?view=partitions&partition={partition}" if partition else ""))
     _dismiss_welcome(page)
     page.get_by_text(wait_for).first.wait_for(timeout=60_000)
     time.sleep(1)

@@ -22,7 +22,16 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import yaml
-from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, build_schedule_context, materialize
+from dagster import (
+    AssetCheckSeverity,
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    RunRequest,
+    build_schedule_context,
+    build_sensor_context,
+    materialize,
+)
 from PIL import Image
 
 from locdiff_pipeline.data import bundled
@@ -40,6 +49,7 @@ from locdiff_pipeline.defs.resources import (
     TrainingResource,
     WarehouseResource,
 )
+from locdiff_pipeline.defs.sensors.evaluate_new_model import evaluate_new_model
 from locdiff_pipeline.method import metrics, shdd, sphere
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol, draws_needed
@@ -683,3 +693,58 @@ def test_predict_on_the_benchmark_files_gives_the_table_answers(pipeline):
     # the same samples; a batched matrix product's last bits move the decoded mode by well under 1 % of a peak
     assert distance.max() < 0.01 * shdd.peak_width_km(10), distance.max()
     assert all(np.isfinite(p.region_km) and p.region_km > 0 for p in together)
+
+
+def test_benchmark_results_rank_model_versions_in_mlflow(pipeline):
+    """Each scored benchmark's LocDiff row is logged as metrics of the training run, so search_runs (and the
+    UI's compare view) rank versions by benchmark results; the run describes itself."""
+    root, _, _ = pipeline
+    run = _champion_run(root)
+    key = f"{bundled.HELDOUT}/acc_750km"
+    (best, *_) = mlflow.search_runs(
+        experiment_names=[registry.EXPERIMENT], order_by=[f"metrics.`{key}` DESC"], output_format="list"
+    )
+    rows = report_sql.accuracy_table(WarehouseResource(root=str(root)).get(), dataset=bundled.HELDOUT)
+    locdiff = next(row for row in rows if row["method"] == "locdiff")
+    assert best.info.run_id == run.info.run_id
+    for name in ("acc_750km", "acc_2500km", "median_km", "region_coverage"):
+        assert best.data.metrics[f"{bundled.HELDOUT}/{name}"] == pytest.approx(locdiff[name])
+    assert f"{bundled.SHIFTED}/acc_750km" in best.data.metrics
+    assert run.data.tags["mlflow.note.content"].startswith("Model version ")
+    version = mlflow.MlflowClient().get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION)
+    assert version.tags["dataset"] == bundled.BUNDLED and version.tags["encoder"] == "descriptors-v1"
+    assert version.tags["protocol"]
+
+
+def test_the_accuracy_table_leads_with_locdiff_and_the_scales_that_decide(pipeline):
+    root, _, _ = pipeline
+    rows = report_sql.accuracy_table(WarehouseResource(root=str(root)).get(), dataset=bundled.HELDOUT)
+    shown = report_sql.display_rows(rows)
+    assert list(shown[0]) == [label for label, _ in report_sql.DISPLAY_COLUMNS]
+    assert list(shown[0])[1:3] == ["750 km %", "2500 km %"]
+    methods = [row["method"] for row in shown]
+    assert methods[0] == "locdiff" and methods[-2:] == ["chance", "constant"]
+    by_method = {row["method"]: row for row in rows}
+    for method in methods:  # a /plain twin only where it differs from its method's row
+        if "/" in method:
+            family = by_method[method.split("/")[0]]
+            assert any(by_method[method][c] != family[c] for _, c in report_sql.DISPLAY_COLUMNS[1:])
+    hidden = {m for m in by_method if "/" in m} - set(methods)
+    assert all(by_method[m]["acc_750km"] == by_method[m.split("/")[0]]["acc_750km"] for m in hidden)
+    locdiff = by_method["locdiff"]
+    assert shown[0]["750 km %"] == round(100 * locdiff["acc_750km"], 1) and shown[0]["n"] == locdiff["count"]
+
+
+def test_the_evaluation_sensor_scores_each_model_version_once(pipeline):
+    """After a run that trained and scored the model, the sensor requests nothing; a new version gets one
+    run per benchmark, tagged like the CLI's runs. (Last in this file: it adds a model event.)"""
+    _, instance, _ = pipeline
+    first = build_sensor_context(instance=instance)
+    assert [r for r in evaluate_new_model(first) if isinstance(r, RunRequest)] == []
+    event = {"model_version": 999, "training_dataset": bundled.BUNDLED, "encoder": "descriptors-v1"}
+    instance.report_runless_asset_event(AssetMaterialization(asset_key="locdiff_model", metadata=event))
+    later = build_sensor_context(instance=instance, cursor=first.cursor)
+    requests = [r for r in evaluate_new_model(later) if isinstance(r, RunRequest)]
+    assert sorted(r.partition_key for r in requests) == sorted(instance.get_dynamic_partitions("benchmarks"))
+    assert all(r.tags["locdiff/model_version"] == "999" for r in requests)
+    assert all(r.tags["locdiff/dataset"] == bundled.BUNDLED and r.tags["locdiff/trigger"] for r in requests)

@@ -31,26 +31,35 @@ def _background(axis, background: Path | None, alpha: float = 0.8) -> None:
             axis.imshow(np.asarray(image.convert("RGB").resize((1080, 540))), extent=(-180, 180, -90, 90), alpha=alpha)
 
 
+LOCDIFF_METHOD = "locdiff"
+REFERENCE_METHODS = ("chance", "constant")  # the rows every method must beat
+
+
 def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
-    """Share of predictions within d km, for every method, on a log distance axis."""
+    """Share of predictions within d km, one line per method (its chosen protocol; the NAME/plain twins are
+    in the table), on a log distance axis that starts a decade below the smallest error. LocDiff is drawn
+    last and thickest, so no other line hides it; chance and the constant guess are dotted references."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
-    grid = np.logspace(0, np.log10(20040), 300)
-    families = sorted({method.split("/")[0] for method in errors_by_method})
-    colours = {family: plt.get_cmap("tab10")(i % 10) for i, family in enumerate(families)}
-    for method, errors in sorted(errors_by_method.items()):
-        errors = np.sort(errors)
-        family, _, variant = method.partition("/")  # NAME/plain: the same colour, dashed
+    shown = {method: np.sort(errors) for method, errors in errors_by_method.items() if "/" not in method}
+    smallest = min((float(errors[0]) for errors in shown.values() if len(errors)), default=1.0)
+    grid = np.logspace(max(0.0, np.floor(np.log10(max(smallest, 1.0)))), np.log10(20040), 300)
+    colours = {method: plt.get_cmap("tab10")(i % 10) for i, method in enumerate(sorted(shown))}
+    for method in sorted(shown, key=lambda m: (m == LOCDIFF_METHOD, m)):  # LocDiff last: on top
+        errors = shown[method]
         axis.plot(
             grid,
             np.searchsorted(errors, grid, side="right") / len(errors),
             label=method,
-            color=colours[family],
-            ls="--" if variant else "-",
+            color=colours[method],
+            ls=":" if method in REFERENCE_METHODS else "-",
+            lw=2.6 if method == LOCDIFF_METHOD else 1.3,
+            zorder=3 if method == LOCDIFF_METHOD else 2,
         )
     for threshold in THRESHOLDS_KM:
         axis.axvline(threshold, color="grey", lw=0.6, ls=":")
     axis.set(xscale="log", xlabel="great-circle error (km)", ylabel="share of images within", title=title, ylim=(0, 1))
+    axis.set_xlim(grid[0], grid[-1])
     axis.legend(loc="upper left", fontsize=8)
     return _png(figure)
 
@@ -114,7 +123,7 @@ def density_maps_png(panels: list[dict], title: str, background: Path | None = N
     plt = _pyplot()
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 2.9 * rows), dpi=100, squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.2 * rows), dpi=100, squeeze=False)
     for axis in axes.flat[len(panels) :]:
         axis.axis("off")
     for axis, panel in zip(axes.flat, panels):
@@ -162,6 +171,7 @@ def density_maps_png(panels: list[dict], title: str, background: Path | None = N
         )
     axes.flat[0].legend(loc="lower left", fontsize=7)
     figure.suptitle(title, fontsize=10)
+    figure.subplots_adjust(hspace=0.28, top=0.9)  # room for each row's titles under the row above
     return _png(figure)
 
 

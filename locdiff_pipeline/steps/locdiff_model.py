@@ -352,11 +352,16 @@ def log_and_register_model(
         pip_requirements=_pip_requirements(),
     )
     registration = registry.register_and_promote(info.model_uri, run_id, score, digests)
-    registry.describe_version(
-        registration.version,
+    description = (
         f"LocDiff trained on `{inputs.dataset}` (input fingerprint {inputs.key}); validation score {score:.4f} "
-        f"(mean of the five accuracies); test-time protocol: {protocol.describe()}. {encoder_note(encoder)}",
+        f"(mean of the five accuracies); test-time protocol: {protocol.describe()}. {encoder_note(encoder)}"
     )
+    registry.describe_version(registration.version, description)
+    registry.tag_version(
+        registration.version,
+        {"dataset": inputs.dataset, "encoder": str(encoder.get("label", "")), "protocol": protocol.describe()},
+    )
+    mlflow.set_tag("mlflow.note.content", f"Model version {registration.version}: {description}")
     mlflow.set_tag("registered_version", str(registration.version))
     mlflow.set_tag("champion_after_run", str(registration.champion_version))
     return registration

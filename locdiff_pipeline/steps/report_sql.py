@@ -233,3 +233,50 @@ def _correlation(row: dict) -> str:
     """The correlation of log sample spread with log error, for methods with a spread; '' for the others."""
     value = row.get("spread_error_correlation")
     return "" if value is None or value != value else f"{value:+.2f}"
+
+
+# The accuracy table as people read it in the UI: what decides first, LocDiff first.
+LEARNED_METHODS = ("locdiff", "locdiff_h", "knn", "cell_classification", "regression")
+REFERENCE_METHODS = ("chance", "constant")
+DISPLAY_COLUMNS = (  # (label, accuracy view column); shares shown as percentages
+    ("method", "method"),
+    ("750 km %", "acc_750km"),
+    ("2500 km %", "acc_2500km"),
+    ("median km", "median_km"),
+    ("in 90% area %", "region_coverage"),  # share of truths inside their 90 % region
+    ("200 km %", "acc_200km"),
+    ("25 km %", "acc_25km"),
+    ("1 km %", "acc_1km"),
+    ("n", "count"),
+)
+
+
+def display_rows(rows: list[dict]) -> list[dict]:
+    """The accuracy rows for a narrow screen: LocDiff, then the learned baselines, then a NAME/plain twin only
+    where its numbers differ from NAME's, then chance and the constant guess (any other method after them);
+    columns in DISPLAY_COLUMNS order (the scales that decide first), shares as percentages to 0.1, the
+    median to 1 km."""
+    by_method = {row["method"]: row for row in rows}
+
+    def numbers(row: dict) -> tuple:
+        return tuple(row.get(column) for _, column in DISPLAY_COLUMNS[1:])
+
+    def differing_twin(row: dict) -> bool:
+        family = by_method.get(row["method"].split("/")[0])
+        return "/" in row["method"] and (family is None or numbers(row) != numbers(family))
+
+    ordered = [by_method[m] for m in LEARNED_METHODS if m in by_method]
+    ordered += [row for row in rows if differing_twin(row)]
+    ordered += [by_method[m] for m in REFERENCE_METHODS if m in by_method]
+    ordered += [row for row in rows if "/" not in row["method"] and row not in ordered]
+    return [{label: _display_value(column, row.get(column)) for label, column in DISPLAY_COLUMNS} for row in ordered]
+
+
+def _display_value(column: str, value):
+    if value is None or isinstance(value, str):
+        return value
+    if column == "count":
+        return int(value)
+    if column == "median_km":
+        return round(float(value))
+    return round(100 * float(value), 1)

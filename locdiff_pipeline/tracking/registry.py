@@ -103,11 +103,43 @@ def describe_version(version: int, text: str) -> None:
     client.update_model_version(REGISTERED_MODEL, str(version), description=text)
 
 
+def tag_version(version: int, tags: dict[str, str]) -> None:
+    """Name what a registered version is (its training dataset, encoder, protocol) on the version itself."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, str(version), key, value)
+
+
 def log_report(run_id: str, folder: Path, benchmark: str) -> None:
     """Attach a benchmark's report files (accuracy.md, plots) to the training run that made the model."""
     from mlflow import MlflowClient
 
     MlflowClient().log_artifacts(run_id, str(folder), artifact_path=f"reports/{benchmark}")
+
+
+BENCHMARK_METRICS = ("acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km", "median_km", "region_coverage")
+
+
+def log_benchmark_metrics(run_id: str, benchmark: str, row: dict) -> None:
+    """LocDiff's results on a benchmark as metrics of the training run that made the model
+    (`BENCHMARK/acc_750km`, ...), so MLflow's compare view and search_runs rank versions by them; a rescored
+    benchmark logs a new step."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    step = len(client.get_metric_history(run_id, f"{benchmark}/acc_750km"))
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{benchmark}/{name}", float(row[name]), now, step)
+        for name in BENCHMARK_METRICS
+        if row.get(name) is not None
+    ]
+    client.log_batch(run_id, metrics=metrics)
 
 
 @dataclass

@@ -28,7 +28,6 @@ from locdiff_pipeline.defs.resources import (
     TrainingResource,
     WarehouseResource,
 )
-from locdiff_pipeline.method import metrics
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.method.protocol import Protocol
 from locdiff_pipeline.steps import report_sql
@@ -168,6 +167,9 @@ def accuracy_report(
     bundle = build_report(store, benchmark, latest["version"], notes)
     registry.configure(mlflow.uri(), root=warehouse.project_root())
     registry.log_report(latest["run_id"], bundle.folder, benchmark)  # the files beside the run that made the model
+    locdiff_row = next((row for row in bundle.rows if row["method"] == "locdiff"), None)
+    if locdiff_row is not None:
+        registry.log_benchmark_metrics(latest["run_id"], benchmark, locdiff_row)
     context.log.info("\n" + report_sql.text_table(bundle.rows) + "\n" + "\n".join(notes))
     pictures = {
         name.removesuffix(".png"): MetadataValue.md(
@@ -192,21 +194,14 @@ REPORTED_NUMBERS = ("acc_750km", "acc_2500km", "median_km")
 
 
 def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
-    """The accuracy rows as a Dagster table (a sortable table in the UI, not a Markdown link)."""
-    columns = ["method", "count", *(metrics.accuracy_column(t) for t in metrics.THRESHOLDS_KM), "median_km"]
-    schema = TableSchema(columns=[TableColumn(name, "string" if name == "method" else "float") for name in columns])
-    records = [TableRecord({name: _rounded_for_display(row[name]) for name in columns}) for row in rows]
-    return MetadataValue.table(records, schema)
+    """The accuracy rows as a Dagster table (sortable in the UI), in report_sql.display_rows's order and
+    columns: what decides first fits a narrow window."""
+    shown = report_sql.display_rows(rows)
+    labels = [label for label, _ in report_sql.DISPLAY_COLUMNS]
+    schema = TableSchema(columns=[TableColumn(label, "string" if label == "method" else "float") for label in labels])
+    return MetadataValue.table([TableRecord(row) for row in shown], schema)
 
 
 def per_method_numbers(rows: list[dict]) -> dict[str, float]:
     """`METHOD acc_750km`-style numbers per method, so the UI's Plots tab trends them across runs."""
     return {f"{row['method']} {name}": float(row[name]) for row in rows for name in REPORTED_NUMBERS}
-
-
-def _rounded_for_display(value):
-    """Readable in the UI: shares to 4 decimals, distances to 0.1 km (the per-method numbers keep full precision)."""
-    if isinstance(value, str):
-        return value
-    value = float(value)
-    return round(value, 1) if abs(value) > 1 else round(value, 4)

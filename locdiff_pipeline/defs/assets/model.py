@@ -88,6 +88,7 @@ def locdiff_model(
             "device": str(resolve_device(model_config.device)),
             "cached": trained.cached,
             "train_seconds": round(trained.seconds, 1),
+            "encoder": str(trained.encoder.get("label", "")),
             "encoder_note": encoder_note(trained.encoder),
             **{name: MetadataValue.url(url) for name, url in mlflow.links(trained.run_id, trained.version).items()},
         }
