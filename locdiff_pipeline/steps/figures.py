@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from locdiff_pipeline.method.metrics import THRESHOLDS_KM
+from locdiff_pipeline.steps.report_sql import LEARNED_METHODS, REFERENCE_METHODS
 
 
 def _pyplot():
@@ -31,8 +32,7 @@ def _background(axis, background: Path | None, alpha: float = 0.8) -> None:
             axis.imshow(np.asarray(image.convert("RGB").resize((1080, 540))), extent=(-180, 180, -90, 90), alpha=alpha)
 
 
-LOCDIFF_METHOD = "locdiff"
-REFERENCE_METHODS = ("chance", "constant")  # the rows every method must beat
+LOCDIFF_METHOD = LEARNED_METHODS[0]
 
 
 def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:

@@ -237,7 +237,7 @@ def _correlation(row: dict) -> str:
 
 # The accuracy table as people read it in the UI: what decides first, LocDiff first.
 LEARNED_METHODS = ("locdiff", "locdiff_h", "knn", "cell_classification", "regression")
-REFERENCE_METHODS = ("chance", "constant")
+REFERENCE_METHODS = ("chance", "constant")  # the rows every method must beat
 DISPLAY_COLUMNS = (  # (label, accuracy view column); shares shown as percentages
     ("method", "method"),
     ("750 km %", "acc_750km"),
