@@ -96,7 +96,8 @@ def test_evaluation_group_for_one_benchmark(project):
     result = _materialize_group(project, "evaluation", partition_key=bundled.SHIFTED)
     metadata = result.asset_materializations_for_node("accuracy_report")[0].metadata
     table = metadata["accuracy_table"].value
-    assert {record.data["method"] for record in table.records} == set(METHODS)
+    shown = [record.data["method"] for record in table.records]  # every method; a /plain twin where it differs
+    assert {m for m in METHODS if "/" not in m} <= set(shown) <= set(METHODS) and shown[0] == "locdiff"
     assert metadata["dagster/row_count"].value == len(METHODS)
     assert 0.0 <= metadata["locdiff acc_750km"].value <= 1.0 and metadata["chance median_km"].value > 0
     reports = project[0] / "warehouse" / "reports"

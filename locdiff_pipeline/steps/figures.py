@@ -32,7 +32,7 @@ def _background(axis, background: Path | None, alpha: float = 0.8) -> None:
             axis.imshow(np.asarray(image.convert("RGB").resize((1080, 540))), extent=(-180, 180, -90, 90), alpha=alpha)
 
 
-LOCDIFF_METHOD = LEARNED_METHODS[0]
+HIGHLIGHTED_METHOD = LEARNED_METHODS[0]
 
 
 def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
@@ -45,7 +45,7 @@ def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
     smallest = min((float(errors[0]) for errors in shown.values() if len(errors)), default=1.0)
     grid = np.logspace(max(0.0, np.floor(np.log10(max(smallest, 1.0)))), np.log10(20040), 300)
     colours = {method: plt.get_cmap("tab10")(i % 10) for i, method in enumerate(sorted(shown))}
-    for method in sorted(shown, key=lambda m: (m == LOCDIFF_METHOD, m)):  # LocDiff last: on top
+    for method in sorted(shown, key=lambda m: (m == HIGHLIGHTED_METHOD, m)):  # LocDiff last: on top
         errors = shown[method]
         axis.plot(
             grid,
@@ -53,8 +53,8 @@ def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
             label=method,
             color=colours[method],
             ls=":" if method in REFERENCE_METHODS else "-",
-            lw=2.6 if method == LOCDIFF_METHOD else 1.3,
-            zorder=3 if method == LOCDIFF_METHOD else 2,
+            lw=2.6 if method == HIGHLIGHTED_METHOD else 1.3,
+            zorder=3 if method == HIGHLIGHTED_METHOD else 2,
         )
     for threshold in THRESHOLDS_KM:
         axis.axvline(threshold, color="grey", lw=0.6, ls=":")
