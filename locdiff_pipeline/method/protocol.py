@@ -134,17 +134,14 @@ def calibrate_region(
     base = shdd.default_rho_km(model.config.L)
     prediction, _ = answer(model, drawn, protocol, protocol.views, base)
     errors = sphere.haversine_km(lat, lon, prediction.lat, prediction.lon)
-    coverage = {}
-    for factor in REGION_BANDWIDTHS:
-        region = _regions(prediction, base * factor)
-        coverage[factor] = float(np.mean(errors <= region))
-        if coverage[factor] >= uncertainty.REGION_LEVEL:
+    for factor in REGION_BANDWIDTHS:  # narrowest first; none enough: the widest, the last tried
+        coverage = float(np.mean(errors <= _regions(prediction, base * factor)))
+        if coverage >= uncertainty.REGION_LEVEL:
             break
-    factor = next((f for f, share in coverage.items() if share >= uncertainty.REGION_LEVEL), REGION_BANDWIDTHS[-1])
     return replace(
         protocol,
         region_bandwidth_km=base * factor,
-        validation_coverage=coverage[factor],
+        validation_coverage=coverage,
         validation_spread_error_correlation=uncertainty.spread_error_correlation(prediction.spread_km, errors),
     )
 
@@ -199,8 +196,12 @@ def answer(
         units, sphere.to_unit(point.lat, point.lon), sample_weights(view_count, samples, weight)
     )
     prediction = Prediction(point.lat, point.lon, spread, posterior.lat.reshape(n, -1), posterior.lon.reshape(n, -1))
-    bandwidth = bandwidth_km or protocol.region_bandwidth_km or shdd.default_rho_km(model.config.L)
-    return prediction, _regions(prediction, bandwidth)
+    return prediction, _regions(prediction, bandwidth_km or region_bandwidth_km(model, protocol))
+
+
+def region_bandwidth_km(model: LocDiffModel, protocol: Protocol) -> float:
+    """The kernel width of `protocol`'s 90 % regions: calibrated on validation, else the decoder's radius."""
+    return protocol.region_bandwidth_km or shdd.default_rho_km(model.config.L)
 
 
 def sample_and_answer(

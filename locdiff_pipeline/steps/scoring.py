@@ -27,7 +27,7 @@ from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import baselines, shdd
 from locdiff_pipeline.method.model import LocDiffModel, Prediction, Samples
-from locdiff_pipeline.method.protocol import Protocol, answer, draws_needed
+from locdiff_pipeline.method.protocol import Protocol, answer, draws_needed, region_bandwidth_km
 from locdiff_pipeline.method.views import MEAN_EMBEDDING, ViewRule
 from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE, load_labelled
 from locdiff_pipeline.steps.prediction_table import prediction_rows
@@ -130,12 +130,11 @@ def fit_baselines(
     return _fitted[key]
 
 
-def density_bandwidth_km(model: LocDiffModel, settings: MethodSettings) -> float:
-    """Kernel width of the sample density and of the 90 % regions: as set, else the width calibrated on
-    validation with the model's protocol, else the half-width of an SHDD peak at the model's L (finer
-    structure than that is not representable at degree L)."""
-    protocol = Protocol.from_dict(model.metadata.get("protocol"))
-    return settings.density_bandwidth_km or protocol.region_bandwidth_km or shdd.default_rho_km(model.config.L)
+def density_bandwidth_km(model: LocDiffModel, protocol: Protocol, settings: MethodSettings) -> float:
+    """Kernel width of the sample density and of the 90 % regions: as set, else the protocol's (calibrated on
+    validation, else the half-width of an SHDD peak at the model's L: finer structure than that is not
+    representable at degree L)."""
+    return settings.density_bandwidth_km or region_bandwidth_km(model, protocol)
 
 
 SCORING_STAGES = 4  # baselines fitted, LocDiff sampled, every method with the chosen views, with the plain view
@@ -192,7 +191,7 @@ def predict_benchmark(
             chosen_prediction, fell_back = scored.locdiff, scored.hybrid_fell_back
         progress(1)
     tables += reference_rows(fitted, images, settings)
-    samples = samples_table(images.ids, chosen_prediction, density_bandwidth_km(model, settings))
+    samples = samples_table(images.ids, chosen_prediction, density_bandwidth_km(model, protocol, settings))
     chosen = chosen_settings(protocol, used_views, fitted, settings)
     return BenchmarkPredictions(tables, samples, len(images.ids), chosen, float(fell_back.mean()))
 
@@ -237,7 +236,7 @@ def score_methods(
     sample drawn, the model's posterior), LocDiff-H and the baselines from each image's first `view_count`
     views, as rows of methods named with `suffix`."""
     weight = protocol.plain_weight
-    prediction, region = answer(model, drawn, protocol, view_count, density_bandwidth_km(model, settings))
+    prediction, region = answer(model, drawn, protocol, view_count, density_bandwidth_km(model, protocol, settings))
     inputs = images.embeddings[:, :view_count]
     posterior = drawn.first(view_count)
     ranked = model.ranked(posterior, TOP_K, plain_weight=weight) if model.config.representation == "shdd" else None
