@@ -7,8 +7,8 @@ Prints: paper-sized training steps/s (L = 40, CS-UNet 2048-1024-512, batch 1024,
 bfloat16 autocast on CUDA) with the CPU figure beside it; embedding images/s for ViT-B-32 and ViT-L-14
 (seeded init: speed does not depend on the weights) through the image_embeddings asset's path (640 x 480
 JPEG bytes -> decode -> views -> encoder), in process and with decoding workers, against the encoder's
-forward pass alone on pre-decoded tensors; decode vectors/s at L = 20 and 40 by both coarse searches
-(anchors, grid) against the bare matrix product on the same device; exact gallery search on the device
+forward pass alone on pre-decoded tensors; decode vectors/s at L = 20 and 40 with its defaults and by
+the grid and anchor searches against the bare matrix product on the same device; exact gallery search on the device
 against the CPU's faiss IVF index on 1 M x 512 rows; then a short end-to-end
 `locdiff run` on the device in a temporary project, with its wall time and table.
 """
@@ -94,13 +94,16 @@ def main() -> None:
             f"{rates[workers]:>11.1f} ({rates[workers] / rates['forward']:.2f}x)"
         )
 
-    print("\nDecode vs the bare matrix product against 100,000 anchors, same device")
-    print(f"{'L':>4} {'matmul vec/s':>13} {'anchors path':>13} {'grid path':>10} {'grid / matmul':>14}")
+    print("\nDecode vs the bare matrix product + argmax against 100,000 anchors, same device")
+    print(
+        f"{'L':>4} {'matmul vec/s':>13} {'default':>10} {'anchors path':>13} {'grid path':>10} {'default / matmul':>17}"
+    )
     for L in (20, 40):
         vectors = 500 if args.quick else 10_000
         r = {name: vectors / seconds for name, seconds in decode_timing(L, vectors, 100_000, args.device).items()}
         print(
-            f"{L:>4} {r['matmul']:>13,.0f} {r['anchors']:>13,.0f} {r['grid']:>10,.0f} {r['grid'] / r['matmul']:>13.2f}x"
+            f"{L:>4} {r['matmul']:>13,.0f} {r['default']:>10,.0f} {r['anchors']:>13,.0f} {r['grid']:>10,.0f} "
+            f"{r['default'] / r['matmul']:>16.2f}x ({shdd.default_coarse_search(args.device, L)})"
         )
 
     print("\nGallery search: exact on the device vs the CPU's faiss IVF index (nprobe 32), same gallery")

@@ -100,7 +100,7 @@ def test_grid_synthesis_equals_the_function_at_every_grid_point(L):
     rng = np.random.default_rng(L)
     coeffs = torch.tensor(rng.standard_normal((3, shdd.num_coefficients(L))))
     grid = shdd._grid_values(coeffs, L).reshape(3, -1)
-    lat, lon = sphere.from_unit(shdd._grid_units(torch.float64, "cpu").numpy())
+    lat, lon = sphere.from_unit(shdd._grid_units(L, torch.float64, "cpu").numpy())
     direct = coeffs @ shdd.encode_torch(torch.tensor(lat), torch.tensor(lon), L).T
     assert torch.allclose(grid, direct, atol=1e-10 * float(direct.abs().max()))
 
@@ -120,6 +120,38 @@ def test_grid_and_matrix_paths_decode_to_the_same_places(L):
     assert shdd.decode(torch.tensor(clean), L)[0].shape == (300,)
     with pytest.raises(ValueError, match="coarse search must be one of"):
         shdd.decode(clean, L, coarse="fft")
+
+
+@pytest.mark.parametrize("L", [5, 20, 49, 50, 80])
+def test_grid_is_no_coarser_than_the_default_anchors(L):
+    rings, longitudes = shdd.grid_shape(L)
+    anchors_apart = sphere.mean_spacing_rad(shdd._default_anchor_count(L))
+    assert np.pi / (rings - 1) == pytest.approx(2 * np.pi / longitudes)
+    assert 2 * np.pi / longitudes <= anchors_apart
+    assert longitudes & (longitudes - 1) == 0 and longitudes >= 2 * L + 2  # a power of two, no aliasing
+
+
+def test_both_grid_evaluations_find_the_same_grid_point_and_the_default_is_one_of_them():
+    L = 20
+    rng = np.random.default_rng(5)
+    lat, lon = sphere.random_points(200, rng)
+    noisy = shdd.encode(lat, lon, L) + 1.0 / np.sqrt(4 * np.pi) * rng.standard_normal((200, shdd.num_coefficients(L)))
+    smoothed = shdd._smoothed(torch.tensor(noisy, dtype=torch.float32), L, None)
+    synthesis, table = shdd._grid_argmax(smoothed, L), shdd._grid_table_argmax(smoothed, L)
+    # float rounding may only swap grid points of near-equal value, which lie next to each other
+    apart = sphere.haversine_km(
+        *sphere.from_unit(synthesis.double().numpy()), *sphere.from_unit(table.double().numpy())
+    )
+    assert np.mean(apart == 0.0) >= 0.95 and apart.max() < 500.0
+    assert shdd.default_coarse_search("cpu", L) in ("grid", "grid-table")
+    decoded = {coarse: shdd.decode(noisy, L, coarse=coarse) for coarse in ("auto", "grid", "grid-table")}
+    for coarse in ("grid", "grid-table"):
+        assert np.mean(sphere.haversine_km(*decoded["auto"], *decoded[coarse]) < 1.0) >= 0.97
+
+
+def test_first_argmax_is_torch_argmax_over_the_flattened_grid():
+    values = torch.randint(0, 5, (64, 7, 16)).float()  # many ties: the first occurrence must win
+    assert torch.equal(shdd._first_argmax(values), torch.argmax(values.reshape(64, -1), dim=1))
 
 
 def test_decode_accepts_torch_and_custom_anchors():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,31 +180,32 @@ def encode_torch(
     if validate:
         sphere.validate_coordinates(lat.detach().cpu().numpy(), lon.detach().cpu().numpy())
     dtype = dtype or (lat.dtype if torch.is_floating_point(lat) else torch.float64)
-    lat_r, lon_r = torch.deg2rad(lat.reshape(-1).double()), torch.deg2rad(lon.reshape(-1).double())
-    z, s = torch.sin(lat_r), torch.cos(lat_r)
-    return _harmonics_table(z, s, lon_r, L, dtype)
+    # in numpy: on the CPU no torch op may run just before sphericart (see _harmonics_table)
+    units = sphere.unit_vectors(lat.detach().reshape(-1).cpu().numpy(), lon.detach().reshape(-1).cpu().numpy())
+    return _harmonics_table(torch.from_numpy(units).to(lat.device), L, dtype)
 
 
 def encode_units_torch(units: torch.Tensor, L: int) -> torch.Tensor:
     """SHDD_L of unit vectors (N, 3), on their device and in their dtype (evaluated in float64)."""
-    units64 = units.double()
-    z = units64[:, 2].clamp(-1.0, 1.0)
-    s = torch.hypot(units64[:, 0], units64[:, 1])
-    return _harmonics_table(z, s, torch.atan2(units64[:, 1], units64[:, 0]), L, units.dtype)
+    if units.device.type == "cpu":  # in numpy: no torch op may run just before sphericart (_harmonics_table)
+        return _harmonics_table(torch.from_numpy(units.numpy().astype(np.float64)), L, units.dtype)
+    return _harmonics_table(units.double(), L, units.dtype)
 
 
-def _harmonics_table(z: torch.Tensor, s: torch.Tensor, phi: torch.Tensor, L: int, dtype: torch.dtype) -> torch.Tensor:
-    """The (N, (L+1)^2) table in `dtype` from float64 z = cos(colatitude), s = sin(colatitude), phi."""
-    calculator = _sphericart(L) if z.device.type == "cpu" and L <= SPHERICART_MAX_DEGREE else None
+def _harmonics_table(units: torch.Tensor, L: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (N, (L+1)^2) table in `dtype` from float64 unit vectors (N, 3)."""
+    calculator = _sphericart(L) if units.device.type == "cpu" and L <= SPHERICART_MAX_DEGREE else None
     if calculator is None:
-        return _harmonics_chunked(z, s, phi, L).to(dtype)
+        z = units[:, 2].clamp(-1.0, 1.0)
+        s = torch.hypot(units[:, 0], units[:, 1])
+        return _harmonics_chunked(z, s, torch.atan2(units[:, 1], units[:, 0]), L).to(dtype)
     # numpy from here on: torch's OpenMP threads spinning between ops and sphericart's own OpenMP threads
-    # fight over the cores (measured: 3-7x slower with torch ops between the calls)
-    z64, s64, phi64 = z.numpy(), s.numpy(), phi.numpy()
-    xyz = np.stack([s64 * np.cos(phi64), s64 * np.sin(phi64), z64], axis=1)
-    out = np.empty((z64.shape[0], (L + 1) ** 2), dtype=torch.empty((), dtype=dtype).numpy().dtype)
+    # fight over the cores (measured: 3-7x slower with torch ops between the calls); sphericart's
+    # SphericalHarmonics normalises each vector, so units go in as they are
+    xyz = units.numpy()
+    out = np.empty((xyz.shape[0], (L + 1) ** 2), dtype=torch.empty((), dtype=dtype).numpy().dtype)
     chunk = max(256, _SPHERICART_CHUNK_VALUES // (L + 1) ** 2)
-    for i in range(0, z64.shape[0], chunk):
+    for i in range(0, xyz.shape[0], chunk):
         out[i : i + chunk] = calculator.compute(xyz[i : i + chunk])
     return torch.from_numpy(out)
 
@@ -309,12 +311,21 @@ def _anchor_argmax(smoothed: torch.Tensor, anchors: AnchorSet) -> torch.Tensor:
     return units[torch.cat(best)]
 
 
-# The coarse search's grid: rings every degree of latitude, poles included, and 360 longitudes. Finer than
-# the default anchors (1.44 degrees apart), so the refinement starts at least as close to the mode.
-GRID_RINGS = 181
-GRID_LONGITUDES = 360
-_GRID_BLOCK = 128  # vectors per synthesis block: 128 x 181 x 360 float32 values (33 MB)
-GRID_DEVICES = ("cpu",)  # where decode's coarse search synthesises a grid; elsewhere it multiplies by anchors
+# The coarse search's grid: equally spaced rings, poles included, and a power-of-two number of longitudes,
+# spaced no wider than the default anchors (1.44 degrees up to L = 49), so the refinement starts at least
+# as close to the mode as the anchor search would.
+_GRID_MIN_LONGITUDES = 256
+_GRID_BLOCK_VALUES = 1 << 20  # grid values per synthesis block (4 MB in float32): cache-sized on any CPU
+
+
+@functools.lru_cache(maxsize=64)
+def grid_shape(L: int) -> tuple[int, int]:
+    """(rings, longitudes) of the coarse grid for degree L: spacing pi / (rings - 1) = 2 pi / longitudes,
+    no wider than the default anchors' mean spacing."""
+    longitudes = _GRID_MIN_LONGITUDES
+    while 2.0 * math.pi / longitudes > sphere.mean_spacing_rad(_default_anchor_count(L)):
+        longitudes *= 2
+    return longitudes // 2 + 1, longitudes
 
 
 @functools.lru_cache(maxsize=16)
@@ -332,43 +343,116 @@ def _ring_legendre(L: int, rings: int, dtype: torch.dtype, device: str) -> tuple
     return factors.to(device=device, dtype=dtype), columns.to(device)
 
 
+@functools.lru_cache(maxsize=16)
+def _ring_fourier(L: int, longitudes: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """cos(m phi_j) over sin(m phi_j) for orders m = 0..L at the ring's longitudes: (2 (L+1), longitudes)."""
+    phi = torch.arange(longitudes, dtype=torch.float64) * (2.0 * math.pi / longitudes)
+    angles = torch.arange(L + 1, dtype=torch.float64)[:, None] * phi[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)]).to(device=device, dtype=dtype)
+
+
 def _grid_values(smoothed: torch.Tensor, L: int) -> torch.Tensor:
-    """F of each row on the GRID_RINGS x GRID_LONGITUDES grid, (B, rings, longitudes): one batched
-    Legendre product per order and an inverse real FFT along each ring, instead of a matrix product with
-    a table of every grid point (L^2 x rings + rings x longitudes log longitudes per vector)."""
-    factors, columns = _ring_legendre(L, GRID_RINGS, smoothed.dtype, str(smoothed.device))
+    """F of each row on the grid_shape(L) grid, (B, rings, longitudes): one batched Legendre product per
+    order gives each ring's Fourier coefficients a_m, b_m, and one matrix product with the cos/sin table
+    sums them along the ring, instead of a product with a table of every grid point (a sum of (L+1)^2
+    terms per point becomes 2 (L+1)). Measured against an inverse real FFT, the product was as fast at
+    L = 20 and needs no zero-padded spectrum (docs/results.md)."""
+    rings, longitudes = grid_shape(L)
+    factors, columns = _ring_legendre(L, rings, smoothed.dtype, str(smoothed.device))
     negative = torch.where(columns >= 0, columns - 2 * torch.arange(L + 1, device=columns.device)[:, None], -1)
     padded = torch.cat([smoothed, torch.zeros_like(smoothed[:, :1])], dim=1)  # column -1 reads a zero
     cosine = torch.bmm(padded[:, columns].transpose(0, 1), factors)  # (orders, B, rings)
     sine = torch.bmm(padded[:, negative].transpose(0, 1), factors)
-    half = GRID_LONGITUDES // 2 + 1
-    spectrum = torch.zeros(
-        (smoothed.shape[0], GRID_RINGS, half),
-        dtype=torch.complex64 if smoothed.dtype != torch.float64 else torch.complex128,
-        device=smoothed.device,
-    )
-    scale = torch.full((L + 1,), GRID_LONGITUDES / 2.0, dtype=smoothed.dtype, device=smoothed.device)
-    scale[0] = GRID_LONGITUDES
-    spectrum[:, :, : L + 1] = torch.complex(cosine, -sine).permute(1, 2, 0) * scale
-    return torch.fft.irfft(spectrum, n=GRID_LONGITUDES, dim=-1)
+    ring_coefficients = torch.cat([cosine, sine]).permute(1, 2, 0).reshape(-1, 2 * (L + 1))  # (B * rings, 2(L+1))
+    fourier = _ring_fourier(L, longitudes, smoothed.dtype, str(smoothed.device))
+    return (ring_coefficients @ fourier).view(smoothed.shape[0], rings, longitudes)
 
 
-@functools.lru_cache(maxsize=4)
-def _grid_units(dtype: torch.dtype, device: str) -> torch.Tensor:
-    """Unit vectors of the grid's points, flattened ring by ring."""
-    lat = np.repeat(np.linspace(90.0, -90.0, GRID_RINGS), GRID_LONGITUDES)
-    lon = sphere.wrap_longitude(np.tile(np.arange(GRID_LONGITUDES) * 360.0 / GRID_LONGITUDES, GRID_RINGS))
+@functools.lru_cache(maxsize=16)
+def _grid_units(L: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Unit vectors of the grid_shape(L) grid's points, flattened ring by ring."""
+    rings, longitudes = grid_shape(L)
+    lat = np.repeat(np.linspace(90.0, -90.0, rings), longitudes)
+    lon = sphere.wrap_longitude(np.tile(np.arange(longitudes) * 360.0 / longitudes, rings))
     return torch.as_tensor(sphere.to_unit(lat, lon), dtype=dtype, device=device)
 
 
+def _first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """Flat index of each row's largest grid value (B, rings, longitudes) -> (B,), the first on ties like
+    torch.argmax: the best ring by its maximum, then the best point on it (a max reduction vectorises
+    where argmax over the whole grid does not: 7x faster on the CPU)."""
+    rows = torch.arange(values.shape[0], device=values.device)
+    ring = torch.argmax(values.amax(dim=2), dim=1)
+    return ring * values.shape[2] + torch.argmax(values[rows, ring], dim=1)
+
+
 def _grid_argmax(smoothed: torch.Tensor, L: int) -> torch.Tensor:
-    """Unit vector of each row's best grid point, by synthesis on the grid in blocks."""
-    units = _grid_units(smoothed.dtype, str(smoothed.device))
+    """Unit vector of each row's best grid point, by synthesis on the grid in cache-sized blocks."""
+    units = _grid_units(L, smoothed.dtype, str(smoothed.device))
+    block = max(1, _GRID_BLOCK_VALUES // units.shape[0])
+    best = [_first_argmax(_grid_values(smoothed[i : i + block], L)) for i in range(0, smoothed.shape[0], block)]
+    return units[torch.cat(best)]
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_table(L: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """SHDD table of the grid's points, (rings * longitudes, (L+1)^2): the dense way to the same values."""
+    return encode_units_torch(_grid_units(L, torch.float64, "cpu"), L).to(device=device, dtype=dtype)
+
+
+def _grid_table_argmax(smoothed: torch.Tensor, L: int) -> torch.Tensor:
+    """_grid_argmax by one matrix product with the grid's table per block (the faster way on a GPU)."""
+    rings, longitudes = grid_shape(L)
+    table, units = (
+        _grid_table(L, smoothed.dtype, str(smoothed.device)),
+        _grid_units(L, smoothed.dtype, str(smoothed.device)),
+    )
+    block = max(1, (1 << 25) // units.shape[0])
     best = [
-        torch.argmax(_grid_values(smoothed[i : i + _GRID_BLOCK], L).reshape(-1, units.shape[0]), dim=1)
-        for i in range(0, smoothed.shape[0], _GRID_BLOCK)
+        _first_argmax((smoothed[i : i + block] @ table.T).view(-1, rings, longitudes))
+        for i in range(0, smoothed.shape[0], block)
     ]
     return units[torch.cat(best)]
+
+
+_GRID_EVALUATIONS = {"grid": _grid_argmax, "grid-table": _grid_table_argmax}
+_CALIBRATION_VECTORS = 256
+_GRID_TABLE_MAX_BYTES = 1 << 28  # above this (L > 44 in float32) only the synthesis is tried
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@functools.lru_cache(maxsize=16)
+def default_coarse_search(device: str, L: int = 20, dtype: torch.dtype = torch.float32) -> str:
+    """The faster way to find the best grid point on this device, measured once per process: "grid"
+    (separable synthesis) or "grid-table" (a product with the grid's SHDD table), each timed, after a
+    warm-up, on the same random vectors. Both evaluate F at the same points, so the choice changes the
+    speed and not the answer (up to float rounding between near-equal grid values); which is faster
+    depends on the machine, not only on its kind (issue #26)."""
+    probe = torch.randn(
+        (_CALIBRATION_VECTORS, num_coefficients(L)), generator=torch.Generator().manual_seed(0), dtype=dtype
+    ).to(device)
+    table_bytes = math.prod(grid_shape(L)) * num_coefficients(L) * probe.element_size()
+    candidates = {
+        name: evaluate
+        for name, evaluate in _GRID_EVALUATIONS.items()
+        if name != "grid-table" or table_bytes <= _GRID_TABLE_MAX_BYTES
+    }
+    seconds = {}
+    for name, evaluate in candidates.items():
+        evaluate(probe[:8], L)  # warm-up: cached tables and kernels are set-up, not speed
+        _synchronize(probe.device)
+        start = time.perf_counter()
+        evaluate(probe, L)
+        _synchronize(probe.device)
+        seconds[name] = time.perf_counter() - start
+    choice = min(seconds, key=seconds.get)
+    if choice != "grid-table":
+        _grid_table.cache_clear()  # 58 MB at L = 20 that this process will not use
+    return choice
 
 
 # The refinement's 3 x 3 stencil in the tangent plane: centre, +-e1, +-e2, then the four diagonals.
@@ -435,16 +519,21 @@ def _smoothed(coeffs: torch.Tensor, L: int, rho_km: float | None) -> torch.Tenso
     return coeffs * weights[tables["degree"]]
 
 
+def _default_anchor_count(L: int) -> int:
+    """Decode's default Fibonacci anchors: 20,000 (1.44 degrees apart), 8 per coefficient above L = 49."""
+    return max(_DEFAULT_ANCHOR_COUNT, 8 * num_coefficients(L))
+
+
 def _anchors_for(L: int, anchors: AnchorSet | None, device: torch.device) -> AnchorSet:
     """The anchors given (checked against L), or the default Fibonacci set fine enough for L."""
     if anchors is None:
-        anchors = fibonacci_anchors(max(_DEFAULT_ANCHOR_COUNT, 8 * num_coefficients(L)), L, device=str(device))
+        anchors = fibonacci_anchors(_default_anchor_count(L), L, device=str(device))
     if anchors.L != L:
         raise ValueError(f"anchor table is for L={anchors.L}, coefficients are for L={L}")
     return anchors
 
 
-COARSE_SEARCHES = ("auto", "grid", "anchors")
+COARSE_SEARCHES = ("auto", "grid", "grid-table", "anchors")
 
 
 def decode_units_torch(
@@ -458,17 +547,19 @@ def decode_units_torch(
 ) -> torch.Tensor:
     """Mode-seeking decode on the coefficients' device: unit vectors (B, 3) where F_e has most mass.
 
-    The coarse maximum comes from synthesis on a 1-degree grid ("grid": a few times cheaper than the
-    matrix product on the CPU, benchmarks/bench_shdd.py) or from the matrix product with an anchor table
-    ("anchors", the faster one on a GPU); "auto" takes the grid on GRID_DEVICES unless anchors are given.
+    The coarse maximum is the best point of the grid_shape(L) grid, found by separable synthesis ("grid")
+    or by a product with the grid's SHDD table ("grid-table"), or the best of an anchor table ("anchors":
+    the anchors given, or the default Fibonacci set). "auto" takes the anchors when they are given, and
+    otherwise whichever grid evaluation default_coarse_search measured faster on this device.
     """
     if coarse not in COARSE_SEARCHES:
         raise ValueError(f"coarse search must be one of {COARSE_SEARCHES}, got {coarse!r}")
     if coarse == "auto":
-        coarse = "grid" if anchors is None and coeffs.device.type in GRID_DEVICES else "anchors"
+        coarse = "anchors" if anchors is not None else default_coarse_search(str(coeffs.device), L, coeffs.dtype)
     smoothed = _smoothed(coeffs, L, rho_km)
-    if coarse == "grid":
-        return _refine(smoothed, _grid_argmax(smoothed, L), math.radians(180.0 / (GRID_RINGS - 1)), refine_steps, L)
+    if coarse in _GRID_EVALUATIONS:
+        start = _GRID_EVALUATIONS[coarse](smoothed, L)
+        return _refine(smoothed, start, math.pi / (grid_shape(L)[0] - 1), refine_steps, L)
     anchors = _anchors_for(L, anchors, coeffs.device)
     return _refine(smoothed, _anchor_argmax(smoothed, anchors), anchors.spacing_rad, refine_steps, L)
 
@@ -493,9 +584,9 @@ def decode(
     """Decode SHDD vectors (B, (L+1)^2) to (lat, lon) degree arrays by mode search.
 
     Smooths F_e over a cap of radius rho km (default: half the peak width of degree L), takes the best
-    point of a 1-degree grid (on the CPU) or the best anchor (on a GPU, or when anchors are given;
-    default: a Fibonacci lattice fine enough for L), then refines by Newton steps on a shrinking local
-    stencil, so accuracy is limited by neither. Torch input is decoded on its own device.
+    point of a grid about 1.4 degrees apart (or the best of the anchors given), then refines by Newton
+    steps on a shrinking local stencil, so accuracy is limited by neither. Torch input is decoded on its
+    own device.
     """
     check_degree(L)
     with torch.no_grad():

@@ -44,8 +44,12 @@ def validate_coordinates(lat: ArrayLike, lon: ArrayLike) -> tuple[np.ndarray, np
 
 def to_unit(lat: ArrayLike, lon: ArrayLike) -> np.ndarray:
     """Unit vectors (N, 3) for validated degree coordinates."""
-    lat_arr, lon_arr = validate_coordinates(lat, lon)
-    lat_r, lon_r = np.radians(lat_arr), np.radians(lon_arr)
+    return unit_vectors(*validate_coordinates(lat, lon))
+
+
+def unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Unit vectors (N, 3) in float64 for degree arrays already known to be valid (no checks)."""
+    lat_r, lon_r = np.radians(np.asarray(lat, dtype=np.float64)), np.radians(np.asarray(lon, dtype=np.float64))
     cos_lat = np.cos(lat_r)
     return np.stack([cos_lat * np.cos(lon_r), cos_lat * np.sin(lon_r), np.sin(lat_r)], axis=-1)
 
