@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,10 +27,23 @@ def _run(args: argparse.Namespace) -> int:
     root = project_root()
     resources = _run_resources(args, root)
     resources["encoder"].weights_file()  # pretrained weights that cannot be had fail here, before anything runs
+    _check_datasets(resources)
     # One writer per project folder, taken before anything is created (two runs initialising Dagster's
     # storage at once corrupt it); a second run waits --wait seconds, then exits naming the holder.
     with project_lock(root, wait_seconds=args.wait, command="locdiff run"):
         return _run_locked(resources, root)
+
+
+def _check_datasets(resources: dict) -> None:
+    """The catalog and each dataset's CSV header, checked before the lock or any write: a typo there fails
+    in one line here, not in a Dagster step's traceback minutes later."""
+    from locdiff_pipeline.data.catalog import FILES
+    from locdiff_pipeline.data.ingest import metadata_header
+
+    datasets, warehouse = resources["datasets"], resources["warehouse"].get()
+    for entry in datasets.get().entries:
+        if entry.kind == FILES:
+            metadata_header(entry.spec(warehouse, datasets.recipe()))
 
 
 def _run_locked(resources: dict, root: Path) -> int:
@@ -49,7 +62,10 @@ def _run_locked(resources: dict, root: Path) -> int:
     result = _materialize_with_progress(resources, instance)
     seconds = time.perf_counter() - started
     if not result.success:
-        print(f"locdiff run failed after {seconds:.0f} s; see the Dagster logs above", file=sys.stderr)
+        print(f"locdiff run failed after {seconds:.0f} s (the run's full log: `locdiff dev`)", file=sys.stderr)
+        for step, message in result.failures():
+            reason = re.sub(r"^[\w.]+(Error|Exception): ", "", one_line(Exception(message)))
+            print(f"locdiff run: error: {step}: {reason}{disk_hint(reason)}", file=sys.stderr)
         return 1
     _print_accuracy(resources, root, seconds)
     evaluations = result.get_asset_check_evaluations()
@@ -124,7 +140,7 @@ def _materialize_with_progress(resources: dict, instance):
             instance=instance,
             raise_on_error=False,
             tags=run_tags,
-            console_level="WARNING" if bars else None,
+            console_level="CRITICAL" if bars else None,  # with bars, a failure is the one line printed after
         )
 
 
@@ -185,30 +201,24 @@ def _report(args: argparse.Namespace) -> int:
 
     dataset = None if args.dataset is None else check_name(args.dataset)
     store = Warehouse(warehouse_dir())
-    rows = report_sql.accuracy_table(store, dataset=dataset)
+    rows = report_sql.read_accuracy_table(store, dataset=dataset)
     if not rows:
-        print("no predictions in the warehouse yet: run `locdiff run` first", file=sys.stderr)
+        print(f"no predictions in {store.root} yet: run `locdiff run` first", file=sys.stderr)
         return 1
     print(report_sql.text_table(rows))
     return 0
 
 
 def _dev(args: argparse.Namespace) -> int:
-    """Replace this process with `dagster dev` on the project's instance (.dagster_home), with SIGINT's
-    default handling restored first. Why: `dagster dev` handles SIGTERM with whatever handles SIGINT, and a
-    shell starts a background job (`dagster dev &` in a script, a CI step) with SIGINT ignored, so such a
-    `dagster dev` and its four child processes ignored SIGTERM for ever; restored, they stop within seconds."""
+    """`dagster dev` on the project's instance (.dagster_home), its UI served through the guard that
+    refuses runs launched by other web sites (dev_server.py, ui_guard.py)."""
     from locdiff_pipeline.data.paths import project_root
     from locdiff_pipeline.defs.instance import prepare_dagster_home
+    from locdiff_pipeline.dev_server import guarded_env, serve
 
-    env = {**os.environ, "DAGSTER_HOME": os.environ.get("DAGSTER_HOME") or str(prepare_dagster_home(project_root()))}
-    dagster = str(Path(sys.executable).with_name("dagster"))
-    command = [dagster, "dev", "-m", "locdiff_pipeline.definitions", "-h", args.host, "-p", str(args.port)]
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # kept across exec: the new Python installs its handler
-    sys.stdout.flush()
+    env = guarded_env(str(prepare_dagster_home(project_root())))
     extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
-    os.execve(dagster, command + extra, env)
-    return 0  # not reached
+    return serve(args.host, args.port, extra, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,8 +252,8 @@ def _add_run(commands, common: argparse.ArgumentParser) -> None:
         help="materialize every asset (bundled data by default) and print the accuracy table",
         parents=[common],
     )
-    run.add_argument("--steps", type=int, help=f"training steps (default {LocDiffConfig.steps})")
-    run.add_argument("--L", type=int, help=f"SHDD degree to train on (default {LocDiffConfig.L})")
+    run.add_argument("--steps", type=_at_least(0), help=f"training steps (default {LocDiffConfig.steps})")
+    run.add_argument("--L", type=_at_least(0), help=f"SHDD degree to train on (default {LocDiffConfig.L})")
     run.add_argument("--device", help=f"auto, cpu, cuda (default {LocDiffConfig.device})")
     run.add_argument(
         "--encoder", help=f"image encoder: descriptors or an open_clip model name (default {EncoderSpec.model_name})"
@@ -252,7 +262,7 @@ def _add_run(commands, common: argparse.ArgumentParser) -> None:
     run.add_argument("--encoder-checkpoint", help="local open_clip checkpoint file with real weights")
     run.add_argument(
         "--test-views",
-        type=int,
+        type=_at_least(1),
         help=f"test-time views per validation and benchmark image (default {DEFAULT_TEST_VIEWS})",
     )
     run.add_argument(
@@ -263,21 +273,21 @@ def _add_run(commands, common: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--decode-workers",
-        type=int,
+        type=_at_least(0),
         help="processes decoding images ahead of the encoder (default: with a GPU one per core but one, on the "
         "CPU none; $LOCDIFF_DECODE_WORKERS)",
     )
     run.add_argument(
-        "--count", type=int, help=f"how many bundled training locations to use (default {BundledRecipe.count})"
+        "--count", type=_at_least(1), help=f"how many bundled training locations to use (default {BundledRecipe.count})"
     )
     run.add_argument(
         "--gallery-count",
-        type=int,
+        type=_at_least(0),
         help=f"further MP16 locations for bundled training and validation (default {BundledRecipe.gallery_count})",
     )
     run.add_argument(
         "--benchmark-count",
-        type=int,
+        type=_at_least(1),
         help=f"held-out locations per bundled benchmark (default {BundledRecipe.benchmark_count})",
     )
     run.add_argument("--catalog", help="dataset catalog YAML (training + benchmarks); default: the bundled datasets")
@@ -298,12 +308,12 @@ def _add_predict(commands, common: argparse.ArgumentParser) -> None:
         "--model", required=True, help="checkpoint folder or MLflow reference, e.g. models:/locdiff@champion"
     )
     pred.add_argument(
-        "--views", type=int, default=None, help="test-time views (default: the model's, chosen on validation)"
+        "--views", type=_at_least(1), default=None, help="test-time views (default: the model's, chosen on validation)"
     )
     pred.add_argument("--rule", default=None, help="mixture or centre: how views combine (default: the model's)")
     pred.add_argument(
         "--samples",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="diffusion samples per view (default: the model's, chosen on validation)",
     )
@@ -313,7 +323,10 @@ def _add_predict(commands, common: argparse.ArgumentParser) -> None:
     )
     pred.add_argument("--device", default=None)
     pred.add_argument(
-        "--top-k", type=int, default=None, help="print the K most likely places per image: rank, lat, lon, probability"
+        "--top-k",
+        type=_at_least(1),
+        default=None,
+        help="print the K most likely places per image: rank, lat, lon, probability",
     )
     pred.add_argument(
         "--format",
@@ -332,11 +345,39 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"locdiff {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `locdiff report | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:
         if args.debug:
             raise
-        print(f"locdiff {args.command}: error: {one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        reason = one_line(error)
+        print(
+            f"locdiff {args.command}: error: {reason}{disk_hint(reason)} (--debug shows the traceback)", file=sys.stderr
+        )
         return 2
+
+
+def _at_least(low: int):
+    """An argparse type: a whole number no smaller than `low` (argparse then says which option is wrong)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def disk_hint(reason: str) -> str:
+    """What a full disk looks like from SQLite, torch and the OS, said plainly."""
+    if re.search(r"No space left on device|disk I/O error|database or disk is full", reason):
+        return " (is the disk full? `df -h .`)"
+    return ""
 
 
 def one_line(error: BaseException) -> str:

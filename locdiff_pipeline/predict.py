@@ -7,6 +7,7 @@ Images are embedded by the encoder recorded with the model, in the same views as
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,8 +44,15 @@ def resolve_model(reference: str) -> Path:
                 f"model {reference!r} is neither a checkpoint folder nor an MLflow reference (models:/NAME@ALIAS)"
             )
         return path
+    from locdiff_pipeline.data.paths import mlruns_dir
     from locdiff_pipeline.tracking import registry
 
+    store = mlruns_dir() / "mlflow.db"
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not store.is_file():  # create no store in a stranger folder
+        raise FileNotFoundError(
+            f"model {reference!r}: no MLflow store at {store} (run `locdiff run` in that project first, "
+            "or set LOCDIFF_HOME to the project folder, or MLFLOW_TRACKING_URI)"
+        )
     registry.configure()
     return registry.download_checkpoint(reference)
 

@@ -71,6 +71,10 @@ def _path(raw: str) -> Path:
     return Path(raw).resolve()
 
 
+def _paths(raw: str) -> list[Path]:
+    return [Path(part).resolve() for part in raw.split(os.pathsep) if part]
+
+
 VARIABLES = (
     Variable("LOCDIFF_HOME", "project folder: warehouse/, mlruns/, .dagster_home/", _path, shown="current directory"),
     Variable("LOCDIFF_CATALOG", "dataset catalog YAML (training dataset and benchmarks)", shown="bundled datasets"),
@@ -91,11 +95,23 @@ VARIABLES = (
     Variable("LOCDIFF_EVALUATE_SENSOR", "off: evaluate_new_model starts off", _switch, "on"),
     Variable("LOCDIFF_DATA_SENSOR", "on: retrain_on_new_data starts on", _switch, "off"),
     Variable("LOCDIFF_DATA_SENSOR_INTERVAL", "seconds between retrain_on_new_data's looks", _whole(1), "300"),
+    Variable(
+        "LOCDIFF_SERVE_PATH_ROOT",
+        "served model: the folder whose image files the `path` input may read",
+        _path,
+        shown="none: `path` refused",
+    ),
+    Variable(
+        "LOCDIFF_RUN_CONFIG_ROOTS",
+        f"`locdiff dev`: further folders run config may point to ({os.pathsep!r}-separated)",
+        _paths,
+        shown="none: the project and catalog folders",
+    ),
     Variable("LOCDIFF_PROGRESS", "locdiff run: bars, off (the run log), auto (bars on a terminal)", _progress, "auto"),
 )
 BY_NAME = {variable.name: variable for variable in VARIABLES}
 # Set by the project for its own child processes, never by a user: not settings.
-INTERNAL = ("LOCDIFF_LOCK_TOKEN",)
+INTERNAL = ("LOCDIFF_LOCK_TOKEN", "LOCDIFF_UI_GUARD")
 
 
 @dataclass(frozen=True)
@@ -121,6 +137,8 @@ class Settings:
     evaluate_sensor: bool
     data_sensor: bool
     data_sensor_interval: int
+    serve_path_root: Path | None
+    run_config_roots: list[Path] | None
     progress: str
 
 

@@ -79,3 +79,52 @@ def test_a_benchmark_without_a_preset_holds_test_images():
     )
     training, benchmark = catalog.specs(None, bundled.BundledRecipe())
     assert (training.default_split, benchmark.default_split) == ("train", "test")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("training:\n  name: a\n  name: b\n", r"line 3, column 3: duplicate key 'name' \(first at line 2\)"),
+        ("training: {name: a\nbenchmarks: []\n", r"line 2, column 11: expected ',' or '}'"),
+        ("training: {name: a, metadata_csv: m.csv, images: i, val_share: abc}\n", "val_share must be a number"),
+        ("training: {name: a, metadata_csv: m.csv, images: i, store_bytes: maybe}\n", "store_bytes must be true"),
+        ("training: {name: a, metadata_csv: [m.csv], images: i}\n", "metadata_csv must be text"),
+    ],
+)
+def test_a_yaml_mistake_is_named_with_its_line_and_nothing_wins_silently(tmp_path, text, message):
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_catalog(catalog)
+
+
+def test_locdiff_run_checks_the_catalog_and_each_csv_header_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from locdiff_pipeline.cli import main
+
+    monkeypatch.setenv("LOCDIFF_HOME", str(tmp_path / "project"))
+    metadata = tmp_path / "meta.csv"
+    metadata.write_text("IMG_ID,LATITUDE,LON\na.jpg,1,2\n")
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(f"training: {{name: mine, preset: mp16, metadata_csv: {metadata}, images: {tmp_path}}}\n")
+    assert main(["run", "--catalog", str(catalog)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "column 'LAT' not in its header row (3 columns" in error, error
+    assert not (tmp_path / "project").exists()  # checked before the lock or any write
+
+
+def test_a_run_that_fails_on_its_input_ends_in_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    """A training CSV with a header and no rows: the run stops at its first step, and the last line says
+    which file and why (the run log above it keeps the details)."""
+    from locdiff_pipeline.cli import main
+
+    monkeypatch.setenv("LOCDIFF_HOME", str(tmp_path / "project"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "images").mkdir()
+    metadata = tmp_path / "meta.csv"
+    metadata.write_text("IMG_ID,LAT,LON\n")
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(f"training: {{name: mine, metadata_csv: {metadata}, images: {tmp_path / 'images'}}}\n")
+    assert main(["run", "--catalog", str(catalog)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"locdiff run: error: image_metadata: {metadata}: dataset 'mine' has a header and no rows"

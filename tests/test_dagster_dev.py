@@ -122,7 +122,65 @@ def test_dagster_dev_serves_the_asset_graph_and_stops_by_pid(dagster_dev):
         for s in repo["sensors"]
     }
     assert states == {"evaluate_new_model": "RUNNING", "retrain_on_new_data": "STOPPED"}  # the new-data one: opt-in
+    _another_site_cannot_launch_runs(port)
     _stop(process, port)
+
+
+LAUNCH = (
+    'mutation { launchPartitionBackfill(backfillParams: {partitionNames: ["000"], '
+    'assetSelection: [{path: ["images"]}]}) { __typename } }'
+)
+
+
+def _another_site_cannot_launch_runs(port: int) -> None:
+    """Through the guard `locdiff dev` serves: a mutation over GET, a POST from another site's page, a
+    form-encoded POST and a DNS-rebinding Host are refused before Dagster sees them; no run is launched."""
+    import urllib.error
+    import urllib.parse
+
+    base = f"http://127.0.0.1:{port}"
+    attempts = [
+        ("GET", f"/graphql?{urllib.parse.urlencode({'query': LAUNCH})}", None, {}, 405),
+        (
+            "POST",
+            "/graphql",
+            json.dumps({"query": LAUNCH}).encode(),
+            {"Content-Type": "application/json", "Origin": "http://evil.example"},
+            403,
+        ),
+        (
+            "POST",
+            "/graphql",
+            urllib.parse.urlencode({"query": LAUNCH}).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+        ),
+        (
+            "POST",
+            "/graphql",
+            json.dumps({"query": LAUNCH}).encode(),
+            {"Content-Type": "application/json", "Host": f"evil.example:{port}"},
+            403,
+        ),
+    ]
+    for method, path, body, headers, status in attempts:
+        request = urllib.request.Request(base + path, data=body, headers=headers, method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == status and b"refused by locdiff dev" in refused.value.read(), (method, headers)
+    same_site = {"Content-Type": "application/json", "Origin": base}  # the UI's own page may
+    request = urllib.request.Request(
+        base + "/graphql", json.dumps({"query": "{ assetNodes { id } }"}).encode(), same_site
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read())["data"]["assetNodes"]
+    assert (
+        _runs(port) == []
+        and _graphql(port, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id } } } }")["data"][
+            "partitionBackfillsOrError"
+        ]["results"]
+        == []
+    )
 
 
 def _stop(process, port: int) -> None:

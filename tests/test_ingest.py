@@ -70,7 +70,7 @@ def test_presets_carry_the_public_datasets_conventions(tmp_path):
 def test_a_missing_column_or_empty_metadata_fails_before_anything_is_written(tmp_path):
     made = make_dataset(tmp_path / "data", "folder")
     warehouse = Warehouse(tmp_path / "warehouse")
-    with pytest.raises(ValueError, match="column 'LATITUDE' not in the header"):
+    with pytest.raises(ValueError, match="column 'LATITUDE' not in its header row"):
         ingest(DatasetSpec("toy", made["metadata"], made["images"], lat_column="LATITUDE"), warehouse)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
@@ -227,3 +227,29 @@ def test_short_rows_are_rejected_by_name_and_blank_lines_skipped(tmp_path):
     )  # numbered as the last record
     assert report.accepted == len(good)
     assert [r["reason"] for r in rejected.values()].count("missing id") == 1  # the fixture's one, not the blank lines
+
+
+def test_an_id_with_a_nul_byte_is_rejected_by_name_and_the_shard_keeps_its_good_rows(tmp_path):
+    made = make_dataset(tmp_path / "data", "folder", good=6, extra_column=False)
+    with open(made["metadata"], "a") as handle:
+        handle.write("bad\x00id.jpg,10,10\nline\x1fbreak.jpg,11,11\n")
+    warehouse = Warehouse(tmp_path / "warehouse")
+    report = ingest(DatasetSpec("toy", made["metadata"], made["images"]), warehouse)
+    rejected = {r["image_id"]: r["reason"] for r in read(warehouse, REJECTED_TABLE).to_pylist()}
+    assert rejected["bad\x00id.jpg"] == "invalid id: 'bad\\x00id.jpg' holds a control character " + (
+        "(a NUL byte or a line break names no file)"
+    )
+    assert reason_kind(rejected["line\x1fbreak.jpg"]) == "invalid id"
+    assert report.accepted == len(made["good_ids"])
+
+
+def test_a_metadata_csv_with_a_header_and_no_rows_fails_naming_it_and_replaces_nothing(tmp_path):
+    made = make_dataset(tmp_path / "data", "folder", good=6, extra_column=False)
+    warehouse = Warehouse(tmp_path / "warehouse")
+    ingest(DatasetSpec("toy", made["metadata"], made["images"]), warehouse)
+    before = read(warehouse, IMAGES_TABLE).num_rows
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text(open(made["metadata"]).readline())
+    with pytest.raises(ValueError, match=r"header_only.csv: dataset 'toy' has a header and no rows"):
+        ingest(DatasetSpec("toy", str(header_only), made["images"]), warehouse)
+    assert read(warehouse, IMAGES_TABLE).num_rows == before  # what was written before is still there

@@ -36,8 +36,10 @@ from PIL import Image
 
 from locdiff_pipeline.data import bundled
 from locdiff_pipeline.data.image_encoder import DESCRIPTORS_NOTE
+from locdiff_pipeline.data.image_io import sha256_file
 from locdiff_pipeline.definitions import defs
 from locdiff_pipeline.defs.assets.evaluation import accuracy_report
+from locdiff_pipeline.defs.assets.model import locdiff_model
 from locdiff_pipeline.defs.checks import ALL_CHECKS
 from locdiff_pipeline.defs.graph_run import materialize_all
 from locdiff_pipeline.defs.jobs import EVALUATION_SELECTION
@@ -56,13 +58,13 @@ from locdiff_pipeline.method.protocol import Protocol, draws_needed
 from locdiff_pipeline.predict import predict
 from locdiff_pipeline.steps import report_sql
 from locdiff_pipeline.steps.scoring import CHANCE, METHODS
-from locdiff_pipeline.tracking import registry
+from locdiff_pipeline.tracking import pyfunc_model, registry, request_input
 
 COUNT, GALLERY, BENCHMARK_COUNT, VIEWS, DEGREES, DRAWS = 300, 300, 40, 4, (4, 10), 3
 BENCHMARKS = (bundled.HELDOUT, bundled.SHIFTED)
 
 
-def tiny_resources(root, **evaluation) -> dict:
+def tiny_resources(root, steps: int = 60, **evaluation) -> dict:
     return {
         "warehouse": WarehouseResource(root=str(root)),
         "datasets": DatasetsResource(
@@ -72,7 +74,7 @@ def tiny_resources(root, **evaluation) -> dict:
         "training": TrainingResource(
             L=10,
             shdd_degrees=list(DEGREES),
-            steps=60,
+            steps=steps,
             batch_size=64,
             hidden_dims=[64, 32],
             timesteps=50,
@@ -221,16 +223,19 @@ def test_mlflow_run_and_registered_champion_exist(pipeline):
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.note.content"] == registry.EXPERIMENT_DESCRIPTION
 
 
-def test_the_registered_model_is_code_not_a_pickle_and_refuses_changed_files(pipeline, tmp_path):
-    """models-from-code: loading runs the project's own module, never unpickles; the pyfunc serves
-    predictions, and a checkpoint whose weights changed after logging is refused."""
+def test_the_registered_model_is_data_for_the_installed_loader_and_refuses_changed_files(
+    pipeline, tmp_path, monkeypatch
+):
+    """The artifact holds data only (no pickle, no code): the installed package's loader module reads it
+    after checking its digests; the pyfunc serves predictions; a changed weights file, or a code file
+    slipped into the artifact, is refused before anything of it runs."""
     root, _, _ = pipeline
     _champion_run(root)
     location = mlflow.artifacts.download_artifacts("models:/locdiff@champion", dst_path=str(tmp_path / "copy"))
     files = {path.name for path in Path(location).rglob("*")}
-    assert not any(name.endswith((".pkl", ".pickle", ".cloudpickle")) for name in files), files
+    assert not any(name.endswith((".pkl", ".pickle", ".cloudpickle", ".py")) for name in files), files
     flavour = yaml.safe_load((Path(location) / "MLmodel").read_text())["flavors"]["python_function"]
-    assert flavour["model_code_path"].endswith("pyfunc_code.py") and "python_model" not in flavour
+    assert flavour["loader_module"] == pyfunc_model.LOADER_MODULE and "model_code_path" not in flavour
     model = mlflow.pyfunc.load_model(location)
     assert model.metadata.get_input_schema().input_names() == ["image", "path", "embedding"]
     assert model.metadata.get_output_schema().input_names()[:4] == ["lat", "lon", "spread_km", "region_km"]
@@ -244,8 +249,13 @@ def test_the_registered_model_is_code_not_a_pickle_and_refuses_changed_files(pip
     frame = pd.DataFrame({"embedding": list(np.random.default_rng(0).normal(size=(3, embed_dim)))})
     served = model.predict(frame)
     assert list(served.columns) == ["lat", "lon", "spread_km", "region_km"] and served["lat"].between(-90, 90).all()
-    image_file = tmp_path / "example.png"
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    image_file = allowed / "example.png"
     image_file.write_bytes(image_bytes)
+    with pytest.raises(ValueError, match="row 0: the path input is off on this server"):
+        model.predict(pd.DataFrame({"path": [str(image_file)]}))
+    monkeypatch.setenv("LOCDIFF_SERVE_PATH_ROOT", str(allowed))
     by_bytes = model.predict(example, params={"top_k": 3})
     by_path = model.predict(pd.DataFrame({"path": [str(image_file)]}), params={"top_k": 3})
     assert np.allclose(by_bytes[["lat", "lon"]].values, by_path[["lat", "lon"]].values)  # same image, same answer
@@ -256,9 +266,101 @@ def test_the_registered_model_is_code_not_a_pickle_and_refuses_changed_files(pip
     with pytest.raises(ValueError, match="give exactly one of"):
         model.predict(pd.DataFrame({"path": [str(image_file)], "image": [image_bytes]}))
     (weights,) = Path(location).rglob("weights.pt")
-    weights.write_bytes(weights.read_bytes() + b"x")
-    with pytest.raises(registry.ModelReferenceError, match="weights.pt .* changed since registration"):
+    planted = weights.parent / "pyfunc_code.py"
+    marker = tmp_path / "code-ran"
+    planted.write_text(f"open({str(marker)!r}, 'w').write('ran')\nimport locdiff_pipeline\n")
+    with pytest.raises(registry.ModelReferenceError, match="pyfunc_code.py in .* changed since it was logged"):
         mlflow.pyfunc.load_model(location)
+    assert not marker.exists()
+    planted.unlink()
+    weights.write_bytes(weights.read_bytes() + b"x")
+    with pytest.raises(registry.ModelReferenceError, match="weights.pt in .* changed since it was logged"):
+        mlflow.pyfunc.load_model(location)
+
+
+def test_the_served_model_reads_paths_only_inside_its_folder_and_bounds_each_request(pipeline, tmp_path, monkeypatch):
+    """The path input: off without LOCDIFF_SERVE_PATH_ROOT, then only inside it, with one answer for a file
+    outside that exists and one that does not; rows, samples and top_k bounded with a 400-style error."""
+    root, _, _ = pipeline
+    registry.configure(root=root)
+    model = mlflow.pyfunc.load_model("models:/locdiff@champion")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (tmp_path / "secret.txt").write_text("secret")
+    (allowed / "link").symlink_to(tmp_path / "secret.txt")
+    monkeypatch.setenv("LOCDIFF_SERVE_PATH_ROOT", str(allowed))
+    refusals = []
+    for outside in (
+        "/etc/passwd",
+        str(tmp_path / "secret.txt"),
+        str(tmp_path / "missing.png"),
+        "../secret.txt",
+        "link",
+    ):
+        with pytest.raises(request_input.RequestRefused) as refused:
+            model.predict(pd.DataFrame({"path": [outside]}))
+        refusals.append(str(refused.value.message).replace(repr(outside), "PATH"))
+        assert "secret" not in refused.value.message.replace(outside, "") and "root:" not in refused.value.message
+    assert len(set(refusals)) == 1, refusals  # existing or not, outside is outside
+    embed_dim = json.loads(next((root / "warehouse" / "checkpoints").glob("*/model/config.json")).read_text())[
+        "config"
+    ]["embed_dim"]
+    rows = pd.DataFrame({"embedding": list(np.zeros((1, embed_dim)))})
+    for params, bound in (({"samples": 100_000}, "samples must be between 1 and 256"), ({"top_k": 10**5}, "top_k")):
+        with pytest.raises(request_input.RequestRefused, match=bound):
+            model.predict(rows, params=params)
+    with pytest.raises(request_input.RequestRefused, match="at most 256 rows"):
+        model.predict(pd.DataFrame({"embedding": list(np.zeros((257, embed_dim)))}))
+    with pytest.raises(request_input.RequestRefused, match=f"needs {embed_dim} finite numbers"):
+        model.predict(pd.DataFrame({"embedding": [[float("nan")] * embed_dim]}))
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "0")
+    with pytest.raises(request_input.RequestRefused, match="ran past its 0 s deadline after 0 of 1 rows"):
+        model.predict(rows)
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_copied_project_retrains_into_its_own_store_and_serves_its_own_champion(pipeline, tmp_path):
+    """Copy a finished project, retrain in the copy: the original's mlruns/ is unchanged, and each project's
+    champion is read from its own folder (MLflow's absolute artifact locations follow the copy)."""
+    root, _, _ = pipeline
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    registry.configure(root=root)
+    original_versions = len(mlflow.MlflowClient().search_model_versions(f"name='{registry.REGISTERED_MODEL}'"))
+    before = _file_digests(root / "mlruns")
+    resources = tiny_resources(copy, steps=61)  # another training configuration: a new fingerprint, a retrain
+    retrained = materialize([locdiff_model], resources=resources, instance=DagsterInstance.ephemeral())
+    (materialized,) = retrained.asset_materializations_for_node("locdiff_model")
+    assert retrained.success and materialized.metadata["cached"].value is False
+    assert _file_digests(root / "mlruns") == before
+    for project, versions in ((root, original_versions), (copy, original_versions + 1)):
+        registry.configure(root=project)
+        client = mlflow.MlflowClient()
+        assert len(client.search_model_versions(f"name='{registry.REGISTERED_MODEL}'")) == versions
+        champion = client.get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION)
+        location = client.get_model_version_download_uri(registry.REGISTERED_MODEL, champion.version)
+        assert location.startswith(project.resolve().as_uri() + "/mlruns/"), location
+        assert (
+            mlflow.pyfunc.load_model("models:/locdiff@champion")
+            .predict(
+                pd.DataFrame(
+                    {
+                        "embedding": [
+                            [0.0]
+                            * LocDiffModel.load(
+                                registry.download_checkpoint("models:/locdiff@champion")
+                            ).config.embed_dim
+                        ]
+                    }
+                )
+            )["lat"]
+            .between(-90, 90)
+            .all()
+        )
+    registry.configure(root=root)
 
 
 def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline):
@@ -590,13 +692,15 @@ def test_the_new_data_sensor_requests_a_run_when_training_files_change_and_not_o
 
 def test_mlflow_models_serve_answers_a_scoring_request(pipeline):
     """`mlflow models serve -m models:/locdiff@champion` (the user's command, local environment, bound to
-    127.0.0.1) answers a real HTTP scoring request with predictions."""
+    127.0.0.1) answers real HTTP scoring requests with predictions: 20 concurrent requests for one image as
+    its first traffic get one answer, the one `locdiff predict` gives."""
     import signal
     import socket
     import subprocess
     import sys
     import time
     import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
 
     root, _, _ = pipeline
     with socket.socket() as probe:
@@ -628,12 +732,15 @@ def test_mlflow_models_serve_answers_a_scoring_request(pipeline):
                 assert server.poll() is None, server.stderr.read().decode()[-3000:]
                 assert time.monotonic() < deadline, "the model server did not come up"
                 time.sleep(1)
+        image = _table(root, "images").slice(0, 1)["image_bytes"][0].as_py()
+        one_image = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image).decode()]]}}
+        with ThreadPoolExecutor(20) as pool:  # the server's first traffic: 20 requests at once, one image
+            first_traffic = list(pool.map(lambda _: _score(port, one_image), range(20)))
         _champion_run(root)
         embed_dim = json.loads(next((root / "warehouse" / "checkpoints").glob("*/model/config.json")).read_text())[
             "config"
         ]["embed_dim"]
         rows = np.random.default_rng(1).normal(size=(2, embed_dim)).tolist()
-        image = _table(root, "images").slice(0, 1)["image_bytes"][0].as_py()
         by_vector = _score(port, {"dataframe_split": {"columns": ["embedding"], "data": [[row] for row in rows]}})
         by_image = _score(
             port,
@@ -656,6 +763,12 @@ def test_mlflow_models_serve_answers_a_scoring_request(pipeline):
         pd.DataFrame({"image": [image]}), params={"top_k": 2}
     )
     assert np.allclose([predictions[2]["lat"], predictions[2]["lon"]], served_locally[["lat", "lon"]].values[0])
+    answers = {(p["lat"], p["lon"]) for reply in first_traffic for p in reply["predictions"]}
+    assert len(answers) == 1, answers  # the same image, the same answer, however the requests interleave
+    image_file = root / "first-traffic.png"
+    image_file.write_bytes(image)
+    (by_predict,) = predict([image_file], str(registry.download_checkpoint("models:/locdiff@champion"))).predictions
+    assert np.allclose(next(iter(answers)), (by_predict.lat, by_predict.lon))
 
 
 def _score(port: int, request: dict) -> dict:
@@ -748,3 +861,34 @@ def test_the_evaluation_sensor_scores_each_model_version_once(pipeline):
     assert sorted(r.partition_key for r in requests) == sorted(instance.get_dynamic_partitions("benchmarks"))
     assert all(r.tags["locdiff/model_version"] == "999" for r in requests)
     assert all(r.tags["locdiff/dataset"] == bundled.BUNDLED and r.tags["locdiff/trigger"] for r in requests)
+
+
+def test_report_reads_a_read_only_warehouse_and_commands_leave_a_stranger_folder_empty(
+    pipeline, tmp_path, monkeypatch, capsys
+):
+    """`locdiff report` reads through in-memory views (it writes no database file, so a read-only
+    warehouse is fine); `report` and `predict` in a folder that is no project create nothing there."""
+    from locdiff_pipeline.cli import main
+
+    root, _, _ = pipeline
+    copy = tmp_path / "readonly"
+    shutil.copytree(root / "warehouse", copy / "warehouse", ignore=shutil.ignore_patterns("locdiff.duckdb*"))
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    monkeypatch.setenv("LOCDIFF_HOME", str(copy))
+    try:
+        assert main(["report", "--dataset", bundled.HELDOUT]) == 0
+        table = capsys.readouterr().out
+        assert bundled.HELDOUT in table and "locdiff" in table
+        assert not (copy / "warehouse" / "locdiff.duckdb").exists()
+    finally:
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    monkeypatch.setenv("LOCDIFF_HOME", str(stranger))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["report"]) == 1
+    assert main(["predict", "--model", "models:/locdiff@champion", str(tmp_path / "x.png")]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert list(stranger.iterdir()) == []

@@ -130,3 +130,25 @@ def test_single_partition_writers_share_the_lock_but_never_with_an_exclusive_wri
         process.wait()
     with project_lock(tmp_path, wait_seconds=5):
         assert holder(tmp_path)["pid"] == os.getpid()
+
+
+def test_a_killed_shard_runs_record_never_names_the_next_holder(tmp_path):
+    """kill -9 of a single-partition run leaves its record in the lock file; the next holder's refusal
+    message names the live holder, not the dead pid."""
+    shared_holder = HOLD.replace('command="holder under test"', 'command="shard run", shared=True')
+    dead = subprocess.Popen([sys.executable, "-c", shared_holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert dead.stdout.readline().strip() == "held"
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    assert f'"pid": {dead.pid}' in (tmp_path / ".locdiff.lock").read_text()  # what SIGKILL leaves behind
+    assert holder(tmp_path) == {}  # ... names nobody alive
+    live = subprocess.Popen([sys.executable, "-c", shared_holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline().strip() == "held"
+        with pytest.raises(ProjectLocked, match=rf"pid {live.pid} \(shard run") as refused:
+            with project_lock(tmp_path):
+                pass
+        assert str(dead.pid) not in str(refused.value)
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait()

@@ -57,6 +57,20 @@ class DatasetEntry:
             raise ValueError(f"dataset {self.name!r}: unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
         if self.imagery is not None and self.imagery not in IMAGERY:
             raise ValueError(f"dataset {self.name!r}: imagery must be one of {IMAGERY}, got {self.imagery!r}")
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """Each field has the type its name promises (a YAML `val_share: abc` fails here, naming it)."""
+        texts = ("kind", "preset", "metadata_csv", "images", "layout", "split_column", "default_split", "imagery")
+        for name in texts:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"dataset {self.name!r}: {name} must be text, got {value!r}")
+        share = self.val_share
+        if share is not None and (isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1):
+            raise ValueError(f"dataset {self.name!r}: val_share must be a number from 0 to below 1, got {share!r}")
+        if self.store_bytes is not None and not isinstance(self.store_bytes, bool):
+            raise ValueError(f"dataset {self.name!r}: store_bytes must be true or false, got {self.store_bytes!r}")
 
     def source_fingerprint(self, recipe: bundled.BundledRecipe) -> str:
         """A fingerprint of the dataset's source files (size and modification time), without reading or
@@ -171,13 +185,40 @@ def load_catalog(
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"dataset catalog not found: {file}")
-        base = Catalog.from_dict(yaml.safe_load(file.read_text()))
+        base = Catalog.from_dict(read_yaml(file))
     else:
         base = BUNDLED_CATALOG
     return Catalog(
         DatasetEntry.from_dict(training) if training else base.training,
         tuple(DatasetEntry.from_dict(b) for b in benchmarks) if benchmarks else base.benchmarks,
     )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML lets the last one win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(file: Path):
+    """A YAML file's content (safe types only), or ValueError naming the file, the line and the problem."""
+    try:
+        return yaml.load(file.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ValueError(f"{file}: {where}: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{file}: not valid YAML ({str(error).splitlines()[0]})") from None
 
 
 def _size_and_mtime(path: Path) -> tuple[int, int]:

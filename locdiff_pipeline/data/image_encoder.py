@@ -10,7 +10,10 @@ make them with the same code.
 
 from __future__ import annotations
 
+import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -176,8 +179,7 @@ class OpenClipEncoder(ImageEncoder):
                 spec.model_name, pretrained=str(weights), **_tag_options(spec)
             )
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(spec.seed)
+            with seeded_global_rng(spec.seed):
                 model, _, preprocess = open_clip.create_model_and_transforms(spec.model_name, pretrained=None)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.preprocess = preprocess
@@ -239,6 +241,20 @@ def build_encoder(spec: EncoderSpec, device: str | torch.device = "cpu") -> Imag
     return OpenClipEncoder(spec, device=device)
 
 
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """torch's global generator seeded for this block alone, its state put back after. torchvision's
+    random transforms and open_clip's initialisation draw from the global generator and take no
+    generator of their own, so the block holds a process-wide lock: a model server answers concurrent
+    requests in threads, whose seeded draws would otherwise interleave (issue #24)."""
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class ViewMaker:
     """An image's views as pixel tensors: view 0 is the plain view, views 1.. are augmentations suited to
     the imagery (no flips for north-up imagery, where a mirror image is another place).
@@ -254,8 +270,7 @@ class ViewMaker:
 
     def __call__(self, image: Image.Image, key: str, n_views: int, imagery: str = "ground") -> list[torch.Tensor]:
         pixels = [self.preprocess(image)]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(key.encode()) + self.seed)
+        with seeded_global_rng(zlib.crc32(key.encode()) + self.seed):
             pixels.extend(self.augment[imagery](image) for _ in range(n_views - 1))
         return pixels
 

@@ -14,6 +14,7 @@ import csv
 import itertools
 import math
 import os
+import re
 import shutil
 import zlib
 from collections.abc import Iterator
@@ -100,7 +101,8 @@ def reason_kind(reason: str) -> str:
     return reason.split(":")[0].split(" (")[0]
 
 
-def _metadata_header(spec: DatasetSpec) -> list[str]:
+def metadata_header(spec: DatasetSpec) -> list[str]:
+    """The metadata CSV's header, or ValueError naming the file and the column it lacks."""
     with open(spec.metadata_csv, newline="", encoding=CSV_ENCODING) as handle:
         header = next(csv.reader(handle), None)
     if not header:
@@ -112,7 +114,10 @@ def _metadata_header(spec: DatasetSpec) -> list[str]:
         *([spec.split_column] if spec.split_column else []),
     ):
         if column not in header:
-            raise ValueError(f"{spec.metadata_csv}: column {column!r} not in the header {header}")
+            raise ValueError(  # the header is not echoed: a run config could point at any file (#24)
+                f"{spec.metadata_csv}: column {column!r} not in its header row ({len(header)} columns; "
+                f"`head -1 {spec.metadata_csv}` shows them)"
+            )
     return header
 
 
@@ -131,7 +136,7 @@ def split_fingerprint(spec: DatasetSpec, keys: list[str]) -> str:
 def split_metadata(spec: DatasetSpec, warehouse: Warehouse, keys: list[str], *, force: bool = False) -> dict:
     """Write metadata/dataset=NAME (and image_index/dataset=NAME for archives), one file per shard;
     returns the metadata manifest. Skipped when current (unless force)."""
-    header = _metadata_header(spec)
+    header = metadata_header(spec)
     key = split_fingerprint(spec, keys)
     archives = spec.layout in ARCHIVE_LAYOUTS
     if (
@@ -167,6 +172,8 @@ def split_metadata(spec: DatasetSpec, warehouse: Warehouse, keys: list[str], *, 
             first_row += count
         manifest["rows_per_shard"] = sharded.close()
         writer.rows = sum(manifest["rows_per_shard"].values())
+        if writer.rows == 0:  # every later step needs rows; nothing of this dataset is replaced
+            raise ValueError(f"{spec.metadata_csv}: dataset {spec.name!r} has a header and no rows")
     _drop_shards_outside(warehouse, spec.name, keys)
     return {**warehouse.manifest(shards.METADATA_TABLE, dataset=spec.name), "cached": False}
 
@@ -322,6 +329,9 @@ def _index_of_shard(warehouse: Warehouse, dataset: str, shard: str) -> dict[str,
     return index
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check_record(
     record: dict,
     row: int,
@@ -348,6 +358,8 @@ def _check_record(
         return reject(f"too many fields: {record[SURPLUS]} more than the header has (is a field unquoted?)")
     if not image_id:
         return reject("missing id")
+    if _CONTROL_CHARACTER.search(image_id):
+        return reject(f"invalid id: {image_id!r} holds a control character (a NUL byte or a line break names no file)")
     if image_id in first_seen:
         return reject(f"duplicate id: first kept at row {first_seen[image_id]}")
     first_seen[image_id] = row

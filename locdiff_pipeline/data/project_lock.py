@@ -35,11 +35,25 @@ class ProjectLocked(RuntimeError):
 
 
 def holder(root: Path) -> dict:
-    """What the lock file says about its holder ({} when none has written it)."""
+    """What the lock file says about its holder ({} when none has written it, or when the process it names
+    has exited: a holder killed with SIGKILL leaves its record behind, and its lock free)."""
     try:
-        return json.loads((Path(root) / LOCK_FILE).read_text() or "{}")
+        record = json.loads((Path(root) / LOCK_FILE).read_text() or "{}")
     except (OSError, ValueError):
         return {}
+    return record if isinstance(record, dict) and _alive(record.get("pid")) else {}
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def describe(record: dict) -> str:
@@ -75,7 +89,8 @@ def project_lock(
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, json.dumps(record).encode(), 0)
             os.environ[LOCK_TOKEN_ENV] = record["token"]
-        elif not holder(root):  # the first of the shared holders names itself; the others leave it be
+        elif not holder(root):  # the first live shared holder names itself; the others leave it be
+            os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, json.dumps(record).encode(), 0)
         try:
             yield record

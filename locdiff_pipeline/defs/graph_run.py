@@ -31,6 +31,19 @@ class GraphRun:
     def get_asset_materialization_events(self) -> list:
         return [e for r in self.results for e in r.get_asset_materialization_events()]
 
+    def failures(self) -> list[tuple[str, str]]:
+        """(step, the error's own message) of each failed step: the user code's exception, not Dagster's
+        wrapper around it, so a person reads what was wrong with which input."""
+        found = []
+        for result in self.results:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    error = event.step_failure_data.error
+                    while error is not None and error.cause is not None:
+                        error = error.cause
+                    found.append((event.step_key, (error.message if error else "failed").strip()))
+        return found
+
     def metadata(self, asset: str, partition: str | None = None) -> dict:
         """The metadata of an asset's materialization in these runs (of one partition, if given)."""
         for event in self.get_asset_materialization_events():

@@ -23,6 +23,7 @@ from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
 from locdiff_pipeline.data.paths import project_root
 from locdiff_pipeline.data.project_lock import project_lock
 from locdiff_pipeline.data.warehouse import Warehouse
+from locdiff_pipeline.defs import run_paths
 from locdiff_pipeline.defs.partitions import PARTITION_TAG
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.steps.scoring import MethodSettings
@@ -40,7 +41,10 @@ class WarehouseResource(ConfigurableResource):
     lock_wait_seconds: float | None = None  # None: $LOCDIFF_LOCK_WAIT (2 hours)
 
     def project_root(self) -> Path:
-        return Path(self.root).resolve() if self.root else project_root()
+        if not self.root:
+            return project_root()
+        run_paths.check(self.root, "warehouse.root")
+        return Path(self.root).resolve()
 
     @contextmanager
     def yield_for_execution(self, context: InitResourceContext) -> Iterator["WarehouseResource"]:
@@ -71,6 +75,12 @@ class DatasetsResource(ConfigurableResource):
     max_rejected_share: float = 0.05
 
     def get(self) -> Catalog:
+        if self.catalog is not None:
+            run_paths.check(self.catalog, "datasets.catalog")
+        for entry in [self.training, *self.benchmarks] if self.training or self.benchmarks else []:
+            for key in ("metadata_csv", "images"):
+                if isinstance(entry, dict) and isinstance(entry.get(key), str):
+                    run_paths.check(entry[key], f"datasets: {key}")
         catalog = settings.current().catalog if self.catalog is None else self.catalog
         return load_catalog(catalog, self.training, self.benchmarks)
 
@@ -106,6 +116,8 @@ class EncoderResource(ConfigurableResource):
     decode_workers: int | None = None
 
     def spec(self) -> EncoderSpec:
+        if self.checkpoint is not None:
+            run_paths.check(self.checkpoint, "encoder.checkpoint")
         environment = settings.current()
         chosen = {
             "model_name": _first_set(self.model_name, environment.encoder),

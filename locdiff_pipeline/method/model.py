@@ -2,11 +2,12 @@
 
 A checkpoint is a folder: `config.json` (hyper-parameters, the image encoder the model expects, free
 metadata) and `weights.pt` (a plain state dict, loaded with weights_only=True, so loading a checkpoint
-never runs code from it).
+never runs code from it), and `checksums.json` (their SHA-256, checked before either is read).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -27,6 +28,7 @@ from locdiff_pipeline.method.views import COMBINE_RULES, sample_weights
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
+CHECKSUMS_FILE = "checksums.json"  # SHA-256 of the two files above, written with them
 
 
 class CheckpointError(ValueError):
@@ -183,8 +185,14 @@ class LocDiffModel:
             "encoder": self.encoder,
             "metadata": self.metadata,
         }
-        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
-        torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, staging / WEIGHTS_FILE)
+        try:
+            (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, staging / WEIGHTS_FILE)
+            digests = {name: _sha256(staging / name) for name in (CONFIG_FILE, WEIGHTS_FILE)}
+            (staging / CHECKSUMS_FILE).write_text(json.dumps(digests, indent=2, sort_keys=True))
+        except BaseException:  # a full disk, an interrupt: no half-written staging folder stays behind
+            _remove_tree(staging)
+            raise
         if directory.exists():
             retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             os.replace(directory, retired)
@@ -200,6 +208,7 @@ class LocDiffModel:
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not config_path.is_file() or not weights_path.is_file():
             raise FileNotFoundError(f"{directory} is not a LocDiff checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        _verify_checksums(directory)
         try:
             document = json.loads(config_path.read_text())
             if not isinstance(document, dict):
@@ -223,6 +232,32 @@ class LocDiffModel:
             raise CheckpointError(f"{weights_path}: not loadable weights for this model ({reason[:300]})") from None
         model.net.eval()
         return model
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_checksums(directory: Path) -> None:
+    """Refuse a checkpoint whose files differ from the SHA-256 written beside them at save (a flipped
+    byte, a truncated copy); checkpoints saved before checksums were written load unchecked."""
+    recorded_path = directory / CHECKSUMS_FILE
+    if not recorded_path.is_file():
+        return
+    try:
+        recorded = json.loads(recorded_path.read_text())
+        changed = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if recorded.get(name) != _sha256(directory / name)]
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        changed = [CHECKSUMS_FILE]
+    if changed:
+        raise CheckpointError(
+            f"{directory}: {', '.join(changed)} differ from the checksums saved with the checkpoint "
+            "(changed or damaged since it was written); refusing to load it"
+        )
 
 
 def _remove_tree(path: Path) -> None:

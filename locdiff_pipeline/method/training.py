@@ -73,8 +73,12 @@ def cosine_learning_rate(config: LocDiffConfig, step: int) -> float:
 def _save_state(checkpoint_dir: Path, model: LocDiffModel, optimizer: torch.optim.Optimizer, step: int) -> None:
     model.save(checkpoint_dir / MODEL_DIR)
     temporary = checkpoint_dir / f".{STATE_FILE}.{os.getpid()}"
-    torch.save({"step": step, "optimizer": optimizer.state_dict()}, temporary)
-    os.replace(temporary, checkpoint_dir / STATE_FILE)
+    try:
+        torch.save({"step": step, "optimizer": optimizer.state_dict()}, temporary)
+        os.replace(temporary, checkpoint_dir / STATE_FILE)
+    except BaseException:  # a full disk, an interrupt: leave no half-written file behind
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

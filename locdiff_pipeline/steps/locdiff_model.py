@@ -327,8 +327,11 @@ def log_and_register_model(
     encoder_checkpoint: str | None,
     run_id: str,
 ) -> registry.Registration:
-    """Log the checkpoint as a models-from-code pyfunc (nothing pickled, nothing unpickled) with its digests,
-    signature and input example, register it and move `champion` if it beats the current one."""
+    """Log the checkpoint as a pyfunc of data only (loaded by the installed package's loader module:
+    nothing pickled, no code in the artifact) with the digests of its data, its signature and input
+    example; register it and move `champion` if it beats the current one."""
+    import tempfile
+
     import mlflow
     import pandas as pd
 
@@ -337,20 +340,20 @@ def log_and_register_model(
     encoder = inputs.encoder
     (inputs.model_dir / "encoder_note.txt").write_text(encoder_note(encoder) + "\n")
     digests = registry.checkpoint_digests(inputs.model_dir)
-    artifacts = {pyfunc_model.CHECKPOINT_ARTIFACT: str(inputs.model_dir)}
-    if encoder.get("is_pretrained") and encoder_checkpoint:
-        artifacts[pyfunc_model.ENCODER_ARTIFACT] = str(encoder_checkpoint)
+    weights = encoder_checkpoint if encoder.get("is_pretrained") and encoder_checkpoint else None
     servable = not encoder.get("is_pretrained") or encoder_checkpoint  # can the served model embed images?
     example = _example_image(warehouse, inputs.dataset) if servable else None
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_DIR,
-        python_model=pyfunc_model.MODEL_CODE,
-        artifacts=artifacts,
-        model_config={pyfunc_model.DIGESTS_CONFIG: digests},
-        signature=pyfunc_model.signature(),
-        input_example=None if example is None else pd.DataFrame({"image": [example]}),
-        pip_requirements=_pip_requirements(),
-    )
+    with tempfile.TemporaryDirectory(prefix="locdiff-model-") as staging:
+        data = pyfunc_model.stage_model_data(inputs.model_dir, weights, Path(staging) / "data")
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_DIR,
+            loader_module=pyfunc_model.LOADER_MODULE,
+            data_path=str(data),
+            model_config={pyfunc_model.DIGESTS_CONFIG: pyfunc_model.data_digests(data)},
+            signature=pyfunc_model.signature(),
+            input_example=None if example is None else pd.DataFrame({"image": [example]}),
+            pip_requirements=_pip_requirements(),
+        )
     registration = registry.register_and_promote(info.model_uri, run_id, score, digests)
     description = (
         f"LocDiff trained on `{inputs.dataset}` (input fingerprint {inputs.key}); validation score {score:.4f} "

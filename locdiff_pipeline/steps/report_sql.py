@@ -142,6 +142,17 @@ def accuracy_table(warehouse: Warehouse, dataset: str | None = None, model_versi
         )
 
 
+def read_accuracy_table(warehouse: Warehouse, dataset: str | None = None) -> list[dict]:
+    """accuracy_table for a reader (`locdiff report`): views in memory, so it writes nothing, reads a
+    read-only warehouse, and leaves an empty folder empty."""
+    if not warehouse.root.is_dir():
+        return []
+    with in_memory_views(warehouse) as con:
+        if "accuracy" not in {row[0] for row in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
+            return []
+        return query(con, "SELECT * FROM accuracy WHERE ($1 IS NULL OR dataset = $1)", [dataset])
+
+
 def query(con: duckdb.DuckDBPyConnection, sql: str, parameters: list | None = None) -> list[dict]:
     """Rows as dicts; values reach DuckDB as bound parameters, never as SQL text."""
     cursor = con.execute(sql, parameters or [])

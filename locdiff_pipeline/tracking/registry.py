@@ -3,8 +3,8 @@
 
 Each version records the SHA-256 of its checkpoint files (tag CHECKSUM_TAG); a checkpoint whose files
 changed since registration is refused. MLflow stores absolute artifact paths, so a project folder that
-was moved or copied is re-rooted on load: a location under the old folder's mlruns/ is looked up under
-this project's mlruns/.
+was moved or copied has its store re-rooted when MLflow is configured (project_store), and a version
+recorded elsewhere is still looked up under this project's mlruns/ on load.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from locdiff_pipeline.data.image_io import sha256_file
 from locdiff_pipeline.data.paths import default_tracking_uri, mlruns_dir
+from locdiff_pipeline.tracking import project_store
 
 EXPERIMENT = "locdiff"
 REGISTERED_MODEL = "locdiff"
@@ -47,6 +48,9 @@ def configure(tracking_uri: str | None = None, root: Path | None = None) -> str:
     uri = tracking_uri or before["MLFLOW_TRACKING_URI"] or default_tracking_uri(root)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database = project_store.project_database(uri)
+    if database is not None:  # a copied or moved project points at its own files, not the original's
+        project_store.reroot(database)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     for name, value in before.items():

@@ -1,0 +1,133 @@
+"""The guard `locdiff dev` puts in front of Dagster's UI: no run launched by another web site.
+
+Dagster's webserver (1.13) executes any GraphQL operation it is sent, a mutation such as
+launchPartitionBackfill included, over GET (query parameters) as over POST, and checks neither the
+`Origin` of a request nor its `Host` (dagster_webserver/graphql.py, graphql_http_endpoint). So any page a
+user opens can launch runs on their `dagster dev` with an <img> tag or a form, and a DNS-rebinding page
+can read it. `locdiff dev` therefore starts `dagster dev` on a private loopback port and serves this
+reverse proxy on the address the user asked for, which forwards a request only if:
+
+1. its Host header names the loopback address the UI listens on (when it listens on loopback);
+2. a state-changing request (any method but GET/HEAD/OPTIONS, and every WebSocket handshake) comes from
+   the UI's own origin, or from no browser page at all (no Origin header: curl, scripts, the tests);
+3. a GET to /graphql carries a query, never a mutation or a subscription;
+4. a POST to /graphql is JSON or application/graphql (a form or text/plain body is what a cross-site
+   form can send without asking first).
+
+Everything else passes through unchanged, WebSockets (the UI's live updates) included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, WSMsgType, web
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+GRAPHQL_BODIES = ("application/json", "application/graphql")
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding"}
+    | {"upgrade", "host", "content-length"}
+)
+
+
+def refusal(method: str, path: str, headers, query: dict, listen_host: str) -> tuple[int, str] | None:
+    """(status, reason) when the request must not reach Dagster, else None (rules 1-4 above)."""
+    host = headers.get("Host", "")
+    if listen_host in LOOPBACK_HOSTS and urlsplit(f"//{host}").hostname not in LOOPBACK_HOSTS:
+        return 403, f"Host {host!r} is not this loopback UI's address (a DNS-rebinding page?)"
+    origin = headers.get("Origin")
+    changes_state = method not in SAFE_METHODS or headers.get("Upgrade", "").lower() == "websocket"
+    if changes_state and origin is not None and urlsplit(origin).netloc != host:
+        return 403, f"a request from another site ({origin}) may not change this UI's state"
+    if path.rstrip("/") != "/graphql" or headers.get("Upgrade", "").lower() == "websocket":
+        return None
+    if method == "GET" and "query" in query and _operation_kind(query["query"], query.get("operationName")) != "query":
+        return 405, "GraphQL mutations and subscriptions are accepted over POST only"
+    if method == "POST" and not headers.get("Content-Type", "").startswith(GRAPHQL_BODIES):
+        return 415, "GraphQL over POST takes application/json or application/graphql"
+    return None
+
+
+def _operation_kind(document: str, operation_name: str | None) -> str:
+    """'query', 'mutation' or 'subscription': what the document would run; 'unknown' when it does not
+    parse or names no such operation (refused over GET: only a plain query passes)."""
+    from graphql import OperationDefinitionNode, parse
+    from graphql.error import GraphQLError
+
+    try:
+        operations = [d for d in parse(document).definitions if isinstance(d, OperationDefinitionNode)]
+    except GraphQLError:
+        return "unknown"
+    chosen = [o for o in operations if operation_name is None or (o.name and o.name.value == operation_name)]
+    kinds = {o.operation.value for o in chosen}
+    return kinds.pop() if len(kinds) == 1 else "unknown"
+
+
+def build_app(upstream: str, listen_host: str) -> web.Application:
+    """The proxy: every path of `upstream` (http://127.0.0.1:PORT), HTTP and WebSocket, behind refusal()."""
+
+    async def start(app: web.Application) -> None:
+        app["session"] = ClientSession(auto_decompress=False, timeout=ClientTimeout(total=None, sock_connect=10))
+
+    async def stop(app: web.Application) -> None:
+        await app["session"].close()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        refused = refusal(request.method, request.path, request.headers, dict(request.query), listen_host)
+        if refused is not None:
+            return web.Response(status=refused[0], text=f"refused by locdiff dev: {refused[1]}\n")
+        try:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return await _forward_websocket(request, upstream)
+            return await _forward_http(request, upstream)
+        except ClientConnectionError:
+            return web.Response(status=502, text="dagster dev is not answering (yet): try again in a moment\n")
+
+    app = web.Application(client_max_size=64 << 20)
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def _forward_http(request: web.Request, upstream: str) -> web.StreamResponse:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    async with request.app["session"].request(
+        request.method,
+        f"{upstream}{request.rel_url}",
+        headers=headers,
+        data=await request.read() if request.can_read_body else None,
+        allow_redirects=False,
+    ) as answer:
+        response = web.StreamResponse(
+            status=answer.status, headers={k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        )
+        await response.prepare(request)
+        async for chunk in answer.content.iter_chunked(1 << 16):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+async def _forward_websocket(request: web.Request, upstream: str) -> web.WebSocketResponse:
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    client = web.WebSocketResponse(protocols=protocols)
+    await client.prepare(request)
+    url = f"ws{upstream.removeprefix('http')}{request.rel_url}"
+    async with request.app["session"].ws_connect(url, protocols=protocols) as server:
+
+        async def pump(source, sink) -> None:
+            async for message in source:
+                if message.type == WSMsgType.TEXT:
+                    await sink.send_str(message.data)
+                elif message.type == WSMsgType.BINARY:
+                    await sink.send_bytes(message.data)
+                else:
+                    break
+            await sink.close()
+
+        await asyncio.gather(pump(client, server), pump(server, client), return_exceptions=True)
+    return client

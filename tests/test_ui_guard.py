@@ -1,0 +1,48 @@
+"""The rules of the guard `locdiff dev` serves the Dagster UI through (the real proxy in front of a real
+`dagster dev` is exercised in test_dagster_dev.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from locdiff_pipeline.ui_guard import refusal
+
+HOST = {"Host": "127.0.0.1:3000"}
+JSON = {**HOST, "Content-Type": "application/json"}
+MUTATION = "mutation Launch { launchRun(executionParams: {}) { __typename } }"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "query", "status"),
+    [
+        ("GET", "/graphql", HOST, {"query": "{ runsOrError { __typename } }"}, None),
+        ("GET", "/graphql", HOST, {"query": MUTATION}, 405),
+        ("GET", "/graphql", HOST, {"query": 'subscription { pipelineRunLogs(runId: "x") { __typename } }'}, 405),
+        # a document with a query and a mutation: what runs is what operationName names
+        ("GET", "/graphql", HOST, {"query": "query Q { version } " + MUTATION, "operationName": "Launch"}, 405),
+        ("GET", "/graphql", HOST, {"query": "query Q { version } " + MUTATION, "operationName": "Q"}, None),
+        ("GET", "/graphql", HOST, {"query": "query Q { version } " + MUTATION}, 405),  # ambiguous: refused
+        ("GET", "/graphql", HOST, {"query": "mutation {"}, 405),  # does not parse: not a plain query
+        ("GET", "/graphql", HOST, {}, None),  # the GraphiQL page
+        ("POST", "/graphql", JSON, {}, None),
+        ("POST", "/graphql", {**JSON, "Origin": "http://127.0.0.1:3000"}, {}, None),
+        ("POST", "/graphql", {**JSON, "Origin": "http://evil.example"}, {}, 403),
+        ("POST", "/graphql", {**JSON, "Origin": "null"}, {}, 403),  # a sandboxed iframe or a file: page
+        ("POST", "/graphql", {**HOST, "Content-Type": "text/plain"}, {}, 415),
+        ("POST", "/graphql", {**HOST, "Content-Type": "application/x-www-form-urlencoded"}, {}, 415),
+        ("POST", "/graphql", {**JSON, "Host": "evil.example:3000"}, {}, 403),  # DNS rebinding
+        ("GET", "/graphql", {**HOST, "Upgrade": "websocket", "Origin": "http://evil.example"}, {}, 403),
+        ("GET", "/graphql", {**HOST, "Upgrade": "websocket", "Origin": "http://127.0.0.1:3000"}, {}, None),
+        ("GET", "/assets", {**HOST, "Origin": "http://evil.example"}, {}, None),  # reading a page changes nothing
+        ("POST", "/report_async_error", {**HOST, "Origin": "http://evil.example"}, {}, 403),
+    ],
+)
+def test_the_guard_forwards_only_what_the_ui_itself_could_send(method, path, headers, query, status):
+    refused = refusal(method, path, headers, query, "127.0.0.1")
+    assert (refused[0] if refused else None) == status, refused
+
+
+def test_a_ui_served_beyond_loopback_takes_any_host_but_still_its_own_origin_only():
+    headers = {"Host": "workstation.lan:3000", "Content-Type": "application/json"}
+    assert refusal("POST", "/graphql", headers, {}, "0.0.0.0") is None
+    assert refusal("POST", "/graphql", {**headers, "Origin": "http://evil.example"}, {}, "0.0.0.0")[0] == 403
