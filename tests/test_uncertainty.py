@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from locdiff_pipeline.method import sphere, uncertainty
+from locdiff_pipeline.method import shdd, sphere, uncertainty
 
 
 def test_density_is_a_probability_over_the_anchors():
@@ -68,3 +69,37 @@ def test_bad_arguments_are_refused():
         uncertainty.sample_density(np.zeros((1, 2)), np.zeros((1, 2)), 0)
     with pytest.raises(ValueError, match="level"):
         uncertainty.regions_at_levels(np.ones((1, 10)) / 10, np.zeros(1), np.zeros(1), (0.5, 1.5))
+
+
+def test_the_mixture_density_shows_each_place_the_samples_gather_weighted_by_their_share():
+    """Three samples near New York and two near Sydney: two modes, at those places, the second about two
+    thirds as high as the first (the mean of SHDD vectors is the mixture of their densities)."""
+    lat = np.array([40.7, 41.2, 40.2, -33.9, -33.4])
+    lon = np.array([-74.0, -73.5, -74.6, 151.2, 150.7])
+    grid_lat, grid_lon, density = uncertainty.mixture_density_on_grid(lat, lon, 20)
+    assert density.shape == (len(grid_lat), len(grid_lon)) and density.min() >= 0
+    assert np.all(np.diff(grid_lat) > 0) and np.all(np.diff(grid_lon) > 0) and grid_lon[0] == -180.0
+
+    mesh_lat, mesh_lon = (m.ravel() for m in np.meshgrid(grid_lat, grid_lon, indexing="ij"))
+
+    def distance_to(la: float, lo: float) -> np.ndarray:
+        return sphere.haversine_km(mesh_lat, mesh_lon, np.full_like(mesh_lat, la), np.full_like(mesh_lon, lo))
+
+    def peak_near(la: float, lo: float) -> tuple[float, float, float]:
+        index = np.where(distance_to(la, lo) < 1500, density.ravel(), -1).argmax()
+        return density.ravel()[index], mesh_lat[index], mesh_lon[index]
+
+    (new_york, ny_lat, ny_lon), (sydney, sy_lat, sy_lon) = peak_near(40.7, -74.0), peak_near(-33.7, 151.0)
+    assert new_york == density.max() and sydney / new_york == pytest.approx(2 / 3, abs=0.08)
+    assert sphere.haversine_km(ny_lat, ny_lon, 40.7, -74.0)[0] < 250
+    assert sphere.haversine_km(sy_lat, sy_lon, -33.65, 150.95)[0] < 250
+    assert density.ravel()[distance_to(0.0, 40.0) < 2000].max() < 0.05 * new_york  # nothing where no sample went
+
+
+def test_function_on_grid_is_the_function_at_the_grid_points():
+    L = 12
+    coeffs = torch.tensor(np.random.default_rng(1).standard_normal((2, shdd.num_coefficients(L))))
+    grid_lat, grid_lon, values = shdd.function_on_grid(coeffs, L, rho_km=0.0)
+    mesh_lat, mesh_lon = np.meshgrid(grid_lat, grid_lon, indexing="ij")
+    direct = coeffs.numpy() @ shdd.encode(mesh_lat.ravel(), mesh_lon.ravel(), L).T
+    assert np.allclose(values.reshape(2, -1), direct, atol=1e-9 * np.abs(direct).max())

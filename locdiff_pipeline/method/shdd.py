@@ -462,6 +462,21 @@ def _best_time(evaluate, probe: torch.Tensor, L: int, repeats: int = 2) -> float
     return min(times)
 
 
+def function_on_grid(
+    coeffs: torch.Tensor, L: int, rho_km: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """F of each vector smoothed over caps of radius rho (default: half the peak width), on the coarse
+    grid, for maps: (lat ascending (rings,), lon ascending from -180 (longitudes,), values (B, rings,
+    longitudes)). The same synthesis decode searches, so a map shows exactly what decode sees."""
+    with torch.no_grad():
+        values = _grid_values(_smoothed(coeffs, L, rho_km), L).double().cpu().numpy()
+    rings, longitudes = grid_shape(L)
+    lat = np.linspace(90.0, -90.0, rings)[::-1]
+    values = np.roll(values[:, ::-1, :], longitudes // 2, axis=2)  # rows south to north, columns from -180
+    lon = np.arange(longitudes) * 360.0 / longitudes - 180.0
+    return lat, lon, values
+
+
 # The refinement's 3 x 3 stencil in the tangent plane: centre, +-e1, +-e2, then the four diagonals.
 _STENCIL = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
 _REFINE_SHRINK = 4.0

@@ -12,8 +12,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
 
-from locdiff_pipeline.method import sphere
+from locdiff_pipeline.method import shdd, sphere
 
 REGION_LEVEL = 0.9
 CALIBRATION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -113,16 +114,13 @@ def spread_error_correlation(spread_km: np.ndarray, errors_km: np.ndarray) -> fl
     return float(np.corrcoef(spread, errors)[0, 1])
 
 
-def density_on_grid(
-    sample_lat: np.ndarray, sample_lon: np.ndarray, bandwidth_km: float, resolution_deg: float = 1.0
+def mixture_density_on_grid(
+    sample_lat: np.ndarray, sample_lon: np.ndarray, L: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's sample density on a regular lat/lon grid (for maps): (grid_lat, grid_lon, density)
-    with density shaped (len(grid_lat), len(grid_lon)), up to a constant factor."""
-    grid_lat = np.arange(-90 + resolution_deg / 2, 90, resolution_deg)
-    grid_lon = np.arange(-180 + resolution_deg / 2, 180, resolution_deg)
-    mesh_lat, mesh_lon = np.meshgrid(grid_lat, grid_lon, indexing="ij")
-    points = sphere.to_unit(mesh_lat.ravel(), mesh_lon.ravel())
-    masses = sample_density(
-        np.asarray(sample_lat)[None, :], np.asarray(sample_lon)[None, :], bandwidth_km, anchors=points
-    )[0]
-    return grid_lat, grid_lon, masses.reshape(mesh_lat.shape)
+    """One image's density as the model represents it: the mean of its samples' SHDD vectors (in the
+    Hilbert space the mean of SHDD vectors is the mixture of their densities) at the model's degree L,
+    smoothed over caps of one peak width and cut at zero, on the decoder's grid: (grid_lat, grid_lon,
+    density (rows by grid_lat)). Where the samples gather in several places, it shows several modes."""
+    mixture = shdd.encode(np.asarray(sample_lat, float), np.asarray(sample_lon, float), L).mean(axis=0)
+    grid_lat, grid_lon, values = shdd.function_on_grid(torch.tensor(mixture[None, :]), L, shdd.peak_width_km(L))
+    return grid_lat, grid_lon, np.clip(values[0], 0.0, None)

@@ -2,7 +2,8 @@
 
 accuracy.md (every method side by side, from the DuckDB `accuracy` view), error_cdf.png (all methods),
 error_map.png (LocDiff's errors on the map), calibration.png/.json (coverage of LocDiff's confidence
-regions at several levels) and density_maps.png (per-image sample densities for a few test images).
+regions at several levels) and density_maps.png (for a few test images, the mixture of the samples
+at the model's degree: LocDiff's own density, several modes where its samples disagree).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from locdiff_pipeline.method import uncertainty
 from locdiff_pipeline.steps import figures, report_sql
 
 DENSITY_MAP_IMAGES = 6
-REPORT_VERSION = 4  # the Dagster code version of accuracy_report: bump when the report's content changes
+REPORT_VERSION = 5  # the Dagster code version of accuracy_report: bump when the report's content changes
 
 
 @dataclass
@@ -61,8 +62,11 @@ def calibration_points(warehouse: Warehouse, dataset: str, version: int) -> list
     return uncertainty.calibration(np.array(errors), radii)
 
 
-def density_panels(warehouse: Warehouse, dataset: str, version: int, count: int = DENSITY_MAP_IMAGES) -> list[dict]:
-    """Panels for `count` test images spread over LocDiff's error range (best to worst, evenly)."""
+def density_panels(
+    warehouse: Warehouse, dataset: str, version: int, degree: int, count: int = DENSITY_MAP_IMAGES
+) -> list[dict]:
+    """Panels for `count` test images spread over LocDiff's error range (best to worst, evenly), each with
+    the mixture of its samples at the model's degree (uncertainty.mixture_density_on_grid)."""
     rows = _locdiff_with_samples(
         warehouse,
         dataset,
@@ -73,8 +77,8 @@ def density_panels(warehouse: Warehouse, dataset: str, version: int, count: int 
     picks = sorted({int(round(i)) for i in np.linspace(0, len(rows) - 1, min(count, len(rows)))}) if rows else []
     panels = []
     for index in picks:
-        image_id, true_lat, true_lon, pred_lat, pred_lon, error, region, sample_lat, sample_lon, bandwidth = rows[index]
-        grid_lat, grid_lon, density = uncertainty.density_on_grid(np.array(sample_lat), np.array(sample_lon), bandwidth)
+        image_id, true_lat, true_lon, pred_lat, pred_lon, error, region, sample_lat, sample_lon, _ = rows[index]
+        grid_lat, grid_lon, density = uncertainty.mixture_density_on_grid(sample_lat, sample_lon, degree)
         panels.append(
             dict(
                 image_id=image_id,
@@ -108,9 +112,9 @@ def scoring_note(contamination: dict, excluded: bool) -> str:
     return head + ("; they were excluded from scoring." if excluded else "; they were scored (not excluded).")
 
 
-def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[str]) -> ReportBundle:
-    """Files of one benchmark's report for one model version; `notes` (the encoder caveat, the
-    contamination summary, the protocol) go under the table."""
+def build_report(warehouse: Warehouse, dataset: str, version: int, degree: int, notes: list[str]) -> ReportBundle:
+    """Files of one benchmark's report for one model version (of SHDD degree `degree`); `notes` (the
+    encoder caveat, the contamination summary, the protocol) go under the table."""
     rows = report_sql.accuracy_table(warehouse, dataset=dataset, model_version=version)
     markdown = report_sql.markdown_table(rows) + "\n" + "".join(f"\n> {note}" for note in notes)
     ranked = report_sql.ranked_markdown_table(rows)
@@ -141,9 +145,11 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[s
         markdown += "\n\n**Calibration of LocDiff's confidence regions** (share of true locations inside):\n\n"
         markdown += "| nominal | observed |\n|---|---|\n"
         markdown += "\n".join(f"| {100 * level:.0f}% | {100 * share:.1f}% |" for level, share in calibration)
-    panels = density_panels(warehouse, dataset, version)
+    panels = density_panels(warehouse, dataset, version, degree)
     if panels:
-        pngs["density_maps.png"] = figures.density_maps_png(panels, f"LocDiff sample densities, {title}", BLUE_MARBLE)
+        pngs["density_maps.png"] = figures.density_maps_png(
+            panels, f"LocDiff's density: the mixture of each image's samples at L = {degree}, {title}", BLUE_MARBLE
+        )
     folder = warehouse.root / report_sql.REPORTS / dataset / f"v{version}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "accuracy.md").write_text(markdown + "\n")

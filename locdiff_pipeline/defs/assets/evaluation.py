@@ -29,6 +29,7 @@ from locdiff_pipeline.defs.resources import (
     WarehouseResource,
 )
 from locdiff_pipeline.method.devices import resolve_device
+from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
 from locdiff_pipeline.steps import report_sql
 from locdiff_pipeline.steps.accuracy_report import REPORT_VERSION, build_report, scoring_note
@@ -164,7 +165,7 @@ def accuracy_report(
         f"(grids kept): {chosen}. `chance`: a random training location (mean of several draws); `constant`: "
         "the training set's densest location.",
     ]
-    bundle = build_report(store, benchmark, latest["version"], notes)
+    bundle = build_report(store, benchmark, latest["version"], LocDiffModel.load(latest["checkpoint"]).config.L, notes)
     registry.configure(mlflow.uri(), root=warehouse.project_root())
     registry.log_report(latest["run_id"], bundle.folder, benchmark)  # the files beside the run that made the model
     locdiff_row = next((row for row in bundle.rows if row["method"] == "locdiff"), None)
