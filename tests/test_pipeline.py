@@ -892,3 +892,73 @@ def test_report_reads_a_read_only_warehouse_and_commands_leave_a_stranger_folder
     assert main(["predict", "--model", "models:/locdiff@champion", str(tmp_path / "x.png")]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
     assert list(stranger.iterdir()) == []
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """A real MLflow tracking server (its own SQLite backend, artifacts served by it), as a team runs one."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "tracking_server"
+    folder.mkdir()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--serve-artifacts"]
+        + ["--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "server.log", "wb"),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (folder / "server.log").read_text()[
+                    -2000:
+                ]
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_a_team_tracking_server_holds_the_champion_and_predict_loads_it_from_anywhere(
+    pipeline, tmp_path, tracking_server, monkeypatch
+):
+    """With MLFLOW_TRACKING_URI naming a tracking server, training registers the champion there, its files
+    stored by the server (mlflow-artifacts:/, no path of the machine that trained it), and `locdiff predict`
+    in another folder loads it from the server."""
+    root, _, _ = pipeline
+    member = tmp_path / "member"
+    shutil.copytree(root, member)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    trained = materialize(
+        [locdiff_model], resources=tiny_resources(member, steps=62), instance=DagsterInstance.ephemeral()
+    )
+    assert trained.success
+    client = mlflow.MlflowClient(tracking_server)
+    champion = client.get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION)
+    location = client.get_model_version_download_uri(registry.REGISTERED_MODEL, champion.version)
+    run = client.get_run(champion.run_id)
+    assert location.startswith("mlflow-artifacts:") and run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert str(tmp_path) not in location + run.info.artifact_uri
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("LOCDIFF_HOME", str(elsewhere))
+    (image,) = _table(root, "images").slice(0, 1)["image_bytes"].to_pylist()
+    (elsewhere / "photo.png").write_bytes(image)
+    (answer,) = predict([elsewhere / "photo.png"], "models:/locdiff@champion").predictions
+    assert -90 <= answer.lat <= 90 and -180 <= answer.lon <= 180
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["photo.png"]  # nothing local: all from the server

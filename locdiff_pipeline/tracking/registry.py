@@ -26,6 +26,7 @@ CHAMPION = "champion"
 VALIDATION_METRIC = "val_score"
 CHECKSUM_TAG = "checkpoint_sha256"
 CHECKPOINT_FILES = ("config.json", "weights.pt")
+SERVER_SCHEMES = ("http", "https", "databricks")  # tracking URIs whose server chooses artifact locations
 _MODEL_REFERENCE = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?")
 
 
@@ -74,16 +75,22 @@ MODEL_DESCRIPTION = (
 
 
 def ensure_experiment(root: Path | None = None) -> str:
-    """The experiment id, creating it (described) with its artifacts under mlruns/artifacts on first use."""
+    """The experiment id, creating it (described) on first use: with a local backend, its artifacts under
+    the project's mlruns/artifacts; with a tracking server, where the server puts them (started with
+    --serve-artifacts: mlflow-artifacts:/ URIs, so registered models name no path of the machine that
+    trained them, and every member of a team reads the same files)."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = mlruns_dir(root) / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    location = None
+    if urlparse(mlflow.get_tracking_uri()).scheme not in SERVER_SCHEMES:
+        artifacts = mlruns_dir(root) / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        location = artifacts.as_uri()
     return mlflow.create_experiment(
-        EXPERIMENT, artifact_location=artifacts.as_uri(), tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION}
+        EXPERIMENT, artifact_location=location, tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION}
     )
 
 
