@@ -116,10 +116,11 @@ def calibration_png(points: list[tuple[float, float]], title: str) -> bytes:
     return _png(figure)
 
 
-def density_maps_png(panels: list[dict], title: str, background: Path | None = None) -> bytes:
-    """One world map per image: the sample density (log scale), the true location, the prediction and
-    its confidence-region radius. Each panel: grid_lat, grid_lon, density (2-D on that grid), true_lat,
-    true_lon, pred_lat, pred_lon, region_km, error_km, image_id."""
+def density_maps_png(panels: list[dict], title: str, background: Path | None = None, decades: float = 1.5) -> bytes:
+    """One world map per image: the density (log scale, `decades` below each map's peak: a truncated
+    harmonic series rings at about 1 % of its peak, which a deeper scale would draw as circles), the true
+    location, the prediction and its confidence-region radius. Each panel: grid_lat, grid_lon, density
+    (2-D on that grid), true_lat, true_lon, pred_lat, pred_lon, region_km, error_km, image_id."""
     plt = _pyplot()
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
@@ -129,14 +130,14 @@ def density_maps_png(panels: list[dict], title: str, background: Path | None = N
     for axis, panel in zip(axes.flat, panels):
         _background(axis, background, alpha=0.6)
         density = panel["density"] / panel["density"].max()
-        log_density = np.log10(np.maximum(density, 1e-4))
+        log_density = np.log10(np.maximum(density, 10.0 ** (-decades - 1)))
         axis.imshow(
-            np.ma.masked_less(log_density, -3.0),
+            np.ma.masked_less(log_density, -decades),
             extent=(-180, 180, -90, 90),
             origin="lower",
             cmap="inferno",
             alpha=0.75,
-            vmin=-3,
+            vmin=-decades,
             vmax=0,
         )
         axis.plot(
