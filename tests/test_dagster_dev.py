@@ -63,6 +63,7 @@ def dagster_dev(tmp_path):
         "LOCDIFF_STEPS": "30",
         "LOCDIFF_ENCODER": "locdiff-tiny-vit",
         "OMP_NUM_THREADS": "1",
+        "LOCDIFF_SHARDS": "2",  # two shard runs show the fan-out as well as four, in one wave on two cores
     }
     locdiff = Path(sys.executable).with_name("locdiff")
 

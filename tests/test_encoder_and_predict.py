@@ -156,6 +156,10 @@ def test_predict_refuses_an_unknown_or_broken_model_in_one_line(tmp_path):
         folder = LocDiffModel(config, encoder.identity.to_dict()).save(tmp_path / broken)
         (folder / damage).write_bytes(b"{ this is not what it should be")
         done = _run_cli("predict", "--model", str(folder), str(tmp_path / "a.jpg"), cwd=tmp_path)
+        assert done.returncode == 2 and f"{folder}: {damage} differ from the checksums" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        (folder / "checksums.json").unlink()  # a checkpoint saved before checksums: the file's own check
+        done = _run_cli("predict", "--model", str(folder), str(tmp_path / "a.jpg"), cwd=tmp_path)
         assert done.returncode == 2 and f"{folder / damage}: " in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     debug = _run_cli("predict", "--debug", "--model", str(tmp_path / "bad_config"), "a.jpg", cwd=tmp_path)
