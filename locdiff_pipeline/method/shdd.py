@@ -202,12 +202,26 @@ def _harmonics_table(units: torch.Tensor, L: int, dtype: torch.dtype) -> torch.T
     # numpy from here on: torch's OpenMP threads spinning between ops and sphericart's own OpenMP threads
     # fight over the cores (measured: 3-7x slower with torch ops between the calls); sphericart's
     # SphericalHarmonics normalises each vector, so units go in as they are
-    xyz = units.numpy()
+    xyz = np.ascontiguousarray(units.numpy())
     out = np.empty((xyz.shape[0], (L + 1) ** 2), dtype=torch.empty((), dtype=dtype).numpy().dtype)
     chunk = max(256, _SPHERICART_CHUNK_VALUES // (L + 1) ** 2)
+    buffer = np.empty((min(chunk, xyz.shape[0]), (L + 1) ** 2))
     for i in range(0, xyz.shape[0], chunk):
-        out[i : i + chunk] = calculator.compute(xyz[i : i + chunk])
+        out[i : i + chunk] = _sphericart_into(calculator, xyz[i : i + chunk], buffer)
     return torch.from_numpy(out)
+
+
+def _sphericart_into(calculator, xyz: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """sphericart's float64 harmonics of a chunk written into one reused buffer: a fresh 8 MB result per
+    call cost page faults that made the encoder's speed vary 0.5-0.8x of sphericart's own between runs
+    (measured; 0.7-0.8x with the buffer). Its in-place entry point is private, so without it (another
+    sphericart release) the public one runs."""
+    rows = buffer[: xyz.shape[0]]
+    compute_into = getattr(calculator, "_compute_numpy", None)
+    if compute_into is None:
+        return calculator.compute(xyz)
+    compute_into(xyz, rows, None, None)
+    return rows
 
 
 @functools.lru_cache(maxsize=16)
