@@ -215,7 +215,7 @@ def _csv_column_batches(path: str, width: int, batch_rows: int) -> Iterator[tupl
     the count of the others, so it is rejected by name too, never silently cut."""
     with open(path, newline="", encoding=CSV_ENCODING, errors="replace") as handle:
         records = (row for row in csv.reader(handle) if row)
-        next(records, None)  # the header, read and checked by _metadata_header
+        next(records, None)  # the header, read and checked by metadata_header
         while rows := list(itertools.islice(records, batch_rows)):
             surplus = [max(0, len(row) - width) for row in rows]
             yield surplus, list(zip(*(row[:width] + [""] * (width - len(row)) for row in rows)))

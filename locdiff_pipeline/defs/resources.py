@@ -43,7 +43,7 @@ class WarehouseResource(ConfigurableResource):
     def project_root(self) -> Path:
         if not self.root:
             return project_root()
-        run_paths.check(self.root, "warehouse.root")
+        run_paths.check([("warehouse.root", self.root)])
         return Path(self.root).resolve()
 
     @contextmanager
@@ -75,12 +75,13 @@ class DatasetsResource(ConfigurableResource):
     max_rejected_share: float = 0.05
 
     def get(self) -> Catalog:
-        if self.catalog is not None:
-            run_paths.check(self.catalog, "datasets.catalog")
-        for entry in [self.training, *self.benchmarks] if self.training or self.benchmarks else []:
-            for key in ("metadata_csv", "images"):
-                if isinstance(entry, dict) and isinstance(entry.get(key), str):
-                    run_paths.check(entry[key], f"datasets: {key}")
+        inline = [
+            (f"datasets: {key}", entry[key])
+            for entry in [self.training, *self.benchmarks]
+            for key in ("metadata_csv", "images")
+            if isinstance(entry, dict) and isinstance(entry.get(key), str)
+        ]
+        run_paths.check(([("datasets.catalog", self.catalog)] if self.catalog is not None else []) + inline)
         catalog = settings.current().catalog if self.catalog is None else self.catalog
         return load_catalog(catalog, self.training, self.benchmarks)
 
@@ -117,7 +118,7 @@ class EncoderResource(ConfigurableResource):
 
     def spec(self) -> EncoderSpec:
         if self.checkpoint is not None:
-            run_paths.check(self.checkpoint, "encoder.checkpoint")
+            run_paths.check([("encoder.checkpoint", self.checkpoint)])
         environment = settings.current()
         chosen = {
             "model_name": _first_set(self.model_name, environment.encoder),

@@ -25,17 +25,20 @@ class RunPathRefused(ValueError):
     """A run-config path outside the folders a UI-launched run may use."""
 
 
-def check(path: str | Path, what: str) -> None:
-    """Refuse `path` (a file, folder or glob from run config) outside the allowed folders, when guarded."""
-    if os.environ.get(GUARD_ENV) != "1":
+def check(paths: list[tuple[str, str | Path]]) -> None:
+    """Refuse any (what, path) whose path (a file, folder or glob from run config) lies outside the allowed
+    folders, when guarded; the allowed folders (the server's catalog read from disk) are found once."""
+    if os.environ.get(GUARD_ENV) != "1" or not paths:
         return
-    resolved = _fixed_part(path)
     roots = allowed_roots()
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        raise RunPathRefused(
-            f"{what} {str(path)!r} is outside the folders a run launched from the UI may use "
-            f"({', '.join(str(r) for r in roots)}); set LOCDIFF_RUN_CONFIG_ROOTS before `locdiff dev` to allow more"
-        )
+    for what, path in paths:
+        resolved = _fixed_part(path)
+        if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+            raise RunPathRefused(
+                f"{what} {str(path)!r} is outside the folders a run launched from the UI may use "
+                f"({', '.join(str(r) for r in roots)}); set LOCDIFF_RUN_CONFIG_ROOTS before `locdiff dev` to "
+                "allow more"
+            )
 
 
 def allowed_roots() -> list[Path]:

@@ -382,12 +382,19 @@ def _grid_values(smoothed: torch.Tensor, L: int) -> torch.Tensor:
     return (ring_coefficients @ fourier).view(smoothed.shape[0], rings, longitudes)
 
 
+def _grid_coordinates(L: int) -> tuple[np.ndarray, np.ndarray]:
+    """The grid_shape(L) grid's ring latitudes (north to south) and longitudes (east from 0), in degrees:
+    the order of _grid_values' rows and columns."""
+    rings, longitudes = grid_shape(L)
+    return np.linspace(90.0, -90.0, rings), np.arange(longitudes) * 360.0 / longitudes
+
+
 @functools.lru_cache(maxsize=16)
 def _grid_units(L: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     """Unit vectors of the grid_shape(L) grid's points, flattened ring by ring."""
-    rings, longitudes = grid_shape(L)
-    lat = np.repeat(np.linspace(90.0, -90.0, rings), longitudes)
-    lon = sphere.wrap_longitude(np.tile(np.arange(longitudes) * 360.0 / longitudes, rings))
+    ring_lat, ring_lon = _grid_coordinates(L)
+    lat = np.repeat(ring_lat, len(ring_lon))
+    lon = sphere.wrap_longitude(np.tile(ring_lon, len(ring_lat)))
     return torch.as_tensor(sphere.to_unit(lat, lon), dtype=dtype, device=device)
 
 
@@ -484,11 +491,10 @@ def function_on_grid(
     longitudes)). The same synthesis decode searches, so a map shows exactly what decode sees."""
     with torch.no_grad():
         values = _grid_values(_smoothed(coeffs, L, rho_km), L).double().cpu().numpy()
-    rings, longitudes = grid_shape(L)
-    lat = np.linspace(90.0, -90.0, rings)[::-1]
-    values = np.roll(values[:, ::-1, :], longitudes // 2, axis=2)  # rows south to north, columns from -180
-    lon = np.arange(longitudes) * 360.0 / longitudes - 180.0
-    return lat, lon, values
+    ring_lat, ring_lon = _grid_coordinates(L)
+    half = len(ring_lon) // 2  # the column of longitude 180, which becomes -180 at the front
+    values = np.roll(values[:, ::-1, :], half, axis=2)  # rows south to north, columns from -180
+    return ring_lat[::-1], sphere.wrap_longitude(np.roll(ring_lon, half)), values
 
 
 # The refinement's 3 x 3 stencil in the tangent plane: centre, +-e1, +-e2, then the four diagonals.

@@ -135,11 +135,7 @@ def accuracy_table(warehouse: Warehouse, dataset: str | None = None, model_versi
     """Rows of the accuracy report, straight from DuckDB over the predictions Parquet."""
     create_views(warehouse)
     with connect(warehouse) as con:
-        return query(
-            con,
-            "SELECT * FROM accuracy WHERE ($1 IS NULL OR dataset = $1) AND ($2 IS NULL OR model_version = $2)",
-            [dataset, model_version],
-        )
+        return _accuracy_rows(con, dataset, model_version)
 
 
 def read_accuracy_table(warehouse: Warehouse, dataset: str | None = None) -> list[dict]:
@@ -147,10 +143,16 @@ def read_accuracy_table(warehouse: Warehouse, dataset: str | None = None) -> lis
     read-only warehouse, and leaves an empty folder empty."""
     if not warehouse.root.is_dir():
         return []
-    with in_memory_views(warehouse) as con:
-        if "accuracy" not in {row[0] for row in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
-            return []
-        return query(con, "SELECT * FROM accuracy WHERE ($1 IS NULL OR dataset = $1)", [dataset])
+    with duckdb.connect() as con:
+        return _accuracy_rows(con, dataset) if "accuracy" in _define_views(con, warehouse) else []
+
+
+def _accuracy_rows(con: duckdb.DuckDBPyConnection, dataset: str | None, model_version: int | None = None) -> list[dict]:
+    return query(
+        con,
+        "SELECT * FROM accuracy WHERE ($1 IS NULL OR dataset = $1) AND ($2 IS NULL OR model_version = $2)",
+        [dataset, model_version],
+    )
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str, parameters: list | None = None) -> list[dict]:

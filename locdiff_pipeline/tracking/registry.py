@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from locdiff_pipeline.data.image_io import sha256_file
 from locdiff_pipeline.data.paths import default_tracking_uri, mlruns_dir
+from locdiff_pipeline.method.metrics import THRESHOLDS_KM, accuracy_column
 from locdiff_pipeline.tracking import project_store
 
 EXPERIMENT = "locdiff"
@@ -130,7 +131,7 @@ def log_report(run_id: str, folder: Path, benchmark: str) -> None:
     MlflowClient().log_artifacts(run_id, str(folder), artifact_path=f"reports/{benchmark}")
 
 
-BENCHMARK_METRICS = ("acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km", "median_km", "region_coverage")
+BENCHMARK_METRICS = (*(accuracy_column(t) for t in THRESHOLDS_KM), "median_km", "region_coverage")
 
 
 def log_benchmark_metrics(run_id: str, benchmark: str, row: dict) -> None:
