@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from locdiff_pipeline.method import sphere
+from locdiff_pipeline.method import sphere, sphericart_table
 
 _CHUNK_POINTS = 4096
-_SPHERICART_CHUNK_VALUES = 1 << 20  # per sphericart call: its float64 result (8 MB) stays in cache for the cast
 # sphericart 2.0.4 in float64 agrees with the recurrence to 1e-13 (relative) up to L = 80 and is wrong
 # (5 % relative on most points) by L = 90, measured on 24,000 points; tests/test_shdd.py checks the
 # agreement at this degree, so a sphericart release that breaks lower fails there.
@@ -180,8 +179,11 @@ def encode_torch(
     if validate:
         sphere.validate_coordinates(lat.detach().cpu().numpy(), lon.detach().cpu().numpy())
     dtype = dtype or (lat.dtype if torch.is_floating_point(lat) else torch.float64)
-    # in numpy: on the CPU no torch op may run just before sphericart (see _harmonics_table)
-    units = sphere.unit_vectors(lat.detach().reshape(-1).cpu().numpy(), lon.detach().reshape(-1).cpu().numpy())
+    lat_deg, lon_deg = lat.detach().reshape(-1), lon.detach().reshape(-1)
+    if _uses_sphericart(lat.device, L):  # in numpy: no torch op may run just before sphericart (_harmonics_table)
+        table = sphericart_table.harmonics_of_points(lat_deg.numpy(), lon_deg.numpy(), L, _numpy_dtype(dtype))
+        return torch.from_numpy(table)
+    units = sphere.unit_vectors(lat_deg.cpu().numpy(), lon_deg.cpu().numpy())
     return _harmonics_table(torch.from_numpy(units).to(lat.device), L, dtype)
 
 
@@ -194,45 +196,23 @@ def encode_units_torch(units: torch.Tensor, L: int) -> torch.Tensor:
 
 def _harmonics_table(units: torch.Tensor, L: int, dtype: torch.dtype) -> torch.Tensor:
     """The (N, (L+1)^2) table in `dtype` from float64 unit vectors (N, 3)."""
-    calculator = _sphericart(L) if units.device.type == "cpu" and L <= SPHERICART_MAX_DEGREE else None
-    if calculator is None:
+    if not _uses_sphericart(units.device, L):
         z = units[:, 2].clamp(-1.0, 1.0)
         s = torch.hypot(units[:, 0], units[:, 1])
         return _harmonics_chunked(z, s, torch.atan2(units[:, 1], units[:, 0]), L).to(dtype)
     # numpy from here on: torch's OpenMP threads spinning between ops and sphericart's own OpenMP threads
     # fight over the cores (measured: 3-7x slower with torch ops between the calls); sphericart's
     # SphericalHarmonics normalises each vector, so units go in as they are
-    xyz = np.ascontiguousarray(units.numpy())
-    out = np.empty((xyz.shape[0], (L + 1) ** 2), dtype=torch.empty((), dtype=dtype).numpy().dtype)
-    chunk = max(256, _SPHERICART_CHUNK_VALUES // (L + 1) ** 2)
-    buffer = np.empty((min(chunk, xyz.shape[0]), (L + 1) ** 2))
-    for i in range(0, xyz.shape[0], chunk):
-        out[i : i + chunk] = _sphericart_into(calculator, xyz[i : i + chunk], buffer)
-    return torch.from_numpy(out)
+    return torch.from_numpy(sphericart_table.harmonics(np.ascontiguousarray(units.numpy()), L, _numpy_dtype(dtype)))
 
 
-def _sphericart_into(calculator, xyz: np.ndarray, buffer: np.ndarray) -> np.ndarray:
-    """sphericart's float64 harmonics of a chunk written into one reused buffer: a fresh 8 MB result per
-    call cost page faults that made the encoder's speed vary 0.5-0.8x of sphericart's own between runs
-    (measured; 0.7-0.8x with the buffer). Its in-place entry point is private, so without it (another
-    sphericart release) the public one runs."""
-    rows = buffer[: xyz.shape[0]]
-    compute_into = getattr(calculator, "_compute_numpy", None)
-    if compute_into is None:
-        return calculator.compute(xyz)
-    compute_into(xyz, rows, None, None)
-    return rows
+def _uses_sphericart(device: torch.device, L: int) -> bool:
+    """sphericart evaluates the table on the CPU up to the degree where it was checked exact."""
+    return device.type == "cpu" and L <= SPHERICART_MAX_DEGREE and sphericart_table.available()
 
 
-@functools.lru_cache(maxsize=16)
-def _sphericart(L: int):
-    """sphericart's float64 real spherical harmonics of degree L (same basis, order and normalisation as
-    the recurrence), or None when it is not installed."""
-    try:
-        import sphericart
-    except ImportError:
-        return None
-    return sphericart.SphericalHarmonics(L)
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty((), dtype=dtype).numpy().dtype
 
 
 def encode(lat: ArrayLike, lon: ArrayLike, L: int, *, dtype: type = np.float64) -> np.ndarray:
