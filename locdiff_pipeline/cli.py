@@ -21,6 +21,7 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
+    from locdiff_pipeline import settings
     from locdiff_pipeline.data.paths import project_root
     from locdiff_pipeline.data.project_lock import project_lock
 
@@ -30,7 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     _check_datasets(resources)
     # One writer per project folder, taken before anything is created (two runs initialising Dagster's
     # storage at once corrupt it); a second run waits --wait seconds, then exits naming the holder.
-    with project_lock(root, wait_seconds=args.wait, command="locdiff run"):
+    database = settings.current().lock_database  # a team's stack: the lock lives in its PostgreSQL server
+    with project_lock(root, wait_seconds=args.wait, command="locdiff run", database=database):
         return _run_locked(resources, root)
 
 
@@ -221,6 +223,32 @@ def _dev(args: argparse.Namespace) -> int:
     return serve(args.host, args.port, extra, env)
 
 
+def _stack(args: argparse.Namespace) -> int:
+    """`locdiff stack up|down|status|env` for the project folder (.stack/ holds its files)."""
+    import shlex
+
+    from locdiff_pipeline.data.paths import project_root
+    from locdiff_pipeline.stack import config, services
+
+    stack = config.load_or_create(project_root())
+    if args.action == "up":
+        services.up(stack)
+    if args.action == "down":
+        print("stopped: " + (", ".join(services.down(stack)) or "nothing was running"))
+        return 0
+    if args.action == "env":
+        print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in stack.client_env().items()))
+        return 0
+    for name, state in services.status(stack).items():
+        print(f"{name:22} {state}")
+    if args.action == "up":
+        print(
+            f"Dagster UI http://{stack.host}:{stack.dagster_port}  MLflow {stack.client_env()['MLFLOW_TRACKING_URI']}"
+        )
+        print('clients: eval "$(locdiff stack env)"')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locdiff", description="LocDiff image geolocation pipeline")
     common = argparse.ArgumentParser(add_help=False)
@@ -238,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=3000, help="port (default %(default)s)")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="further `dagster dev` options, after --")
     dev.set_defaults(handler=_dev, debug=False)
+    stack = commands.add_parser(
+        "stack",
+        help="a team's stack on loopback: PostgreSQL, MLflow server, dask workers, Dagster daemon and UI",
+        parents=[common],
+    )
+    stack.add_argument("action", choices=("up", "down", "status", "env"), help="env: the shell exports of a client")
+    stack.set_defaults(handler=_stack)
     return parser
 
 

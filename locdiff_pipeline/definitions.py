@@ -5,6 +5,7 @@ from dagster import Definitions
 
 from locdiff_pipeline.defs.assets import ALL_ASSETS
 from locdiff_pipeline.defs.checks import ALL_CHECKS
+from locdiff_pipeline.defs.executors import job_executor
 from locdiff_pipeline.defs.jobs import evaluate_job, train_job
 from locdiff_pipeline.defs.resources import default_resources
 from locdiff_pipeline.defs.schedules import retrain_schedule
@@ -17,4 +18,5 @@ defs = Definitions(
     schedules=[retrain_schedule],
     sensors=ALL_SENSORS,
     resources=default_resources(),
+    executor=job_executor(),  # the UI's own asset runs and backfills too: a dask cluster when one is named
 )

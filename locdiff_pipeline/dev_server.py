@@ -21,11 +21,13 @@ from locdiff_pipeline.ui_guard import build_app
 STOP_SECONDS = 50  # dagster dev's own shutdown of its children takes a few seconds; then SIGKILL
 
 
-def serve(host: str, port: int, dagster_args: list[str], env: dict[str, str]) -> int:
-    """Serve until SIGTERM/SIGINT or until `dagster dev` exits; its exit status, or 0 when stopped."""
+def serve(host: str, port: int, dagster_args: list[str], env: dict[str, str], webserver_only: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT or until `dagster dev` exits; its exit status, or 0 when stopped.
+    `webserver_only`: `dagster-webserver` alone (a team's stack runs its own dagster-daemon)."""
     private = _free_loopback_port()
-    dagster = str(Path(sys.executable).with_name("dagster"))
-    command = [dagster, "dev", "-m", "locdiff_pipeline.definitions", "-h", "127.0.0.1", "-p", str(private)]
+    program = ["dagster-webserver"] if webserver_only else ["dagster", "dev"]
+    command = [str(Path(sys.executable).with_name(program[0])), *program[1:]]
+    command += ["-m", "locdiff_pipeline.definitions", "-h", "127.0.0.1", "-p", str(private)]
     # A shell starts a background job (`locdiff dev &`) with SIGINT ignored, and `dagster dev` handles
     # SIGTERM with whatever handles SIGINT: restored to the default, it and its children stop on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -42,7 +44,7 @@ async def _proxy_while_running(child: subprocess.Popen, host: str, port: int, up
     runner = web.AppRunner(build_app(upstream, host), handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
-    print(f"locdiff dev: the Dagster UI at http://{host}:{port} (guarded; see ui_guard.py)", file=sys.stderr)
+    print(f"locdiff: the Dagster UI at http://{host}:{port} (guarded; see ui_guard.py)", file=sys.stderr)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):

@@ -108,6 +108,16 @@ VARIABLES = (
         shown="none: the project and catalog folders",
     ),
     Variable("LOCDIFF_PROGRESS", "locdiff run: bars, off (the run log), auto (bars on a terminal)", _progress, "auto"),
+    Variable(
+        "LOCDIFF_DASK_SCHEDULER",
+        "launched runs execute their steps on this dask scheduler's workers (tcp://HOST:PORT)",
+        shown="none: one machine's processes",
+    ),
+    Variable(
+        "LOCDIFF_LOCK_DATABASE",
+        "PostgreSQL URL whose advisory locks replace the .locdiff.lock file (writers on several machines)",
+        shown="none: the lock file",
+    ),
 )
 BY_NAME = {variable.name: variable for variable in VARIABLES}
 # Set by the project for its own child processes, never by a user: not settings.
@@ -140,6 +150,8 @@ class Settings:
     serve_path_root: Path | None
     run_config_roots: list[Path] | None
     progress: str
+    dask_scheduler: str | None
+    lock_database: str | None
 
 
 def _value(variable: Variable, environ: Mapping[str, str]) -> object:

@@ -84,7 +84,6 @@ def test_sphericart_and_the_recurrence_agree_up_to_the_degree_sphericart_is_used
     assert np.max(np.linalg.norm(table - recurrence, axis=1) / np.linalg.norm(recurrence, axis=1)) < 1e-10
 
 
-
 def test_sphericart_tables_are_the_same_from_the_worker_pool_the_calling_thread_and_concurrent_callers():
     """The pooled chunks equal one thread's, and four threads encoding at once each get their own exact
     table: a sphericart calculator shared by two threads wrote wrong values (measured), so each thread has its own."""
@@ -99,13 +98,18 @@ def test_sphericart_tables_are_the_same_from_the_worker_pool_the_calling_thread_
     for lat, lon in sets:
         table = np.empty((len(lat), (L + 1) ** 2))
         sphericart_table._compute_chunks(
-            lambda a, b, lat=lat, lon=lon: sphere.unit_vectors(lat[a:b], lon[a:b]), L, table, list(range(0, len(lat), 500)), 500
+            lambda a, b, lat=lat, lon=lon: sphere.unit_vectors(lat[a:b], lon[a:b]),
+            L,
+            table,
+            list(range(0, len(lat), 500)),
+            500,
         )
         serial.append(table)
     with ThreadPoolExecutor(4) as callers:
         pooled = list(callers.map(lambda p: sphericart_table.harmonics_of_points(p[0], p[1], L, np.float64), sets))
     for mine, reference in zip(pooled, serial):
         np.testing.assert_array_equal(mine, reference)
+
 
 @pytest.mark.parametrize("L", [20, 40])
 def test_decode_inverts_encode_everywhere(L):

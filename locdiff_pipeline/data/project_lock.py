@@ -10,6 +10,10 @@ only that partition's files and swaps them in atomically, holds it shared, so a 
 still run in parallel with each other, never beside an exclusive writer. The processes an exclusive
 holder starts (the multiprocess executor's step processes) inherit LOCK_TOKEN_ENV and work under their
 parent's lock instead of waiting for it.
+
+Writers on several machines (a team's stack: data/database_lock.py) cannot see one machine's flock:
+with a PostgreSQL URL given (LOCDIFF_LOCK_DATABASE), the same readers-writer lock is a PostgreSQL
+advisory lock on the project's key instead, which the server releases when its holder's connection dies.
 """
 
 from __future__ import annotations
@@ -64,11 +68,21 @@ def describe(record: dict) -> str:
 
 @contextmanager
 def project_lock(
-    root: str | Path, wait_seconds: float = 0.0, command: str | None = None, shared: bool = False
+    root: str | Path,
+    wait_seconds: float = 0.0,
+    command: str | None = None,
+    shared: bool = False,
+    database: str | None = None,
 ) -> Iterator[dict]:
     """Hold the project's writer lock for the block (`shared`: beside other shared holders only); wait up
     to `wait_seconds` (inf: for ever) for a holder to finish, else raise ProjectLocked naming it. Yields
-    the holder record written."""
+    the holder record written. With `database` (a PostgreSQL URL) the lock lives in that server."""
+    if database:
+        from locdiff_pipeline.data.database_lock import database_lock
+
+        with database_lock(database, Path(root), wait_seconds, command, shared) as record:
+            yield record
+        return
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     inherited = os.environ.get(LOCK_TOKEN_ENV)

@@ -51,8 +51,11 @@ class WarehouseResource(ConfigurableResource):
         run = getattr(context, "run", None)
         one_partition = run is not None and PARTITION_TAG in run.tags
         label = f"dagster run {run.run_id}" if run is not None else "dagster step"
-        wait = settings.current().lock_wait if self.lock_wait_seconds is None else self.lock_wait_seconds
-        with project_lock(self.project_root(), wait, command=label, shared=one_partition):
+        current = settings.current()
+        wait = current.lock_wait if self.lock_wait_seconds is None else self.lock_wait_seconds
+        with project_lock(
+            self.project_root(), wait, command=label, shared=one_partition, database=current.lock_database
+        ):
             yield self.create_resource(context)
 
     def get(self) -> Warehouse:

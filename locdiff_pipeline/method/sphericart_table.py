@@ -16,9 +16,8 @@ import ctypes
 import glob
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-
-from typing import Callable
 
 import numpy as np
 

@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.defs.assets.features import image_embeddings, shdd_tables
+from locdiff_pipeline.defs.executors import TRAINING_RESOURCES
 from locdiff_pipeline.defs.resources import (
     DatasetsResource,
     EncoderResource,
@@ -35,6 +36,7 @@ class ModelRunConfig(Config):
     code_version=str(TRAINING_VERSION),
     group_name=GROUP,
     deps=[image_embeddings, shdd_tables],
+    op_tags=TRAINING_RESOURCES,  # on a dask cluster, only the workers that serve training (the GPU machine)
     description=(
         "Train LocDiff (CUDA when present), log to MLflow, register a `locdiff` version, promote `champion` if better."
     ),

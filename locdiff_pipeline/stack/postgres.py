@@ -1,0 +1,146 @@
+"""The stack's PostgreSQL server: Debian's binaries, one cluster per project, loopback only.
+
+It holds three databases: `dagster` (runs, event log, schedules: dagster-postgres), `mlflow` (the
+tracking server's backend store) and `locdiff` (the writers' advisory lock, data/database_lock.py).
+PostgreSQL refuses to run as root; run by root, every server command runs as the `postgres` user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import time
+from contextlib import closing
+from pathlib import Path
+
+from locdiff_pipeline.stack.config import StackConfig
+
+DATABASES = ("dagster", "mlflow", "locdiff")
+
+
+class PostgresMissing(RuntimeError):
+    """PostgreSQL's server binaries are not installed here."""
+
+
+def binaries() -> Path:
+    """The folder of initdb and pg_ctl (Debian: /usr/lib/postgresql/<version>/bin, newest first)."""
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version, reverse=True):
+        if Path(folder, "initdb").exists():
+            return Path(folder)
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise PostgresMissing("PostgreSQL's server is not installed (Debian: apt-get install postgresql)")
+
+
+def _version(folder: str) -> float:
+    try:
+        return float(Path(folder).parent.name)
+    except ValueError:
+        return 0.0
+
+
+def start(config: StackConfig) -> None:
+    """Create the cluster and its databases the first time; start the server on the loopback port."""
+    data = config.postgres_data
+    if not (data / "PG_VERSION").exists():
+        _init_cluster(config)
+    if not is_running(config):
+        log = data.parent / f"{data.name}.log"
+        options = f"-c listen_addresses={config.host} -p {config.postgres_port} -c unix_socket_directories={data}"
+        _as_server_user(["pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"])
+    _create_databases(config)
+
+
+def stop(config: StackConfig) -> None:
+    """Stop the server (fast: open sessions are ended), if it runs."""
+    if (config.postgres_data / "postmaster.pid").exists():
+        _as_server_user(["pg_ctl", "-D", str(config.postgres_data), "-m", "fast", "-w", "-t", "60", "stop"])
+
+
+def is_running(config: StackConfig) -> bool:
+    if not (config.postgres_data / "PG_VERSION").exists():
+        return False
+    completed = _server_command(["pg_ctl", "-D", str(config.postgres_data), "status"])
+    return completed.returncode == 0 and "server is running" in completed.stdout
+
+
+def server_pid(config: StackConfig) -> int | None:
+    try:
+        return int((config.postgres_data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _init_cluster(config: StackConfig) -> None:
+    data = config.postgres_data
+    data.mkdir(parents=True, exist_ok=True)
+    password_file = data.parent / f"{data.name}.password"
+    password_file.write_text(config.postgres_password + "\n")
+    password_file.chmod(0o600)
+    _give_to_server_user(data.parent, data, password_file)
+    try:
+        _as_server_user(
+            [
+                "initdb",
+                "-D",
+                str(data),
+                "-U",
+                "locdiff",
+                f"--pwfile={password_file}",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+            ]
+        )
+    finally:
+        password_file.unlink(missing_ok=True)
+
+
+def _create_databases(config: StackConfig) -> None:
+    import psycopg2
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            connection = psycopg2.connect(config.database_url("postgres"), connect_timeout=5)
+            break
+        except psycopg2.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    connection.autocommit = True
+    with closing(connection), connection.cursor() as cursor:
+        cursor.execute("SELECT datname FROM pg_database")
+        existing = {row[0] for row in cursor.fetchall()}
+        for name in DATABASES:
+            if name not in existing:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+
+
+def _server_command(command: list[str]) -> subprocess.CompletedProcess:
+    """A server binary, run as the `postgres` user when this runs as root (both refuse root)."""
+    program = [str(binaries() / command[0]), *command[1:]]
+    if os.geteuid() == 0:
+        program = ["runuser", "-u", "postgres", "--", *program]
+    return subprocess.run(program, capture_output=True, text=True, cwd="/")
+
+
+def _as_server_user(command: list[str]) -> None:
+    completed = _server_command(command)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"{command[0]} failed ({completed.returncode}): {(completed.stderr or completed.stdout)[-800:]}"
+        )
+
+
+def _give_to_server_user(*paths: Path) -> None:
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    user = pwd.getpwnam("postgres")
+    for path in paths:
+        os.chown(path, user.pw_uid, user.pw_gid)
