@@ -10,7 +10,9 @@ Runs the default graph in --root (cached: a project after `locdiff run` is reuse
    unit vectors with MSE;
 3. the degree L: 10, 20, 40;
 4. views and samples: the default model under fixed protocols (plain view, one sample; the plain view's
-   mixture of 16 samples; the mixture of 8 views; 8 views x 4 samples) beside the one chosen on validation.
+   mixture of 16 samples; the mixture of 8 views; 8 views x 4 samples) beside the one chosen on validation;
+5. against memorisation: weight decay, condition dropout and training length, each with the share of 300
+   of its own training images it places within 200 km (a memorising model: near 100 %).
 
 Every variant trains on the same training embeddings with the default network, seed and steps, chooses its
 test-time protocol on the validation split (the same rule as the pipeline), and is scored on both
@@ -48,7 +50,7 @@ def header(extra: str, timed: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/locdiff-claims")
-    parser.add_argument("--only", nargs="*", default=None, help="methods, loss, L, protocol (default: all)")
+    parser.add_argument("--only", nargs="*", default=None, help="methods, loss, L, protocol, memorisation (default: all)")
     args = parser.parse_args()
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def main() -> None:
     from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE, load_labelled
     from locdiff_pipeline.steps.locdiff_model import choose_test_protocol, read_latest, training_data
 
-    wanted = set(args.only or ("methods", "loss", "L", "protocol"))
+    wanted = set(args.only or ("methods", "loss", "L", "protocol", "memorisation"))
     training = TrainingResource(shdd_degrees=[10, 20, 40])
     resources = {"warehouse": WarehouseResource(root=str(root)), "training": training}
     assert materialize_all(resources, raise_on_error=True).success
@@ -94,18 +96,30 @@ def main() -> None:
         for name in benchmarks:
             print(f"\n{name}\n" + report_sql.text_table(report_sql.accuracy_table(store, name, latest["version"])))
 
-    def variant_table(title: str, variants: dict) -> None:
+    def memorised(model, embeddings: np.ndarray, targets: np.ndarray, count: int = 300) -> float:
+        """Share of the first `count` training rows answered within 200 km of their own location."""
+        from locdiff_pipeline.method import shdd
+
+        rows = np.random.default_rng(0).choice(len(embeddings), size=min(count, len(embeddings)), replace=False)
+        lat, lon = shdd.decode(targets[rows], model.config.L)
+        drawn = model.sample(embeddings[rows][:, None, :], samples=1, seed=0)
+        plain = Protocol(views=1, samples=1, rule="mixture")
+        prediction, _ = answer(model, drawn, plain)
+        return float(np.mean(sphere.haversine_km(lat, lon, prediction.lat, prediction.lon) <= 200))
+
+    def variant_table(title: str, variants: dict, memorisation: bool = False) -> None:
         print(f"\n{title}")
-        print(header("protocol chosen on validation (val score)", timed=True))
+        print(header("protocol chosen on validation (val score)", timed=True) + ("  train<=200km" if memorisation else ""))
         for label, config in variants.items():
             embeddings, targets = training_data(store, dataset, config)
             started = time.perf_counter()
             model = train(config, embeddings, targets, log_every=10**9).model
             seconds = time.perf_counter() - started
             protocol, _ = choose_test_protocol(store, dataset, model, manifest)
+            own = f"  {100 * memorised(model, embeddings, targets):.1f}%" if memorisation else ""
             for name, (errors, regions) in scored(model, protocol).items():
                 extra = f"{protocol.describe()} ({protocol.validation_score:.3f})"
-                print(row(f"{label} [{name}]", extra, errors, regions, seconds), flush=True)
+                print(row(f"{label} [{name}]", extra, errors, regions, seconds) + own, flush=True)
 
     if "loss" in wanted:
         variant_table(
@@ -116,6 +130,19 @@ def main() -> None:
                 "SHDD + MSE": base.with_(loss="mse"),
                 "raw xyz + MSE": base.with_(representation="xyz", loss="mse"),
             },
+        )
+    if "memorisation" in wanted:
+        variant_table(
+            "5. Against memorisation (chosen on validation like every default)",
+            {
+                "default": base,
+                "weight decay 0.05": base.with_(weight_decay=0.05),
+                "weight decay 0.5": base.with_(weight_decay=0.5),
+                "condition dropout 0.3": base.with_(cond_dropout=0.3),
+                "300 steps": base.with_(steps=300),
+                "1,200 steps": base.with_(steps=1200),
+            },
+            memorisation=True,
         )
     if "L" in wanted:
         variant_table("3. Degree L", {f"L = {L}": base.with_(L=L) for L in (10, 20, 40)})

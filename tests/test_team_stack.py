@@ -228,7 +228,8 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
     # 5. the champion is on the tracking server, with no path of this machine; predict loads it from there
     import mlflow
 
-    server = mlflow.MlflowClient(tracking_uri=client["MLFLOW_TRACKING_URI"])
+    uri = client["MLFLOW_TRACKING_URI"]  # the registry too: an earlier test may have set a global registry URI
+    server = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = server.get_model_version_by_alias("locdiff", "champion")
     assert str(root) not in champion.source and server.get_experiment_by_name("locdiff").artifact_location.startswith(
         "mlflow-artifacts:"
