@@ -50,7 +50,9 @@ def header(extra: str, timed: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/locdiff-claims")
-    parser.add_argument("--only", nargs="*", default=None, help="methods, loss, L, protocol, memorisation (default: all)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="methods, loss, L, protocol, memorisation (default: all)"
+    )
     args = parser.parse_args()
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -109,7 +111,9 @@ def main() -> None:
 
     def variant_table(title: str, variants: dict, memorisation: bool = False) -> None:
         print(f"\n{title}")
-        print(header("protocol chosen on validation (val score)", timed=True) + ("  train<=200km" if memorisation else ""))
+        print(
+            header("protocol chosen on validation (val score)", timed=True) + ("  train<=200km" if memorisation else "")
+        )
         for label, config in variants.items():
             embeddings, targets = training_data(store, dataset, config)
             started = time.perf_counter()
