@@ -3,9 +3,10 @@
 Why dask rather than Celery for a team: the graph's fan-out is a few dozen shard steps and one training
 step per run, and a `distributed` scheduler places each step on a worker that advertises what the step
 needs (`--resources training=1` on the GPU machine), with no broker to run beside it; workers on other
-machines join by the scheduler's address (dagster-dask provides the dependency set).
+machines join by the scheduler's address. (dagster-dask is installed for the dask versions it is built
+against and the tag that names a step's worker resources; its executor is not used, for the reasons below.)
 
-This executor submits those steps itself because dagster-dask names each dask task "<job>.<step>": two runs
+This executor submits the steps itself because dagster-dask names each dask task "<job>.<step>": two runs
 of one job at once (two benchmarks' evaluations) share those names on one scheduler, and dask takes two
 submissions of one key for one task, so the second run would be handed the first run's events. Here every
 task's key carries its run's id, and a step may ask for a worker resource through its op tag.
