@@ -27,7 +27,8 @@ _CHUNK_VALUES = 1 << 20  # per call: the float64 chunk (8 MB) stays in cache for
 UnitsOf = Callable[[int, int], np.ndarray]  # (start, stop) -> those points' float64 unit vectors
 _local = threading.local()
 _pool_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, pool): a forked child makes its own
+# (pid that made it, pool, its worker count): a forked child makes its own
+_pool: tuple[int, ThreadPoolExecutor, int] | None = None
 
 
 def available() -> bool:
@@ -51,17 +52,16 @@ def harmonics_of_points(lat: np.ndarray, lon: np.ndarray, L: int, dtype: np.dtyp
     return _table(lat.shape[0], lambda start, stop: sphere.unit_vectors(lat[start:stop], lon[start:stop]), L, dtype)
 
 
-def _table(count: int, units_of: UnitsOf, L: int, dtype: np.dtype) -> np.ndarray:
+def _table(rows: int, units_of: UnitsOf, L: int, dtype: np.dtype) -> np.ndarray:
     """Chunks go round the worker threads; with one chunk, or where sphericart's OpenMP runtime cannot be
     told to use one thread per worker, the calling thread does it all (sphericart then uses every core)."""
-    out = np.empty((count, (L + 1) ** 2), dtype=dtype)
+    out = np.empty((rows, (L + 1) ** 2), dtype=dtype)
     chunk = max(256, _CHUNK_VALUES // (L + 1) ** 2)
-    starts = list(range(0, count, chunk))
-    workers = _worker_pool()
+    starts = list(range(0, rows, chunk))
+    workers, count = _worker_pool() or (None, 1)
     if len(starts) < 2 or workers is None:
         _compute_chunks(units_of, L, out, starts, chunk)
         return out
-    count = workers._max_workers
     jobs = [workers.submit(_compute_chunks, units_of, L, out, starts[k::count], chunk) for k in range(count)]
     for job in jobs:
         job.result()
@@ -93,20 +93,20 @@ def _thread_calculator(L: int, chunk: int):
     return calculators[L]
 
 
-def _worker_pool() -> ThreadPoolExecutor | None:
+def _worker_pool() -> tuple[ThreadPoolExecutor, int] | None:
     """One worker per core this process may use, each with sphericart's OpenMP team set to one thread;
     None on one core or where sphericart's OpenMP runtime is not found."""
     global _pool
     with _pool_lock:
         if _pool is not None and _pool[0] == os.getpid():
-            return _pool[1]
+            return _pool[1], _pool[2]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         set_threads = _openmp_set_num_threads()
         if cores < 2 or set_threads is None:
             return None
         pool = ThreadPoolExecutor(cores, thread_name_prefix="sphericart", initializer=set_threads, initargs=(1,))
-        _pool = (os.getpid(), pool)
-        return pool
+        _pool = (os.getpid(), pool, cores)
+        return pool, cores
 
 
 def _openmp_set_num_threads():
