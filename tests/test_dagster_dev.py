@@ -10,11 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
 
 import pytest
+from dagster_ui import EVALUATION_JOB, DagsterUI, partition
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 VIEWPORT = (1500, 1000)  # a laptop's browser window: what a user sees first
@@ -28,7 +31,6 @@ EXPECTED_ASSETS = {
     "predictions",
     "accuracy_report",
 }
-TRAINING_SIDE = ["image_embeddings", "image_metadata", "images", "locdiff_model", "shdd_tables"]
 
 
 def _free_port() -> int:
@@ -38,13 +40,7 @@ def _free_port() -> int:
 
 
 def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
+    return DagsterUI("127.0.0.1", port).answer(query)
 
 
 @pytest.fixture
@@ -136,8 +132,6 @@ LAUNCH = (
 def _another_site_cannot_launch_runs(port: int) -> None:
     """Through the guard `locdiff dev` serves: a mutation over GET, a POST from another site's page, a
     form-encoded POST and a DNS-rebinding Host are refused before Dagster sees them; no run is launched."""
-    import urllib.error
-    import urllib.parse
 
     base = f"http://127.0.0.1:{port}"
     attempts = [
@@ -176,7 +170,7 @@ def _another_site_cannot_launch_runs(port: int) -> None:
     with urllib.request.urlopen(request, timeout=10) as answer:
         assert json.loads(answer.read())["data"]["assetNodes"]
     assert (
-        _runs(port) == []
+        DagsterUI("127.0.0.1", port).runs() == []
         and _graphql(port, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id } } } }")["data"][
             "partitionBackfillsOrError"
         ]["results"]
@@ -222,50 +216,22 @@ def _wait_until_served(process, port: int, log: Path) -> None:
     raise AssertionError(f"dagster dev never answered; log:\n{log.read_text()[-3000:]}")
 
 
-def _runs(port: int) -> list[dict]:
-    return _graphql(
-        port,
-        "{ runsOrError { ... on Runs { results { status startTime endTime jobName tags { key value } "
-        "assetSelection { path } } } } }",
-    )["data"]["runsOrError"]["results"]
-
-
 def test_a_backfill_runs_each_shard_as_its_own_run_then_training_then_the_sensor_scores_each_benchmark(dagster_dev):
     """What "Materialize all" of the training side does in the UI: the daemon that `dagster dev` starts
     launches the split, one run per shard (in parallel), then training after every shard is done; the
     sensor then launches one evaluation run per benchmark partition."""
     process, port, log = dagster_dev
     _wait_until_served(process, port, log)
-    nodes = _graphql(port, "{ assetNodes { assetKey { path } partitionKeys } }")["data"]["assetNodes"]
-    shard_keys = next(n["partitionKeys"] for n in nodes if n["assetKey"]["path"] == ["images"])
-    selection = ", ".join('{path: ["%s"]}' % name for name in TRAINING_SIDE)
-    launched = _graphql(
-        port,
-        "mutation { launchPartitionBackfill(backfillParams: {partitionNames: %s, assetSelection: [%s], "
-        "fromFailure: false}) "
-        "{ __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"
-        % (json.dumps(shard_keys), selection),
-    )["data"]["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    deadline, status = time.monotonic() + 600, None
-    while time.monotonic() < deadline and status not in ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
-        time.sleep(5)
-        status = _graphql(
-            port,
-            '{ partitionBackfillOrError(backfillId: "%s") { ... on PartitionBackfill { status } } }'
-            % launched["backfillId"],
-        )["data"]["partitionBackfillOrError"]["status"]
-    runs = _runs(port)
+    ui = DagsterUI("127.0.0.1", port)
+    status, shard_keys = ui.backfill_training_side(timeout=600)
+    runs = ui.runs()
     assert status == "COMPLETED_SUCCESS", (
         status,
         [(r["status"], r["assetSelection"]) for r in runs],
         log.read_text()[-3000:],
     )
 
-    def partition(run: dict) -> str | None:
-        return next((t["value"] for t in run["tags"] if t["key"] == "dagster/partition"), None)
-
-    backfill = [r for r in runs if r["jobName"] != "locdiff_evaluate"]
+    backfill = [r for r in runs if r["jobName"] != EVALUATION_JOB]
     assert all(r["status"] == "SUCCESS" for r in backfill)
     by_partition = {partition(r): r for r in backfill if r["assetSelection"]}
     shard_runs = [by_partition[key] for key in shard_keys]
@@ -286,12 +252,7 @@ def test_a_backfill_runs_each_shard_as_its_own_run_then_training_then_the_sensor
         assert sorted(e["partition"] for e in events) == sorted(shard_keys)
         materialized += [float(e["timestamp"]) / 1000 for e in events]
     assert training[0]["startTime"] >= max(materialized)
-    deadline, evaluations = time.monotonic() + 300, []
-    while time.monotonic() < deadline:  # the sensor notices the new model and scores each benchmark
-        evaluations = [r for r in _runs(port) if r["jobName"] == "locdiff_evaluate"]
-        if len(evaluations) == 2 and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in evaluations):
-            break
-        time.sleep(5)
+    evaluations = ui.finished_evaluations(timeout=300)  # the sensor notices the new model, scores each benchmark
     assert sorted(partition(r) for r in evaluations) == ["bluemarble_heldout", "etopo_shift"], log.read_text()[-3000:]
     assert all(r["status"] == "SUCCESS" for r in evaluations), [r["status"] for r in evaluations]
     model = _graphql(

@@ -12,14 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from dagster_ui import EVALUATION_JOB, FINISHED, DagsterUI, partition
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.warehouse import Warehouse
@@ -37,7 +36,6 @@ SMALL = {  # the graph's small configuration, through the resources' environment
     "OMP_NUM_THREADS": "1",
     "LOCDIFF_PROGRESS": "off",
 }
-TRAINING_SIDE = ["image_embeddings", "image_metadata", "images", "locdiff_model", "shdd_tables"]
 BENCHMARKS = ["bluemarble_heldout", "etopo_shift"]
 
 
@@ -69,66 +67,24 @@ def stack(tmp_path_factory):
         subprocess.run([str(Path(sys.executable).with_name("locdiff")), "stack", "down"], env=env, timeout=300)
 
 
-def _graphql(config, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://{config.host}:{config.dagster_port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    for attempt in range(5):  # a busy two-core machine: the guard answers 502 while the webserver is starved
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                answer = json.loads(response.read())
-            break
-        except urllib.error.HTTPError as error:
-            if error.code != 502 or attempt == 4:
-                raise
-            time.sleep(2)
-    assert "errors" not in answer, answer
-    return answer["data"]
-
-
-def _runs(config) -> list[dict]:
-    query = "{ runsOrError { ... on Runs { results { runId status jobName startTime endTime tags { key value } } } } }"
-    return _graphql(config, query)["runsOrError"]["results"]
-
-
-def _partition(run: dict) -> str | None:
-    return next((t["value"] for t in run["tags"] if t["key"] == "dagster/partition"), None)
+def _ui(config) -> DagsterUI:
+    # a busy two-core machine: the guard answers 502 while the webserver is starved
+    return DagsterUI(config.host, config.dagster_port, timeout=30, retries_on_502=4)
 
 
 def _backfill_training_side(config) -> None:
-    nodes = _graphql(config, "{ assetNodes { assetKey { path } partitionKeys } }")["assetNodes"]
-    keys = next(n["partitionKeys"] for n in nodes if n["assetKey"]["path"] == ["images"])
-    selection = ", ".join('{path: ["%s"]}' % name for name in TRAINING_SIDE)
-    launched = _graphql(
-        config,
-        "mutation { launchPartitionBackfill(backfillParams: {partitionNames: %s, assetSelection: [%s], "
-        "fromFailure: false}) { __typename ... on LaunchBackfillSuccess { backfillId } "
-        "... on PythonError { message } } }" % (json.dumps(keys), selection),
-    )["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    deadline, status = time.monotonic() + 900, "REQUESTED"
-    while status == "REQUESTED" and time.monotonic() < deadline:
-        time.sleep(5)
-        status = _graphql(
-            config,
-            '{ partitionBackfillOrError(backfillId: "%s") { ... on PartitionBackfill { status } } }'
-            % launched["backfillId"],
-        )["partitionBackfillOrError"]["status"]
-    runs = _runs(config)
-    assert status == "COMPLETED_SUCCESS", (status, [(r["status"], _partition(r)) for r in runs])
-    assert all(r["status"] == "SUCCESS" for r in runs if r["jobName"] != "locdiff_evaluate")
+    status, _ = _ui(config).backfill_training_side(timeout=900)
+    runs = _ui(config).runs()
+    assert status == "COMPLETED_SUCCESS", (status, [(r["status"], partition(r)) for r in runs])
+    assert all(r["status"] == "SUCCESS" for r in runs if r["jobName"] != EVALUATION_JOB)
 
 
 def _wait_for_evaluations(config) -> list[dict]:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        found = [r for r in _runs(config) if r["jobName"] == "locdiff_evaluate"]
-        if len(found) == 2 and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in found):
-            return found
-        time.sleep(5)
-    raise AssertionError(f"the sensor's evaluation runs did not finish: {_runs(config)}")
+    found = _ui(config).finished_evaluations(timeout=600)
+    assert len(found) == 2 and all(r["status"] in FINISHED for r in found), (
+        f"the sensor's evaluation runs did not finish: {_ui(config).runs()}"
+    )
+    return found
 
 
 def _step_pids(client_env: dict) -> dict[str, set[int]]:
@@ -185,7 +141,7 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
     # 1. the training side as one backfill over the shards, then the sensor's two evaluations at once
     _backfill_training_side(config)
     evaluations = _wait_for_evaluations(config)
-    assert sorted(_partition(r) for r in evaluations) == BENCHMARKS
+    assert sorted(partition(r) for r in evaluations) == BENCHMARKS
     assert all(r["status"] == "SUCCESS" for r in evaluations), evaluations
     first, second = sorted(evaluations, key=lambda r: r["startTime"])
     assert second["startTime"] < first["endTime"]  # the two benchmark runs ran side by side
@@ -203,7 +159,7 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
 
     with closing(psycopg2.connect(config.database_url("dagster"))) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM runs")
-        assert cursor.fetchone()[0] == len(_runs(config))
+        assert cursor.fetchone()[0] == len(_ui(config).runs())
     assert not list(config.dagster_home.rglob("*.db"))
     _the_writer_lock_lives_in_postgres(root, client["LOCDIFF_LOCK_DATABASE"])
 
@@ -248,7 +204,7 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
     postgres.start(config)
     rerun = _materialize(client, "accuracy_report", "bluemarble_heldout")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert _runs(config)[0]["status"] == "SUCCESS"  # the webserver reads PostgreSQL again too
+    assert _ui(config).runs()[0]["status"] == "SUCCESS"  # the webserver reads PostgreSQL again too
 
     # 7. `down` stops every process `up` started, children included, and the database server
     recorded = json.loads((config.folder / "pids.json").read_text())

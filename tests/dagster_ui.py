@@ -1,0 +1,94 @@
+"""The Dagster UI's GraphQL API as the tests drive it: what a user's "Materialize all" of the training side
+does (a partition backfill), and what the sensor's evaluation runs look like. One copy for the tests that
+start a real webserver (`locdiff dev`, the team stack)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+# the training side of the graph: a backfill of these over every shard is "Materialize all" in the UI
+TRAINING_SIDE = ["image_embeddings", "image_metadata", "images", "locdiff_model", "shdd_tables"]
+EVALUATION_JOB = "locdiff_evaluate"
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+class DagsterUI:
+    """A client of one webserver's /graphql. `retries_on_502` covers a guard answering 502 while the webserver
+    behind it is starved of CPU (the stack's test on a busy two-core machine)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 5, retries_on_502: int = 0) -> None:
+        self.url = f"http://{host}:{port}/graphql"
+        self.timeout = timeout
+        self.retries_on_502 = retries_on_502
+
+    def answer(self, query: str) -> dict:
+        """The whole JSON answer (data and errors, as the server sent them)."""
+        request = urllib.request.Request(
+            self.url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+        )
+        for attempt in range(self.retries_on_502 + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                if error.code != 502 or attempt == self.retries_on_502:
+                    raise
+                time.sleep(2)
+        raise AssertionError("unreachable")
+
+    def data(self, query: str) -> dict:
+        """The answer's data; an answer with errors fails the test, quoting them."""
+        answer = self.answer(query)
+        assert "errors" not in answer, answer
+        return answer["data"]
+
+    def runs(self) -> list[dict]:
+        query = (
+            "{ runsOrError { ... on Runs { results { runId status jobName startTime endTime tags { key value } "
+            "assetSelection { path } } } } }"
+        )
+        return self.data(query)["runsOrError"]["results"]
+
+    def shard_keys(self) -> list[str]:
+        nodes = self.data("{ assetNodes { assetKey { path } partitionKeys } }")["assetNodes"]
+        return next(n["partitionKeys"] for n in nodes if n["assetKey"]["path"] == ["images"])
+
+    def backfill_training_side(self, timeout: float) -> tuple[str, list[str]]:
+        """Launches the training side over every shard, waits for the backfill to finish, and returns its
+        final status and the shard keys."""
+        keys = self.shard_keys()
+        selection = ", ".join('{path: ["%s"]}' % name for name in TRAINING_SIDE)
+        launched = self.data(
+            "mutation { launchPartitionBackfill(backfillParams: {partitionNames: %s, assetSelection: [%s], "
+            "fromFailure: false}) { __typename ... on LaunchBackfillSuccess { backfillId } "
+            "... on PythonError { message } } }" % (json.dumps(keys), selection)
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        status_query = (
+            '{ partitionBackfillOrError(backfillId: "%s") { ... on PartitionBackfill { status } } }'
+            % launched["backfillId"]
+        )
+        deadline, status = time.monotonic() + timeout, "REQUESTED"
+        while status == "REQUESTED" and time.monotonic() < deadline:
+            time.sleep(5)
+            status = self.data(status_query)["partitionBackfillOrError"]["status"]
+        return status, keys
+
+    def finished_evaluations(self, timeout: float) -> list[dict]:
+        """The sensor's two evaluation runs (one per benchmark) once both have finished; whatever there is
+        at the deadline otherwise."""
+        deadline, found = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            found = [r for r in self.runs() if r["jobName"] == EVALUATION_JOB]
+            if len(found) == 2 and all(r["status"] in FINISHED for r in found):
+                break
+            time.sleep(5)
+        return found
+
+
+def partition(run: dict) -> str | None:
+    """A run's partition key (its `dagster/partition` tag), None for an unpartitioned run."""
+    return next((t["value"] for t in run["tags"] if t["key"] == "dagster/partition"), None)
