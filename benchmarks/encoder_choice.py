@@ -10,7 +10,8 @@ guessed:
 encoders (none with downloaded weights)
 1. `descriptors`: the pipeline's encoder as it is (`build_encoder(EncoderSpec())`), scored by kNN retrieval
    (10 neighbours, cosine on training-standardised features, the SHDD mode of their locations);
-2. the Im2GPS-like shape the issue measured (4 x 6 x 6 Lab bins, a 4 x 4 GIST grid; the same module),
+2. the Im2GPS-like shape the issue measured (4 x 6 x 6 Lab bins, a 4 x 4 GIST grid; the same module, so
+   its colour layout keeps the spread beside the mean, where the issue's had means only),
    scored the same way;
 3. a small CNN trained from scratch on the training windows (32 px, four conv blocks of 16-64 channels,
    128 k-means cells of the training locations as classes with labels smoothed over 300 km, as PIGEON's

@@ -1,20 +1,23 @@
 """Image decoding and view making in worker processes, a batch ahead of the encoder.
 
-Why: on a GPU a ViT's forward pass takes a fraction of a millisecond per image, less than decoding a
-photo and cropping, jittering and normalising its views; done one image at a time in the main process,
-the GPU waits. (On a 2-core CPU the forward pass costs ten times the decoding and takes every core, so
-there the default is no workers: `benchmarks/bench_embedding.py`.) Workers are forked (like a PyTorch
-DataLoader's) with one torch thread each; they read the image (bytes or a reference into a file, tar or
-msgpack shard), decode it with the project's guarded decoder and send back the views' pixels as arrays
-through the pool's pipe (not shared memory, which containers often cap at 64 MB; the copy costs little
-beside decoding). A view is seeded by its image's key, so the embeddings are identical with any number
-of workers, including none (everything in this process).
+Why: on a GPU a ViT's forward pass takes a fraction of a millisecond per image, less than decoding a photo
+and cropping, jittering and normalising its views; done one image at a time in the main process, the GPU
+waits. (On a 2-core CPU the forward pass costs ten times the decoding and takes every core, so there the
+default is no workers: `benchmarks/bench_embedding.py`.) Workers are spawned, fresh interpreters with one
+torch thread each: a worker forked from this process (many threads: torch's OpenMP team, arrow's pool, the
+SHDD table's workers) can inherit a lock some other thread held at the fork and wait on it for ever, which
+hung a CI run; the view maker (transforms only) is pickled to each worker once. They read the image (bytes
+or a reference into a file, tar or msgpack shard), decode it with the project's guarded decoder and send
+back the views' pixels as arrays through the pool's pipe (not shared memory, which containers often cap at
+64 MB; the copy costs little beside decoding). A view is seeded by its image's key, so the embeddings are
+identical with any number of workers, including none (everything in this process).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 
 from locdiff_pipeline import settings
+from locdiff_pipeline.data.compat import prepare_torchvision
 from locdiff_pipeline.data.image_encoder import ViewMaker
 from locdiff_pipeline.data.image_io import decode_image
 from locdiff_pipeline.data.image_sources import read_reference
@@ -60,10 +64,13 @@ def make_views(maker: ViewMaker, job: ViewJob) -> torch.Tensor:
 _MAKER: ViewMaker | None = None
 
 
-def _start_worker(maker: ViewMaker) -> None:
+def _start_worker(pickled_maker: bytes) -> None:
+    """A spawned worker's start: torchvision made importable on the CPU build of torch before the maker's
+    transforms are unpickled (they import it)."""
     global _MAKER
-    _MAKER = maker
-    torch.set_num_threads(1)  # as DataLoader workers: the cores are shared, and OpenMP is not fork-safe
+    prepare_torchvision()
+    _MAKER = pickle.loads(pickled_maker)
+    torch.set_num_threads(1)  # as DataLoader workers: the cores are shared
 
 
 def _worker_views(job: ViewJob) -> np.ndarray:
@@ -89,7 +96,7 @@ class _FromPool:
 
 
 class ViewWorkers:
-    """A pool of forked view makers (or none: workers=0). `submit` returns at once with a handle whose
+    """A pool of spawned view makers (or none: workers=0). `submit` returns at once with a handle whose
     get() gives each job's pixels in job order (or raises the first job's error), so the caller embeds
     one batch while the next decodes. Use as a context manager: the pool ends with the block."""
 
@@ -100,8 +107,8 @@ class ViewWorkers:
 
     def __enter__(self) -> ViewWorkers:
         if self.workers > 0:
-            context = multiprocessing.get_context("fork")  # the transforms are inherited, never pickled
-            self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=(self.maker,))
+            context = multiprocessing.get_context("spawn")  # never fork a multi-threaded process (module doc)
+            self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=(pickle.dumps(self.maker),))
         return self
 
     def __exit__(self, *exc) -> None:
