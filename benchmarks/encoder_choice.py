@@ -106,6 +106,22 @@ def descriptor_vectors(images: list[Image.Image], spec: DescriptorSpec) -> np.nd
     return np.concatenate([describe(pixels[i : i + 512], spec).numpy() for i in range(0, len(pixels), 512)])
 
 
+_DESCRIBED: dict[DescriptorSpec, dict[str, np.ndarray]] = {}
+
+
+def role_descriptors(roles: dict[str, Images], spec: DescriptorSpec) -> dict[str, np.ndarray]:
+    """Each role's descriptor vectors of one shape, computed once per run (the arbiters and LocDiff share
+    the default's: two minutes on two cores)."""
+    if spec not in _DESCRIBED:
+        _DESCRIBED[spec] = {role: descriptor_vectors(images.images, spec) for role, images in roles.items()}
+    return _DESCRIBED[spec]
+
+
+def fold_epochs(epochs: int) -> int:
+    """A fold's CNN trains on about four fifths of the windows, so for four fifths of the epochs."""
+    return max(1, epochs * 4 // 5)
+
+
 def knn_answers(train_x: np.ndarray, lat: np.ndarray, lon: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """(N, 2) lat, lon: the pipeline's kNN baseline (training-standardised cosine, SHDD mode of 10)."""
     gallery = baselines.Gallery(train_x, lat, lon)
@@ -294,7 +310,7 @@ def encoders(roles: dict[str, Images], epochs: int) -> dict:
     train = roles["train"]
 
     def retrieval(spec: DescriptorSpec):
-        vectors = {role: descriptor_vectors(images.images, spec) for role, images in roles.items()}
+        vectors = role_descriptors(roles, spec)
 
         def answer(gallery, queries):
             keep = np.ones(len(train.lat), bool) if gallery is None else gallery
@@ -314,9 +330,8 @@ def encoders(roles: dict[str, Images], epochs: int) -> dict:
                 trained_on_all.update(val=answers[: len(pixels["val"])], benchmark=answers[len(pixels["val"]) :])
             return trained_on_all[queries]
         keep, held = torch.from_numpy(gallery), torch.from_numpy(queries)
-        fold_epochs = max(1, epochs * 4 // 5)  # a fold trains on about four fifths of the windows
         return cnn_answers(
-            pixels["train"][keep], train.lat[gallery], train.lon[gallery], pixels["train"][held], fold_epochs
+            pixels["train"][keep], train.lat[gallery], train.lon[gallery], pixels["train"][held], fold_epochs(epochs)
         )
 
     return {
@@ -343,7 +358,7 @@ def cross_fitted_log_probabilities(
     others = []
     for held, gallery in folds:
         keep = torch.from_numpy(gallery)
-        cnn = train_cnn(pixels["train"][keep], train.lat[gallery], train.lon[gallery], centres, max(1, epochs * 4 // 5))
+        cnn = train_cnn(pixels["train"][keep], train.lat[gallery], train.lon[gallery], centres, fold_epochs(epochs))
         held_out[held] = cnn.probabilities(pixels["train"][torch.from_numpy(held)])
         others.append(cnn.probabilities(asked))
     mean = np.mean(others, axis=0)
@@ -370,7 +385,7 @@ def locdiff_row(roles: dict[str, Images], condition: dict[str, np.ndarray]) -> s
 
 
 def locdiff_on_encoders(roles: dict[str, Images], folds: list, epochs: int) -> None:
-    descriptors = {role: descriptor_vectors(images.images, DescriptorSpec()) for role, images in roles.items()}
+    descriptors = role_descriptors(roles, DescriptorSpec())
     cnn = cross_fitted_log_probabilities(roles, folds, epochs)
     conditions = {
         "descriptors (the default)": descriptors,
