@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from locdiff_pipeline.data.image_encoder import recorded_encoder
 from locdiff_pipeline.data.image_io import ImageDecodeError, read_image_file
+from locdiff_pipeline.encoders.image_encoder import recorded_encoder
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol, sample_and_answer
 

@@ -17,8 +17,8 @@ import numpy as np
 from dagster import DagsterInstance
 from PIL import Image
 
+from locdiff_pipeline.coordination.project_lock import holder
 from locdiff_pipeline.data.bundled import BUNDLED, HELDOUT, SHIFTED
-from locdiff_pipeline.data.project_lock import holder
 from locdiff_pipeline.steps.scoring import METHODS
 from locdiff_pipeline.tracking import registry
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from locdiff_pipeline.data import scene_descriptors as sd
 from locdiff_pipeline.data.bundled import BLUE_MARBLE, render_window
-from locdiff_pipeline.data.encoder_spec import DESCRIPTORS, EncoderSpec
-from locdiff_pipeline.data.image_encoder import DESCRIPTORS_NOTE, build_encoder, encoder_note
+from locdiff_pipeline.encoders import scene_descriptors as sd
+from locdiff_pipeline.encoders.encoder_spec import DESCRIPTORS, EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import DESCRIPTORS_NOTE, build_encoder, encoder_note
 
 SPEC = sd.DescriptorSpec()
 

@@ -17,8 +17,8 @@ from ingest_fixtures import HOSTILE_REASONS, make_hostile_files
 from PIL import Image
 
 from locdiff_pipeline.data.bundled import BLUE_MARBLE, render_window
-from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import SEEDED_INIT_NOTE, build_encoder
+from locdiff_pipeline.encoders.encoder_spec import EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import SEEDED_INIT_NOTE, build_encoder
 from locdiff_pipeline.method import sphere
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel
@@ -47,7 +47,7 @@ def test_seeded_encoder_is_deterministic_and_says_it_is_not_pretrained(world):
 
 def test_decoding_workers_give_exactly_the_views_and_embeddings_of_the_main_process(tmp_path, world):
     from locdiff_pipeline.data.image_io import ImageDecodeError
-    from locdiff_pipeline.data.view_workers import ViewJob, ViewWorkers
+    from locdiff_pipeline.encoders.view_workers import ViewJob, ViewWorkers
 
     images = [render_window(world, lat, lon, 8.0, 96) for lat, lon in ((45.0, 7.0), (-33.9, 151.2), (0.0, -60.0))]
     payloads = []

@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "locdiff_pipeline"
 METHOD_MODULES = sorted(p.stem for p in (PACKAGE / "method").glob("*.py") if p.stem != "__init__")
-DAGSTER_ALLOWED = {"cli.py", "definitions.py"}
+DAGSTER_ALLOWED = {"cli/run.py", "definitions.py"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -51,10 +51,12 @@ def test_only_the_dagster_layer_imports_dagster():
 
 
 def test_lower_layers_never_import_upper_ones():
-    """method <- data <- steps/tracking <- defs: nothing points back up."""
+    """coordination, method <- data <- encoders <- steps/tracking <- defs: nothing points back up."""
     upper = {
-        "method": ("data", "steps", "tracking", "defs"),
-        "data": ("steps", "tracking", "defs"),
+        "coordination": ("method", "data", "encoders", "steps", "tracking", "defs", "stack"),
+        "method": ("data", "encoders", "coordination", "steps", "tracking", "defs"),
+        "data": ("encoders", "coordination", "steps", "tracking", "defs"),
+        "encoders": ("coordination", "steps", "tracking", "defs"),
         "steps": ("defs",),
         "tracking": ("defs", "steps"),
     }
@@ -62,6 +64,69 @@ def test_lower_layers_never_import_upper_ones():
         for path in (PACKAGE / layer).rglob("*.py"):
             bad = {m for m in _imports(path) for f in forbidden if m.startswith(f"locdiff_pipeline.{f}")}
             assert bad == set(), (path.relative_to(PACKAGE).as_posix(), bad)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the project's modules it imports, at any depth of the file (a function's lazy import is still
+    an arrow). `from a.b import c` points at the module a.b.c where c is one, else at a.b."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = {m for m in _imports(path) if m in modules}
+        # `from pkg import module` names both pkg and pkg.module: the arrow is to the module only
+        graph[name] = {t for t in targets if not any(o.startswith(f"{t}.") for o in targets)} - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_circle_and_passes_a_chain():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_circle_anywhere_in_the_package():
+    """Two modules that import each other (even lazily, inside a function) are one module in two files."""
+    graph = _import_graph()
+    assert graph["locdiff_pipeline.coordination.project_lock"] >= {"locdiff_pipeline.coordination.database_lock"}
+    assert _cycles(graph) == []
+
+
+def test_the_encoders_and_the_locks_live_outside_the_data_package():
+    data = {p.stem for p in (PACKAGE / "data").glob("*.py")}
+    moved = {"image_encoder", "scene_descriptors", "open_clip_weights", "encoder_spec", "view_workers", "compat"}
+    assert data & (moved | {"project_lock", "database_lock", "processes"}) == set()
 
 
 def test_no_function_is_longer_than_80_lines():

@@ -35,7 +35,6 @@ from dagster import (
 from PIL import Image
 
 from locdiff_pipeline.data import bundled
-from locdiff_pipeline.data.image_encoder import DESCRIPTORS_NOTE
 from locdiff_pipeline.data.image_io import sha256_file
 from locdiff_pipeline.definitions import defs
 from locdiff_pipeline.defs.assets.evaluation import accuracy_report
@@ -52,6 +51,7 @@ from locdiff_pipeline.defs.resources import (
     WarehouseResource,
 )
 from locdiff_pipeline.defs.sensors.evaluate_new_model import evaluate_new_model
+from locdiff_pipeline.encoders.image_encoder import DESCRIPTORS_NOTE
 from locdiff_pipeline.method import metrics, shdd, sphere
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol, draws_needed

@@ -14,7 +14,7 @@ import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TEST_TAG_SETUP = """
-from locdiff_pipeline.data.image_encoder import import_open_clip
+from locdiff_pipeline.encoders.compat import import_open_clip
 import_open_clip()  # first: it makes open_clip importable on the CPU build of torch
 from open_clip import pretrained
 # a tag of the project's tiny test model, hosted (in this test) only in the local hub cache
@@ -42,8 +42,8 @@ def test_a_tag_neither_cached_nor_reachable_fails_at_once_with_one_line(tmp_path
     started = time.perf_counter()
     completed = _python(
         """
-        from locdiff_pipeline.data.encoder_spec import EncoderSpec
-        from locdiff_pipeline.data.image_encoder import build_encoder
+        from locdiff_pipeline.encoders.encoder_spec import EncoderSpec
+        from locdiff_pipeline.encoders.image_encoder import build_encoder
         build_encoder(EncoderSpec("ViT-B-32", pretrained="openai"))
         """,
         {"HF_HOME": str(tmp_path / "empty-cache"), **network},
@@ -77,8 +77,8 @@ def test_a_tag_in_the_local_hub_cache_loads_offline_and_is_recorded(tmp_path):
         + f"""
 import torch
 from safetensors.torch import save_file
-from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import build_encoder
+from locdiff_pipeline.encoders.encoder_spec import EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import build_encoder
 source = build_encoder(EncoderSpec("locdiff-tiny-vit", seed=5))
 snapshot = {str(tmp_path)!r} + "/hf/hub/models--locdiff-tests--tiny-vit/snapshots/0123abcd"
 import os
@@ -97,8 +97,8 @@ torch.save(source.model.state_dict(), {str(tmp_path)!r} + "/same_weights.pt")
         + f"""
 import numpy as np
 from PIL import Image
-from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import build_encoder, recorded_encoder
+from locdiff_pipeline.encoders.encoder_spec import EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import build_encoder, recorded_encoder
 image = Image.fromarray((np.arange(96 * 96 * 3) % 251).astype("uint8").reshape(96, 96, 3))
 tagged = build_encoder(EncoderSpec("locdiff-tiny-vit", pretrained="localtag"))
 from_file = build_encoder(EncoderSpec("locdiff-tiny-vit", checkpoint={str(tmp_path / "same_weights.pt")!r}))

@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from locdiff_pipeline.data.processes import owner_is_gone, owner_tags
-from locdiff_pipeline.data.project_lock import LOCK_TOKEN_ENV, ProjectLocked, holder, project_lock
+from locdiff_pipeline.coordination.processes import owner_is_gone, owner_tags
+from locdiff_pipeline.coordination.project_lock import LOCK_TOKEN_ENV, ProjectLocked, holder, project_lock
 
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from locdiff_pipeline.data.project_lock import project_lock
+    from locdiff_pipeline.coordination.project_lock import project_lock
     with project_lock(sys.argv[1], command="holder under test"):
         print("held", flush=True)
         time.sleep(120)
@@ -77,7 +77,7 @@ RUN_AND_HANG = textwrap.dedent(
     """
     import sys, time
     from dagster import DagsterInstance, asset, materialize
-    from locdiff_pipeline.data.processes import owner_tags
+    from locdiff_pipeline.coordination.processes import owner_tags
 
     @asset
     def slow() -> None:

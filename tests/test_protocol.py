@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import clustered_problem
 
-from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import build_encoder
+from locdiff_pipeline.encoders.encoder_spec import EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import build_encoder
 from locdiff_pipeline.method import shdd, sphere, uncertainty
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.model import LocDiffModel, Samples

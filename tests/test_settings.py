@@ -11,7 +11,7 @@ import pytest
 from locdiff_pipeline import settings
 from locdiff_pipeline.cli import build_parser
 from locdiff_pipeline.data.bundled import BundledRecipe
-from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
+from locdiff_pipeline.encoders.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
 from locdiff_pipeline.method.config import LocDiffConfig
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -220,7 +220,7 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
 def _the_writer_lock_lives_in_postgres(root: Path, url: str) -> None:
     """Readers share the advisory lock, a writer waits for them and is told who holds it, and a holder's
     closed connection frees it (as a killed process's would)."""
-    from locdiff_pipeline.data.project_lock import LOCK_TOKEN_ENV, ProjectLocked, project_lock
+    from locdiff_pipeline.coordination.project_lock import LOCK_TOKEN_ENV, ProjectLocked, project_lock
 
     with project_lock(root, command="reader one", shared=True, database=url):
         with project_lock(root, command="reader two", shared=True, database=url):

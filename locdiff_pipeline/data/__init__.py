@@ -1,2 +1,3 @@
-"""Data: the Parquet warehouse, id-hash shards, dataset descriptions and readers, ingest, the bundled
-default datasets and the frozen image encoder. Builds on `method` (geometry) only."""
+"""Data: the Parquet warehouse and its id-hash shards, dataset descriptions and catalogs, the image readers
+and ingest, the bundled default datasets, and the training rows streamed from the warehouse. Builds on
+`method` (geometry) only."""

@@ -112,7 +112,7 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     Dagster for ever. Runs of live processes and runs without the tags are left alone. Returns their ids."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    from locdiff_pipeline.data.processes import owner_is_gone
+    from locdiff_pipeline.coordination.processes import owner_is_gone
 
     abandoned = [
         run

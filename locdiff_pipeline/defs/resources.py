@@ -16,15 +16,15 @@ from typing import Any
 from dagster import ConfigurableResource, InitResourceContext
 
 from locdiff_pipeline import settings
+from locdiff_pipeline.coordination.project_lock import project_lock
 from locdiff_pipeline.data.bundled import BundledRecipe
 from locdiff_pipeline.data.catalog import Catalog, load_catalog
 from locdiff_pipeline.data.datasets import DatasetSpec
-from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
 from locdiff_pipeline.data.paths import project_root
-from locdiff_pipeline.data.project_lock import project_lock
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.defs import run_paths
 from locdiff_pipeline.defs.partitions import PARTITION_TAG
+from locdiff_pipeline.encoders.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.steps.scoring import MethodSettings
 
@@ -32,7 +32,7 @@ from locdiff_pipeline.steps.scoring import MethodSettings
 class WarehouseResource(ConfigurableResource):
     """Where tables and MLflow live: the project root (default: $LOCDIFF_HOME or the current directory).
 
-    A run that uses it holds the project's writer lock (data/project_lock.py) while it runs, waiting up to
+    A run that uses it holds the project's writer lock (coordination/project_lock.py) while it runs, waiting up to
     `lock_wait_seconds` for another writer: shared for a run of one partition (one shard, one benchmark:
     it writes only that partition), exclusive otherwise. Steps of `locdiff run` work under that command's
     lock; runs launched from `dagster dev` never write beside an exclusive writer."""
@@ -136,7 +136,7 @@ class EncoderResource(ConfigurableResource):
         the served model carries so it can embed images anywhere; None when there are no weights."""
         spec = self.spec()
         if spec.pretrained is not None:
-            from locdiff_pipeline.data.open_clip_weights import resolve_pretrained
+            from locdiff_pipeline.encoders.open_clip_weights import resolve_pretrained
 
             return str(resolve_pretrained(spec.model_name, spec.pretrained))
         return spec.checkpoint

@@ -1,7 +1,7 @@
 """The stack's PostgreSQL server: Debian's binaries, one cluster per project, loopback only.
 
 It holds three databases: `dagster` (runs, event log, schedules: dagster-postgres), `mlflow` (the
-tracking server's backend store) and `locdiff` (the writers' advisory lock, data/database_lock.py).
+tracking server's backend store) and `locdiff` (the writers' advisory lock, coordination/database_lock.py).
 PostgreSQL refuses to run as root; run by root, every server command runs as the `postgres` user.
 """
 

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from locdiff_pipeline.data import shards
-from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
-from locdiff_pipeline.data.image_encoder import ImageEncoder, build_encoder
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
-from locdiff_pipeline.data.view_workers import ViewJob, ViewWorkers
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
+from locdiff_pipeline.encoders.encoder_spec import DEFAULT_TEST_VIEWS, EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import ImageEncoder, build_encoder
+from locdiff_pipeline.encoders.view_workers import ViewJob, ViewWorkers
 
 EMBEDDINGS_TABLE = "embeddings"
 EMBEDDING_VERSION = 4

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from locdiff_pipeline.coordination.processes import owner_is_gone, owner_tags
 from locdiff_pipeline.data import shards
-from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
-from locdiff_pipeline.data.processes import owner_is_gone, owner_tags
 from locdiff_pipeline.data.training_stream import DEFAULT_BUFFER_ROWS, EmbeddingStream, streams
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
+from locdiff_pipeline.encoders.image_encoder import encoder_note
 from locdiff_pipeline.method import distributed, metrics
 from locdiff_pipeline.method.config import LocDiffConfig
 from locdiff_pipeline.method.devices import resolve_device

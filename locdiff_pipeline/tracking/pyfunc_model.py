@@ -109,7 +109,7 @@ class ServedLocDiff:
         self._computing = threading.Lock()
         self.encoder, self.encoder_error = None, None
         try:
-            from locdiff_pipeline.data.image_encoder import recorded_encoder
+            from locdiff_pipeline.encoders.image_encoder import recorded_encoder
 
             self.encoder = recorded_encoder(self.model.encoder, encoder_checkpoint, self.model.device)
         except (ValueError, OSError) as error:  # embedding requests still work; image requests say why not

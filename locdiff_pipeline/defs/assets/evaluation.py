@@ -16,7 +16,6 @@ from dagster import (
     asset,
 )
 
-from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.defs.assets.features import image_embeddings
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.assets.model import locdiff_model
@@ -28,6 +27,7 @@ from locdiff_pipeline.defs.resources import (
     TrainingResource,
     WarehouseResource,
 )
+from locdiff_pipeline.encoders.image_encoder import encoder_note
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol

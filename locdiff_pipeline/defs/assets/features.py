@@ -6,12 +6,12 @@ import time
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from locdiff_pipeline.data.encoder_spec import DEFAULT_TEST_VIEWS
-from locdiff_pipeline.data.image_encoder import build_encoder, encoder_note
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.partitions import SHARDS, observe_each_shard, span
 from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
+from locdiff_pipeline.encoders.encoder_spec import DEFAULT_TEST_VIEWS
+from locdiff_pipeline.encoders.image_encoder import build_encoder, encoder_note
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.steps.image_embeddings import EMBEDDING_VERSION, build_embeddings
 from locdiff_pipeline.steps.progress import Progress

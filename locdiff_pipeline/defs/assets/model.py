@@ -3,7 +3,6 @@
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data import shards
-from locdiff_pipeline.data.image_encoder import encoder_note
 from locdiff_pipeline.defs.assets.features import image_embeddings, shdd_tables
 from locdiff_pipeline.defs.executors import TRAINING_RESOURCES
 from locdiff_pipeline.defs.resources import (
@@ -13,6 +12,7 @@ from locdiff_pipeline.defs.resources import (
     TrainingResource,
     WarehouseResource,
 )
+from locdiff_pipeline.encoders.image_encoder import encoder_note
 from locdiff_pipeline.method import metrics
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from locdiff_pipeline.data.project_lock import LOCK_TOKEN_ENV, POLL_SECONDS, ProjectLocked
+from locdiff_pipeline.coordination.lock_terms import LOCK_TOKEN_ENV, POLL_SECONDS, ProjectLocked
 
 _APPLICATION = "locdiff-writer"
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from locdiff_pipeline import settings
-from locdiff_pipeline.data.compat import prepare_torchvision
-from locdiff_pipeline.data.image_encoder import ViewMaker
 from locdiff_pipeline.data.image_io import decode_image
 from locdiff_pipeline.data.image_sources import read_reference
+from locdiff_pipeline.encoders.compat import prepare_torchvision
+from locdiff_pipeline.encoders.image_encoder import ViewMaker
 
 
 @dataclass(frozen=True)

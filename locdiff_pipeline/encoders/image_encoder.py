@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from locdiff_pipeline.data.compat import prepare_torchvision
 from locdiff_pipeline.data.datasets import IMAGERY
-from locdiff_pipeline.data.encoder_spec import DESCRIPTORS, EncoderSpec
 from locdiff_pipeline.data.image_io import sha256_file
-from locdiff_pipeline.data.scene_descriptors import DESCRIPTOR_VERSION, DescriptorSpec, describe
+from locdiff_pipeline.encoders.compat import import_open_clip, prepare_torchvision
+from locdiff_pipeline.encoders.encoder_spec import DESCRIPTORS, EncoderSpec
+from locdiff_pipeline.encoders.scene_descriptors import DESCRIPTOR_VERSION, DescriptorSpec, describe
 
-CONFIG_DIR = Path(__file__).parent / "encoder_configs"
 SEEDED_INIT_NOTE = (
     "image encoder has NO pretrained weights (seeded random initialisation): accuracies do not reflect a real CLIP"
 )
@@ -88,15 +87,6 @@ def _short_hash(value) -> str:
     return f"{zlib.crc32(repr(value).encode()):08x}"
 
 
-def import_open_clip():
-    """open_clip, importable on CPU torch (compat) and knowing the project's small test configs."""
-    prepare_torchvision()
-    import open_clip
-
-    open_clip.add_model_config(CONFIG_DIR)
-    return open_clip
-
-
 class ImageEncoder:
     """Embeds PIL images (plain view and augmented views) into L2-normalised float32 vectors (N, embed_dim).
 
@@ -144,7 +134,7 @@ class ImageEncoder:
 
 
 class DescriptorEncoder(ImageEncoder):
-    """Classical scene descriptors (data/scene_descriptors.py): deterministic, no weights, batched torch on the
+    """Classical scene descriptors (encoders/scene_descriptors.py): deterministic, no weights, batched torch on the
     encoder's device."""
 
     def __init__(self, spec: EncoderSpec, device: str | torch.device = "cpu", batch_size: int = 256):
@@ -210,7 +200,7 @@ def _weights_file(spec: EncoderSpec) -> Path | None:
             raise FileNotFoundError(f"encoder checkpoint not found: {path}")
         return path
     if spec.pretrained is not None:
-        from locdiff_pipeline.data.open_clip_weights import resolve_pretrained
+        from locdiff_pipeline.encoders.open_clip_weights import resolve_pretrained
 
         return resolve_pretrained(spec.model_name, spec.pretrained)
     return None
@@ -221,7 +211,7 @@ def _tag_options(spec: EncoderSpec) -> dict:
     weights were trained with and the tag's image normalisation."""
     if spec.pretrained is None:
         return {}
-    from locdiff_pipeline.data.open_clip_weights import tag_config
+    from locdiff_pipeline.encoders.open_clip_weights import tag_config
 
     config = tag_config(spec.model_name, spec.pretrained)
     options = {

@@ -24,7 +24,7 @@ class WeightsUnavailable(RuntimeError):
 
 def tag_config(model_name: str, tag: str) -> dict:
     """open_clip's configuration of a pretrained tag (hub repository or URL, QuickGELU, normalisation)."""
-    from locdiff_pipeline.data.image_encoder import import_open_clip
+    from locdiff_pipeline.encoders.compat import import_open_clip
 
     open_clip = import_open_clip()
     config = open_clip.get_pretrained_cfg(model_name, tag)

@@ -2,7 +2,7 @@
 from the encoders themselves so the command line and the resources read their defaults without torch.
 
 Two families:
-- `descriptors` (the default): classical scene descriptors computed from pixels (data/scene_descriptors.py),
+- `descriptors` (the default): classical scene descriptors computed from pixels (encoders/scene_descriptors.py),
   no weights at all, so the bundled run sees without anything downloaded;
 - an open_clip model name: with a pretrained tag (`pretrained`, from the Hugging Face hub or its local
   cache), a local checkpoint file (`checkpoint`), or neither (a seeded random init, which every output

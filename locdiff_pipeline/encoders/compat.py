@@ -10,6 +10,9 @@ Pillow). On CUDA torch nothing is done.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "encoder_configs"  # the project's small open_clip configs (tests)
 
 _library = None
 
@@ -29,3 +32,12 @@ def prepare_torchvision() -> None:
         _library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     except RuntimeError:  # already defined by a working torchvision build
         _library = False
+
+
+def import_open_clip():
+    """open_clip, importable on CPU torch and knowing the project's small test configs."""
+    prepare_torchvision()
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    return open_clip

@@ -11,7 +11,7 @@ still run in parallel with each other, never beside an exclusive writer. The pro
 holder starts (the multiprocess executor's step processes) inherit LOCK_TOKEN_ENV and work under their
 parent's lock instead of waiting for it.
 
-Writers on several machines (a team's stack: data/database_lock.py) cannot see one machine's flock:
+Writers on several machines (a team's stack: coordination/database_lock.py) cannot see one machine's flock:
 with a PostgreSQL URL given (LOCDIFF_LOCK_DATABASE), the same readers-writer lock is a PostgreSQL
 advisory lock on the project's key instead, which the server releases when its holder's connection dies.
 """
@@ -29,13 +29,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from locdiff_pipeline.coordination.lock_terms import LOCK_TOKEN_ENV, POLL_SECONDS, ProjectLocked
+
+__all__ = ["LOCK_FILE", "LOCK_TOKEN_ENV", "ProjectLocked", "holder", "project_lock"]
+
 LOCK_FILE = ".locdiff.lock"
-LOCK_TOKEN_ENV = "LOCDIFF_LOCK_TOKEN"
-POLL_SECONDS = 0.5
-
-
-class ProjectLocked(RuntimeError):
-    """Another process is writing this project folder."""
 
 
 def holder(root: Path) -> dict:
@@ -78,7 +76,7 @@ def project_lock(
     to `wait_seconds` (inf: for ever) for a holder to finish, else raise ProjectLocked naming it. Yields
     the holder record written. With `database` (a PostgreSQL URL) the lock lives in that server."""
     if database:
-        from locdiff_pipeline.data.database_lock import database_lock
+        from locdiff_pipeline.coordination.database_lock import database_lock
 
         with database_lock(database, Path(root), wait_seconds, command, shared) as record:
             yield record
