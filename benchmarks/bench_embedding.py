@@ -20,9 +20,9 @@ import torch
 from bench_model import sync
 from PIL import Image
 
-from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import ImageEncoder, build_encoder
 from locdiff_pipeline.data.image_io import decode_image
+from locdiff_pipeline.encoders.encoder_spec import EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import ImageEncoder, build_encoder
 from locdiff_pipeline.steps.image_embeddings import embed_row_batches
 
 

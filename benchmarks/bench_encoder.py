@@ -18,8 +18,8 @@ import torch
 from bench_embedding import embedding_path, forward_only, photo_jpegs
 from PIL import Image
 
-from locdiff_pipeline.data.encoder_spec import DESCRIPTORS, EncoderSpec
-from locdiff_pipeline.data.image_encoder import build_encoder
+from locdiff_pipeline.encoders.encoder_spec import DESCRIPTORS, EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import build_encoder
 
 
 def window_jpegs(count: int, seed: int = 0) -> list[bytes]:

@@ -32,7 +32,7 @@ from bench_model import training_steps_per_second  # noqa: E402
 from bench_retrieval import noisy_queries, synthetic_gallery  # noqa: E402
 from bench_shdd import decode_timing  # noqa: E402
 
-from locdiff_pipeline.data.view_workers import default_workers  # noqa: E402
+from locdiff_pipeline.encoders.view_workers import default_workers  # noqa: E402
 from locdiff_pipeline.method import retrieval, shdd, sphere  # noqa: E402
 from locdiff_pipeline.method.config import LocDiffConfig  # noqa: E402
 

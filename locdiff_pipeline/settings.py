@@ -87,6 +87,7 @@ VARIABLES = (
     Variable("LOCDIFF_ENCODER_CHECKPOINT", "local open_clip checkpoint file with real weights"),
     Variable("LOCDIFF_DECODE_WORKERS", "processes decoding images ahead of the encoder (0: none)", _whole(0)),
     Variable("LOCDIFF_STEPS", "training steps (LocDiffConfig.steps)", _whole(0)),
+    Variable("LOCDIFF_REGRESSION_STEPS", "the regression baseline's training steps (MethodSettings)", _whole(1)),
     Variable("LOCDIFF_MAX_IMAGE_PIXELS", "images declaring more pixels are refused undecoded", _whole(1), "100000000"),
     Variable("LOCDIFF_LOCK_WAIT", "seconds a Dagster run waits for the project's writer lock", _seconds, "7200"),
     Variable("LOCDIFF_MLFLOW_UI", "MLflow UI address, for links in Dagster's metadata", default="", shown="none"),
@@ -139,6 +140,7 @@ class Settings:
     encoder_checkpoint: str | None
     decode_workers: int | None
     steps: int | None
+    regression_steps: int | None
     max_image_pixels: int
     lock_wait: float
     mlflow_ui: str

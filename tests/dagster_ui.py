@@ -9,6 +9,20 @@ import time
 import urllib.error
 import urllib.request
 
+# The graph's small configuration, through the resources' environment variables: what the tests that start a
+# real webserver (`locdiff dev`, the team stack) backfill, and what the shared single-process reference run uses
+SMALL = {
+    "LOCDIFF_BUNDLED_COUNT": "160",
+    "LOCDIFF_BUNDLED_GALLERY_COUNT": "100",
+    "LOCDIFF_BUNDLED_BENCHMARK_COUNT": "15",
+    "LOCDIFF_STEPS": "30",
+    "LOCDIFF_REGRESSION_STEPS": "100",
+    "LOCDIFF_ENCODER": "locdiff-tiny-vit",
+    "LOCDIFF_SHARDS": "2",  # two shard runs show the fan-out as well as four, in one wave on two cores
+    "OMP_NUM_THREADS": "1",
+    "LOCDIFF_PROGRESS": "off",
+}
+
 # the training side of the graph: a backfill of these over every shard is "Materialize all" in the UI
 TRAINING_SIDE = ["image_embeddings", "image_metadata", "images", "locdiff_model", "shdd_tables"]
 EVALUATION_JOB = "locdiff_evaluate"
@@ -87,6 +101,42 @@ class DagsterUI:
                 break
             time.sleep(5)
         return found
+
+
+def check_backfill_order(ui: DagsterUI, shard_keys: list[str]) -> list[dict]:
+    """What "Materialize all" of the training side must have done: the split, one run per shard (embedding and
+    SHDD tables of that shard), then one training run that started after every shard's embeddings and SHDD
+    tables were materialized (not waiting for their checks). Returns the backfill's runs."""
+    backfill = [r for r in ui.runs() if r["jobName"] != EVALUATION_JOB]
+    assert all(r["status"] == "SUCCESS" for r in backfill), [(r["status"], partition(r)) for r in backfill]
+    by_partition = {partition(r): r for r in backfill if r["assetSelection"]}
+    for key in shard_keys:
+        assets = sorted(a["path"][-1] for a in by_partition[key]["assetSelection"])
+        assert assets == ["image_embeddings", "images", "shdd_tables"], (key, assets)
+    training = [r for r in backfill if {a["path"][-1] for a in r["assetSelection"]} == {"locdiff_model"}]
+    assert len(backfill) == len(shard_keys) + 2 and len(training) == 1
+    materialized = []
+    for asset_name in ("image_embeddings", "shdd_tables"):
+        events = ui.data(
+            '{ assetOrError(assetKey: {path: ["%s"]}) { ... on Asset { assetMaterializations { partition '
+            "timestamp } } } }" % asset_name
+        )["assetOrError"]["assetMaterializations"]
+        assert sorted(e["partition"] for e in events) == sorted(shard_keys), asset_name
+        materialized += [float(e["timestamp"]) / 1000 for e in events]
+    assert training[0]["startTime"] >= max(materialized)
+    return backfill
+
+
+def check_evaluations_follow_the_model(ui: DagsterUI, evaluations: list[dict]) -> None:
+    """The sensor's evaluation runs, one per benchmark partition, all started after the model's
+    materialization (the sensor reacts to it, not to the training run's end: its checks may still run)."""
+    assert sorted(partition(r) for r in evaluations) == ["bluemarble_heldout", "etopo_shift"]
+    assert all(r["status"] == "SUCCESS" for r in evaluations), [r["status"] for r in evaluations]
+    model = ui.data(
+        '{ assetOrError(assetKey: {path: ["locdiff_model"]}) { ... on Asset { assetMaterializations { timestamp } } } }'
+    )["assetOrError"]["assetMaterializations"]
+    trained_at = max(float(e["timestamp"]) / 1000 for e in model)
+    assert all(r["startTime"] >= trained_at for r in evaluations)
 
 
 def partition(run: dict) -> str | None:

@@ -27,7 +27,7 @@ BENCHMARKS = (HELDOUT, SHIFTED)
 
 def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
     locdiff = Path(sys.executable).with_name("locdiff")
-    env = {**os.environ, "LOCDIFF_HOME": str(tmp_path)}
+    env = {**os.environ, "LOCDIFF_HOME": str(tmp_path), "LOCDIFF_REGRESSION_STEPS": "100"}  # a small regressor
     for name in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
     arguments = [

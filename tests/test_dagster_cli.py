@@ -1,10 +1,10 @@
 """`dagster asset materialize` headless, as the README documents it: the metadata split, then every
 shard as its own run, launched at once (what a backfill does), each with Dagster's multiprocess
-executor. The tables must equal those of one single-process run over the whole shard range."""
+executor. The tables must equal those of one single-process run of the same configuration (the session's
+`locdiff run` of dagster_ui.SMALL)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -13,41 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from dagster_ui import SMALL
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.warehouse import Warehouse
-from locdiff_pipeline.defs.assets import SHARDED_ASSETS
-from locdiff_pipeline.defs.assets.ingest import image_metadata
-from locdiff_pipeline.defs.graph_run import materialize_all
-from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-DATASET = {"bundled_count": 160, "bundled_gallery_count": 100, "bundled_benchmark_count": 20}
-ENCODER = {"model_name": "locdiff-tiny-vit", "test_views": 2}
-TRAINING = {"L": 4, "shdd_degrees": [4, 6]}
 
 
 def _cli(project: Path, *arguments: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(project / ".dagster_home"),
-        "LOCDIFF_HOME": str(project),
-        "OMP_NUM_THREADS": "1",
-    }
-    config = {
-        "resources": {"datasets": {"config": DATASET}, "encoder": {"config": ENCODER}, "training": {"config": TRAINING}}
-    }
+    env = {**os.environ, "DAGSTER_HOME": str(project / ".dagster_home"), "LOCDIFF_HOME": str(project), **SMALL}
     dagster = Path(sys.executable).with_name("dagster")
-    command = [
-        str(dagster),
-        "asset",
-        "materialize",
-        *arguments,
-        "-m",
-        "locdiff_pipeline.definitions",
-        "--config-json",
-        json.dumps(config),
-    ]
+    command = [str(dagster), "asset", "materialize", *arguments, "-m", "locdiff_pipeline.definitions"]
     return subprocess.Popen(
         command, cwd=REPOSITORY, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -72,20 +49,9 @@ def _sorted(warehouse: Warehouse, table: str, **keys) -> pa.Table:
     return data.sort_by(order)
 
 
-def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_single_process_run(tmp_path):
-    single, parallel = tmp_path / "single", tmp_path / "parallel"
-    for project in (single, parallel):
-        (project / ".dagster_home").mkdir(parents=True)
-    resources = {
-        "warehouse": WarehouseResource(root=str(single)),
-        "datasets": DatasetsResource(**DATASET),
-        "encoder": EncoderResource(**ENCODER),
-        "training": TrainingResource(**TRAINING),
-    }
-    assert materialize_all(
-        resources, selection=[image_metadata, *SHARDED_ASSETS]
-    ).success  # in-process executor, every shard in one run
-
+def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_single_process_run(tmp_path, small_run):
+    parallel = tmp_path / "parallel"
+    (parallel / ".dagster_home").mkdir(parents=True)
     _finish(_cli(parallel, "--select", "image_metadata"))
     keys = shards.dataset_shards(Warehouse(parallel / "warehouse"), "bluemarble")
     assert len(keys) > 1
@@ -98,19 +64,15 @@ def test_shards_run_in_parallel_with_the_multiprocess_executor_and_equal_one_sin
         verdicts = re.findall(r"Asset check '(\w+)' on '\w+' (passed|failed)", output)
         assert len(verdicts) == 7 and all(verdict == "passed" for _, verdict in verdicts), verdicts  # 3 + 2 + 2
 
-    one, many = Warehouse(single / "warehouse"), Warehouse(parallel / "warehouse")
+    one, many = Warehouse(small_run / "warehouse"), Warehouse(parallel / "warehouse")
     assert shards.dataset_shards(one, "bluemarble") == keys
-    assert (
-        0
-        < _sorted(many, "images").num_rows
-        == _sorted(one, "images").num_rows
-        <= DATASET["bundled_count"] + DATASET["bundled_gallery_count"]
+    assert 0 < _sorted(many, "images").num_rows == _sorted(one, "images").num_rows
+    assert _sorted(many, "images").num_rows <= int(SMALL["LOCDIFF_BUNDLED_COUNT"]) + int(
+        SMALL["LOCDIFF_BUNDLED_GALLERY_COUNT"]
     )
-    for table, keys_of_table in (("images", {}), ("rejected", {}), ("shdd", {"L": 4}), ("shdd", {"L": 6})):
+    for table, keys_of_table in (("images", {}), ("rejected", {}), ("shdd", {"L": 10}), ("shdd", {"L": 40})):
         assert _sorted(many, table, **keys_of_table).equals(_sorted(one, table, **keys_of_table)), table
     expected, actual = _sorted(one, "embeddings"), _sorted(many, "embeddings")
     assert actual.drop_columns(["embedding"]).equals(expected.drop_columns(["embedding"]))
     vectors = [np.stack(t["embedding"].to_numpy(zero_copy_only=False)) for t in (expected, actual)]
-    np.testing.assert_allclose(
-        vectors[1], vectors[0], atol=1e-5
-    )  # same encoder, same seeded views; only thread counts differ
+    np.testing.assert_allclose(vectors[1], vectors[0], atol=1e-5)  # same encoder, same seeded views

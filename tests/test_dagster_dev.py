@@ -1,10 +1,15 @@
-"""`locdiff dev` (dagster dev on the project's instance) really serves the asset graph, and stops on SIGTERM
-even when started as a background job is (with SIGINT ignored), child processes included."""
+"""`locdiff dev` (dagster dev on the project's instance), started on a project after a finished `locdiff run`
+(a copy of the session's small run), really serves its asset graph, refuses other sites, launches nothing for
+a model version already scored, shows the run's report in a browser, and stops on SIGTERM even when started
+as a background job is (with SIGINT ignored), child processes included. One server for the module, started
+once; the tests run in file order (served and guarded, the sensor and the browser, then the stop). The
+UI's backfill through a daemon and the sensor's evaluation runs are driven in tests/test_team_stack.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +22,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from dagster_ui import EVALUATION_JOB, DagsterUI, partition
+from dagster_ui import FINISHED, SMALL, DagsterUI
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 VIEWPORT = (1500, 1000)  # a laptop's browser window: what a user sees first
@@ -43,24 +48,13 @@ def _graphql(port: int, query: str) -> dict:
     return DagsterUI("127.0.0.1", port).answer(query)
 
 
-@pytest.fixture
-def dagster_dev(tmp_path):
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory, small_run):
+    tmp_path = tmp_path_factory.mktemp("dagster_dev") / "project"
+    shutil.copytree(small_run, tmp_path, symlinks=True)  # the run's instance, warehouse and models, untouched
     port = _free_port()
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    # a small configuration through the resources' environment variables, for the backfill test
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "LOCDIFF_HOME": str(tmp_path),
-        "LOCDIFF_BUNDLED_COUNT": "160",
-        "LOCDIFF_BUNDLED_GALLERY_COUNT": "100",
-        "LOCDIFF_BUNDLED_BENCHMARK_COUNT": "15",
-        "LOCDIFF_STEPS": "30",
-        "LOCDIFF_ENCODER": "locdiff-tiny-vit",
-        "OMP_NUM_THREADS": "1",
-        "LOCDIFF_SHARDS": "2",  # two shard runs show the fan-out as well as four, in one wave on two cores
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI")}
+    env.update(SMALL, LOCDIFF_HOME=str(tmp_path))
     locdiff = Path(sys.executable).with_name("locdiff")
 
     def as_a_background_job() -> None:  # what a shell does to `cmd &` without job control
@@ -83,7 +77,7 @@ def dagster_dev(tmp_path):
             process.wait(10)
 
 
-def test_dagster_dev_serves_the_asset_graph_and_stops_by_pid(dagster_dev):
+def test_dagster_dev_serves_the_asset_graph_and_refuses_other_sites(dagster_dev):
     process, port, log = dagster_dev
     deadline, answer, last_error = time.monotonic() + 120, None, None
     while time.monotonic() < deadline and process.poll() is None:
@@ -120,7 +114,6 @@ def test_dagster_dev_serves_the_asset_graph_and_stops_by_pid(dagster_dev):
     }
     assert states == {"evaluate_new_model": "RUNNING", "retrain_on_new_data": "STOPPED"}  # the new-data one: opt-in
     _another_site_cannot_launch_runs(port)
-    _stop(process, port)
 
 
 LAUNCH = (
@@ -169,13 +162,10 @@ def _another_site_cannot_launch_runs(port: int) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         assert json.loads(answer.read())["data"]["assetNodes"]
-    assert (
-        DagsterUI("127.0.0.1", port).runs() == []
-        and _graphql(port, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id } } } }")["data"][
-            "partitionBackfillsOrError"
-        ]["results"]
-        == []
-    )
+    runs = DagsterUI("127.0.0.1", port).runs()
+    assert len(runs) == 3 and all(r["tags"] for r in runs)  # `locdiff run`'s own: training and two evaluations
+    backfills = _graphql(port, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id } } } }")
+    assert backfills["data"]["partitionBackfillsOrError"]["results"] == []
 
 
 def _stop(process, port: int) -> None:
@@ -216,53 +206,37 @@ def _wait_until_served(process, port: int, log: Path) -> None:
     raise AssertionError(f"dagster dev never answered; log:\n{log.read_text()[-3000:]}")
 
 
-def test_a_backfill_runs_each_shard_as_its_own_run_then_training_then_the_sensor_scores_each_benchmark(dagster_dev):
-    """What "Materialize all" of the training side does in the UI: the daemon that `dagster dev` starts
-    launches the split, one run per shard (in parallel), then training after every shard is done; the
-    sensor then launches one evaluation run per benchmark partition."""
+SENSOR_TICKS = (
+    '{ sensorOrError(sensorSelector: {repositoryName: "%s", repositoryLocationName: "%s", sensorName: '
+    '"evaluate_new_model"}) { ... on Sensor { sensorState { ticks(limit: 5) { status skipReason } } } } }'
+)
+
+
+def test_the_sensor_skips_a_scored_model_and_the_browser_shows_its_report(dagster_dev):
+    """After a finished `locdiff run`, the daemon that `dagster dev` starts evaluates the sensor, which finds
+    every benchmark scored by that model version and launches nothing; the run's report is on the asset's
+    page, in a real browser."""
     process, port, log = dagster_dev
     _wait_until_served(process, port, log)
     ui = DagsterUI("127.0.0.1", port)
-    status, shard_keys = ui.backfill_training_side(timeout=600)
-    runs = ui.runs()
-    assert status == "COMPLETED_SUCCESS", (
-        status,
-        [(r["status"], r["assetSelection"]) for r in runs],
-        log.read_text()[-3000:],
-    )
-
-    backfill = [r for r in runs if r["jobName"] != EVALUATION_JOB]
-    assert all(r["status"] == "SUCCESS" for r in backfill)
-    by_partition = {partition(r): r for r in backfill if r["assetSelection"]}
-    shard_runs = [by_partition[key] for key in shard_keys]
-    assert all(
-        sorted(a["path"][-1] for a in r["assetSelection"]) == ["image_embeddings", "images", "shdd_tables"]
-        for r in shard_runs
-    )
-    training = [r for r in backfill if {a["path"][-1] for a in r["assetSelection"]} == {"locdiff_model"}]
-    assert len(backfill) == len(shard_keys) + 2 and len(training) == 1
-    materialized = []  # training waits for every shard's embeddings and SHDD tables (not for their checks)
-    for asset_name in ("image_embeddings", "shdd_tables"):
-        answer = _graphql(
-            port,
-            '{ assetOrError(assetKey: {path: ["%s"]}) { ... on Asset { assetMaterializations { partition '
-            "timestamp } } } }" % asset_name,
-        )
-        events = answer["data"]["assetOrError"]["assetMaterializations"]
-        assert sorted(e["partition"] for e in events) == sorted(shard_keys)
-        materialized += [float(e["timestamp"]) / 1000 for e in events]
-    assert training[0]["startTime"] >= max(materialized)
-    evaluations = ui.finished_evaluations(timeout=300)  # the sensor notices the new model, scores each benchmark
-    assert sorted(partition(r) for r in evaluations) == ["bluemarble_heldout", "etopo_shift"], log.read_text()[-3000:]
-    assert all(r["status"] == "SUCCESS" for r in evaluations), [r["status"] for r in evaluations]
-    model = _graphql(
-        port,
-        '{ assetOrError(assetKey: {path: ["locdiff_model"]}) '
-        "{ ... on Asset { assetMaterializations { timestamp } } } }",
-    )["data"]["assetOrError"]["assetMaterializations"]
-    trained_at = max(float(e["timestamp"]) / 1000 for e in model)  # the sensor reacts to the materialization
-    assert all(r["startTime"] >= trained_at for r in evaluations)  # (the training run's checks may still run)
+    (repository,) = ui.data(
+        "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+    )["repositoriesOrError"]["nodes"]
+    query = SENSOR_TICKS % (repository["name"], repository["location"]["name"])
+    deadline, ticks = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not ticks:
+        ticks = ui.data(query)["sensorOrError"]["sensorState"]["ticks"]
+        time.sleep(2)
+    assert ticks and all(t["status"] == "SKIPPED" for t in ticks), (ticks, log.read_text()[-3000:])
+    assert "scored" in ticks[0]["skipReason"], ticks
+    assert len(ui.runs()) == 3 and not [r for r in ui.runs() if r["status"] not in FINISHED]
     _the_browser_shows_the_graph_and_the_report(port)
+
+
+def test_dagster_dev_stops_by_pid_children_included(dagster_dev):
+    """Last: SIGTERM to the pid `locdiff dev` started as, after the daemon's sensor ticks and the browser."""
+    process, port, log = dagster_dev
+    _wait_until_served(process, port, log)
     _stop(process, port)
 
 

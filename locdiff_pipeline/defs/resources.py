@@ -189,9 +189,12 @@ class EvaluationResource(ConfigurableResource):
     max_contaminated_share: float = 0.01  # the contamination check warns above this share of a benchmark
     exclude_contaminated: bool = False  # score without benchmark images found in the training data
     chance_draws: int | None = None  # the `chance` row: mean over this many random training locations per image
+    region_deg: float | None = None  # side of the region cells every interval's bootstrap resamples (7.5 degrees)
 
     def settings(self) -> MethodSettings:
-        return MethodSettings(**_only_set({name: getattr(self, name) for name in METHOD_FIELDS}))
+        named = {name: getattr(self, name) for name in METHOD_FIELDS}
+        named["regression_steps"] = _first_set(self.regression_steps, settings.current().regression_steps)
+        return MethodSettings(**_only_set(named))
 
 
 class MlflowResource(ConfigurableResource):
