@@ -45,14 +45,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from locdiff_pipeline.data import bundled
-from locdiff_pipeline.data.encoder_spec import EncoderSpec
-from locdiff_pipeline.data.image_encoder import build_encoder
 from locdiff_pipeline.data.image_io import encode_jpeg
-from locdiff_pipeline.data.scene_descriptors import DescriptorSpec, describe
+from locdiff_pipeline.encoders.encoder_spec import EncoderSpec
+from locdiff_pipeline.encoders.image_encoder import build_encoder
+from locdiff_pipeline.encoders.scene_descriptors import DescriptorSpec, describe
 from locdiff_pipeline.method import baselines, protocol, shdd, sphere, training
 from locdiff_pipeline.method.config import LocDiffConfig
 
 SCALES_KM = (200, 750, 2500)
+BLOCK_DEG = 15.0  # the training blocks grouped cross-validation holds out
 IM2GPS_LIKE = DescriptorSpec(lab_bins=(4, 6, 6), gist_grid=4)
 CNN_PX, CNN_WIDTH, CNN_CELLS, SMOOTHING_KM = 32, 16, 128, 300.0
 KNN_K = 10
@@ -89,7 +90,7 @@ def render_roles() -> dict[str, Images]:
             Image.open(io.BytesIO(encode_jpeg(bundled.render(world, int(r), int(c), int(s), recipe.image_px))))
             for r, c, s in zip(windows.row, windows.col, windows.side, strict=True)
         ]
-        block = bundled.block_of(windows.row + windows.side // 2, windows.col + windows.side // 2, recipe)
+        block = bundled.block_of(windows.row + windows.side // 2, windows.col + windows.side // 2, BLOCK_DEG)
         rendered[role] = Images([im.convert("RGB") for im in images], windows.lat, windows.lon, block, windows)
     return rendered
 

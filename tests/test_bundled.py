@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from locdiff_pipeline.data import bundled
+from locdiff_pipeline.method import sphere
 
 RECIPE = bundled.BundledRecipe()  # the default the README's run uses
 
@@ -54,9 +55,44 @@ def test_benchmark_locations_are_held_out_mp16_locations_and_both_benchmarks_sha
     key = ("LAT", "LON", "window_row", "window_col", "window_px")
     assert [tuple(r[k] for k in key) for r in heldout] == [tuple(r[k] for k in key) for r in shifted]
     assert {r["source_map"] for r in heldout} == {"bmng.jpg"} and {r["source_map"] for r in shifted} == {"etopo1.jpg"}
-    assert len(heldout) == RECIPE.benchmark_count or len(heldout) < RECIPE.benchmark_count  # at most, never more
     counts = {s: sum(r["split"] == s for r in training) for s in ("train", "val")}
-    assert counts["train"] > 1500 and counts["val"] > 100 and len(heldout) > 200
+    assert counts["train"] > 15000 and counts["val"] == RECIPE.val_count
+
+
+def _region_shares(rows: list[dict]) -> np.ndarray:
+    lat, lon = np.array([float(r["LAT"]) for r in rows]), np.array([float(r["LON"]) for r in rows])
+    _, counts = np.unique(sphere.region_of(lat, lon, RECIPE.region_deg), return_counts=True)
+    return counts / len(rows)
+
+
+def test_the_benchmark_and_validation_span_many_regions_none_of_which_decides(written):
+    """At least 600 images in at least 60 regions, none holding more than 5 % of them: a ranking on it rests
+    on many places, not on a few cities."""
+    _, heldout = written[bundled.HELDOUT]
+    _, training = written[bundled.BUNDLED]
+    for rows in (heldout, [r for r in training if r["split"] == "val"]):
+        shares = _region_shares(rows)
+        assert len(rows) >= 600 and len(shares) >= 60 and shares.max() <= 0.05, (len(rows), len(shares), shares.max())
+
+
+def test_a_small_benchmark_still_spans_its_count_of_regions():
+    small = bundled.BundledRecipe(count=300, gallery_count=300, benchmark_count=15)  # 5 % of 600: 30 val
+    windows = bundled.layout(small)
+    assert len(windows["benchmark"]) == 15 and len(_region_shares_of(windows["benchmark"])) == 15
+    validation = windows["training"].take(windows["training"].split == "val")
+    assert 20 <= len(validation) == len(_region_shares_of(validation))  # 5 % of the training locations
+
+
+def _region_shares_of(windows: bundled.Windows) -> np.ndarray:
+    _, counts = np.unique(sphere.region_of(windows.lat, windows.lon), return_counts=True)
+    return counts / len(windows)
+
+
+def test_the_benchmark_does_not_move_with_the_training_sample_or_the_gallery():
+    """The benchmark depends on the held-out pool alone: the training data's size never changes it."""
+    other = bundled.BundledRecipe(count=1000, gallery_count=5000)
+    ours, theirs = bundled.layout(RECIPE)["benchmark"], bundled.layout(other)["benchmark"]
+    assert np.array_equal(ours.source_row, theirs.source_row) and np.array_equal(ours.row, theirs.row)
 
 
 def test_an_image_is_its_recorded_window_of_its_map(written):

@@ -7,13 +7,14 @@ Three datasets come from one layout:
 
 - `bluemarble` (training): windows of NASA's Blue Marble at the bundled MP16 sample and at further MP16
   gallery locations, split into train and val by blocks of the globe;
-- `bluemarble_heldout` (benchmark): windows of the same map at held-out MP16 locations (never in the
-  training sample), in blocks of their own;
+- `bluemarble_heldout` (benchmark): windows of the same map at held-out MP16 locations (never training
+  locations), a few in each of many regions (7.5-degree cells) drawn in a seeded order, so no region
+  decides a ranking;
 - `etopo_shift` (benchmark): the same held-out windows cut from the ETOPO1 relief map (a domain shift).
 
 No benchmark window shares a single map pixel with a training or validation window, and no validation
-window with a training one: windows are assigned by the block of the globe they fall in, and any that
-would still touch a window of another role is dropped. Each metadata CSV records every window
+window with a training one: a training or validation window that would touch a window of a later-drawn
+role is dropped. Each metadata CSV records every window
 (source_map, window_row, window_col, window_px) so anyone can recompute the overlaps.
 Written in the MP16 layout (metadata CSV + folder of JPEGs), so the default run goes through exactly
 the ingest that real datasets use. See assets/earth/SOURCES.md.
@@ -40,6 +41,7 @@ GALLERY_COORDINATES = ASSETS / "mp16_gallery_sample.csv"
 BLUE_MARBLE = ASSETS / "bmng.jpg"
 ETOPO = ASSETS / "etopo1.jpg"
 MAP_WIDTH, MAP_HEIGHT = 5400, 2700  # both maps: 1/15 degree per pixel
+MIN_REGIONS = 60
 
 BUNDLED = "bluemarble"  # the bundled training dataset
 HELDOUT = "bluemarble_heldout"
@@ -68,23 +70,28 @@ class BundledRecipe:
     """Everything that determines the bundled datasets (recorded in their fingerprints)."""
 
     count: int = 3000  # how many of the bundled training coordinates to use (at most 3000)
-    # further MP16 locations (at most 30,000) for training and validation windows: they never decide which
-    # blocks are benchmark or validation blocks, so the benchmarks stay the same whatever their number
-    gallery_count: int = 30000
-    max_val: int = 600  # validation windows kept at most (the first, in the seeded order of their rows)
-    max_val_per_block: int = 25  # and at most this many per validation sub-block: no one place dominates
-    benchmark_count: int = 300  # held-out locations per benchmark (at most; fewer if the pool runs out)
+    # further MP16 locations (at most 60,000) for training and validation windows: they never decide which
+    # regions are benchmark regions, so the benchmarks stay the same whatever their number
+    gallery_count: int = 60000
+    val_count: int = 600  # validation images, drawn by the benchmark's rule from the training locations...
+    val_share: float = 0.05  # ...and at most this share of them (a small training set keeps its training)
+    benchmark_count: int = 640  # held-out images per benchmark (fewer only if the pool runs out)
+    # at most this many images per region, and fewer when a count is small, so that even a small benchmark or
+    # validation split spans at least MIN_REGIONS regions (a share of a few regions ranks nothing)
+    per_region: int = 10
+    region_deg: float = sphere.REGION_DEG  # regions: cells of this side, each as likely as any other
     window_deg: float = 4.0
     jitter_deg: float = 0.5
     image_px: int = 96
-    block_deg: float = 15.0  # the globe is cut into blocks this size; a block is a benchmark block or not
-    val_block_deg: float = 7.5  # validation takes sub-blocks this size outside the benchmark blocks
-    val_share: float = 0.2  # of the occupied validation sub-blocks
-    benchmark_share: float = 0.15
     seed: int = 16
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def cap(self, count: int) -> int:
+        """The most images per region of a regional sample of `count`: per_region, or less when MIN_REGIONS
+        regions at that cap would hold more than `count`."""
+        return max(1, min(self.per_region, count // MIN_REGIONS))
 
 
 @dataclass(frozen=True)
@@ -119,58 +126,33 @@ def load_coordinates(path: Path, count: int | None = None) -> tuple[np.ndarray, 
     return source, lat, lon
 
 
-def block_of(row: np.ndarray, col: np.ndarray, recipe: BundledRecipe, block_deg: float | None = None) -> np.ndarray:
-    """The block of the globe holding each map pixel (blocks are block_deg squares aligned with the map;
-    recipe.block_deg unless given)."""
-    block_px = int(round((block_deg or recipe.block_deg) * MAP_WIDTH / 360.0))
+def block_of(row: np.ndarray, col: np.ndarray, block_deg: float) -> np.ndarray:
+    """The block of the globe holding each map pixel (blocks are block_deg squares aligned with the map)."""
+    block_px = int(round(block_deg * MAP_WIDTH / 360.0))
     return (np.asarray(row) // block_px) * (MAP_WIDTH // block_px + 1) + (np.asarray(col) % MAP_WIDTH) // block_px
 
 
-def seeded_share(blocks: np.ndarray, share: float, seed: str) -> set[int]:
-    """The blocks that, taken in a seeded order, hold about `share` of the given locations (MP16 is dense
-    in a few places, so shares are counted in locations, not in blocks)."""
-    ids, counts = np.unique(blocks, return_counts=True)
-    order = np.argsort([zlib.crc32(f"{seed}:{int(i)}".encode()) for i in ids], kind="stable")
-    cumulative = np.cumsum(counts[order]) / counts.sum()
-    return {int(block) for block, total in zip(ids[order], cumulative, strict=True) if total <= share}
+def seeded_order(keys: np.ndarray, seed: str) -> np.ndarray:
+    """The distinct keys in an order fixed by `seed` alone (a hash of each key): each key as likely as any
+    other to come early, and a key's place does not move when others are added or removed."""
+    distinct = np.unique(keys)
+    return distinct[np.argsort([zlib.crc32(f"{seed}:{key}".encode()) for key in distinct], kind="stable")]
 
 
-def block_roles(blocks: np.ndarray, recipe: BundledRecipe) -> dict[int, str]:
-    """'benchmark' or 'train' for every block: the benchmark blocks hold about benchmark_share of the
-    given locations."""
-    chosen = seeded_share(blocks, recipe.benchmark_share, str(recipe.seed))
-    return {int(block): "benchmark" if int(block) in chosen else "train" for block in np.unique(blocks)}
-
-
-def validation_blocks(windows: Windows, roles: dict[int, str], recipe: BundledRecipe) -> set[int]:
-    """A seeded val_share of the sub-blocks (val_block_deg) outside the benchmark blocks that hold any of
-    `windows`, each sub-block as likely as any other: many small regions spread over the training areas, so
-    validation measures what the benchmark does (places a few hundred km from any training image) over many
-    regions, where shares counted in locations would give the few densest cities."""
-    centre_row, centre_col = windows.row + windows.side // 2, windows.col + windows.side // 2
-    outside = np.array([roles.get(int(b), "train") != "benchmark" for b in block_of(centre_row, centre_col, recipe)])
-    occupied = np.unique(block_of(centre_row[outside], centre_col[outside], recipe, recipe.val_block_deg))
-    return seeded_share(occupied, recipe.val_share, f"val:{recipe.seed}")
-
-
-def first_per_block(windows: Windows, recipe: BundledRecipe) -> np.ndarray:
-    """Whether each window is among the first max_val_per_block of its validation sub-block."""
-    blocks = block_of(windows.row + windows.side // 2, windows.col + windows.side // 2, recipe, recipe.val_block_deg)
-    rank = np.zeros(len(blocks), dtype=int)
-    for block in np.unique(blocks):
-        at = np.flatnonzero(blocks == block)
-        rank[at] = np.arange(len(at))
-    return rank < recipe.max_val_per_block
-
-
-def inside_blocks(
-    windows: Windows, blocks: set[int], recipe: BundledRecipe, block_deg: float | None = None
-) -> np.ndarray:
-    """Whether each window lies wholly in `blocks` (a window is smaller than a block, so its four corners
-    decide)."""
-    last = windows.side - 1
-    corners = [block_of(windows.row + dr, windows.col + dc, recipe, block_deg) for dr in (0, last) for dc in (0, last)]
-    return np.all([[int(b) in blocks for b in corner] for corner in corners], axis=0)
+def regional_sample(windows: Windows, count: int, recipe: BundledRecipe, seed: str) -> np.ndarray:
+    """Which of `windows` a regional sample takes: region cells (of the locations) in a seeded order, each
+    occupied cell as likely as any other (so sparse regions weigh as much as MP16's dense cities), at most
+    recipe.cap(count) windows from each (the first, in the windows' own seeded order), until `count`. The
+    benchmark and validation are both drawn so, so validation measures what the benchmark does."""
+    regions = sphere.region_of(windows.lat, windows.lon, recipe.region_deg)
+    cap, taken, total = recipe.cap(count), [], 0
+    for region in seeded_order(regions, seed):
+        if total >= count:
+            break
+        taken.append(np.flatnonzero(regions == region)[:cap])
+        total += len(taken[-1])
+    chosen = np.sort(np.concatenate(taken))[:count] if taken else np.zeros(0, int)
+    return np.isin(np.arange(len(windows)), chosen)
 
 
 def place_windows(
@@ -202,33 +184,26 @@ def overlapping(windows: Windows, others: Windows) -> np.ndarray:
 def layout(recipe: BundledRecipe) -> dict[str, Windows]:
     """The training windows (train and val) and the benchmark windows, pixel-disjoint across roles.
 
-    Benchmark windows lie wholly inside benchmark blocks, validation windows wholly inside validation
-    sub-blocks; a training window is dropped if its centre is in a benchmark block or it touches any
-    validation or benchmark window. Which blocks are benchmark blocks depends on the training sample and
-    the held-out pool alone, so gallery locations (further training and validation windows) never move
-    the benchmarks."""
-    source, lat, lon = load_coordinates(TRAINING_COORDINATES, recipe.count)
-    sample = place_windows(source, lat, lon, np.full(len(lat), "train"), recipe, recipe.seed)
+    Drawn in this order, each role never touching the ones before it: the benchmark from the held-out pool,
+    then validation from the training-sample and gallery windows that touch no benchmark window (each a
+    regional_sample: many regions, a few images each, by one rule), then training: every other such window
+    that touches no validation window. The benchmark depends on the held-out pool
+    alone, so the training sample and the gallery (their number included) never move it."""
     pool_source, pool_lat, pool_lon = load_coordinates(HELDOUT_COORDINATES)
     pool = place_windows(pool_source, pool_lat, pool_lon, np.full(len(pool_lat), "test"), recipe, recipe.seed + 1)
-    centres = [block_of(w.row + w.side // 2, w.col + w.side // 2, recipe) for w in (sample, pool)]
-    roles = block_roles(np.concatenate(centres), recipe)
+    benchmark = pool.take(regional_sample(pool, recipe.benchmark_count, recipe, f"benchmark:{recipe.seed}"))
+    source, lat, lon = load_coordinates(TRAINING_COORDINATES, recipe.count)
+    sample = place_windows(source, lat, lon, np.full(len(lat), "train"), recipe, recipe.seed)
     gallery_source, gallery_lat, gallery_lon = load_coordinates(GALLERY_COORDINATES, recipe.gallery_count)
     gallery = place_windows(
         gallery_source, gallery_lat, gallery_lon, np.full(len(gallery_lat), "train"), recipe, recipe.seed + 2
     )
     training = concatenate(sample, gallery)
-    benchmark_blocks = {block for block, role in roles.items() if role == "benchmark"}
-    benchmark = pool.take(inside_blocks(pool, benchmark_blocks, recipe))
-    benchmark = benchmark.take(np.arange(len(benchmark)) < recipe.benchmark_count)
-    val_blocks = validation_blocks(training, roles, recipe)
-    in_val_blocks = inside_blocks(training, val_blocks, recipe, recipe.val_block_deg)
-    val = training.take(in_val_blocks & ~overlapping(training, benchmark))
-    val = val.take(first_per_block(val, recipe) & (np.cumsum(first_per_block(val, recipe)) <= recipe.max_val))
+    training = training.take(~overlapping(training, benchmark))
+    val_count = min(recipe.val_count, max(1, int(recipe.val_share * len(training))))
+    val = training.take(regional_sample(training, val_count, recipe, f"val:{recipe.seed}"))
     val = Windows(**{**asdict(val), "split": np.full(len(val), "val")})
-    training_centres = block_of(training.row + training.side // 2, training.col + training.side // 2, recipe)
-    in_train_blocks = np.array([roles.get(int(b), "train") == "train" for b in training_centres])
-    train = training.take(in_train_blocks & ~overlapping(training, val) & ~overlapping(training, benchmark))
+    train = training.take(~overlapping(training, val))
     return {"training": concatenate(train, val), "benchmark": benchmark}
 
 

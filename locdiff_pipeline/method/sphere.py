@@ -167,3 +167,19 @@ def random_points(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
 def mean_spacing_rad(n_points: int) -> float:
     """Typical angular spacing of n near-uniform points: the side of a square of area 4 pi / n."""
     return math.sqrt(4.0 * math.pi / n_points)
+
+
+REGION_DEG = 7.5  # the default side of a region cell: the unit the benchmarks are drawn and bootstrapped by
+
+
+def region_of(lat: ArrayLike, lon: ArrayLike, size_deg: float = REGION_DEG) -> np.ndarray:
+    """The region cell (a size_deg x size_deg square of latitude and longitude) holding each location, named by
+    its south-west corner: '+37.5,-127.5'. Images of one region are not independent draws (one landscape,
+    one climate), so benchmarks are built and bootstrapped by region, never by image."""
+    if not 0 < size_deg <= 90:
+        raise ValueError(f"size_deg must lie in (0, 90], got {size_deg}")
+    lat = np.clip(np.asarray(lat, dtype=float), -90.0, 90.0)
+    rows = np.minimum(np.floor((lat + 90.0) / size_deg), np.ceil(180.0 / size_deg) - 1)  # the north pole: top row
+    cols = np.floor(((wrap_longitude(lon) + 180.0) % 360.0) / size_deg)
+    south, west = rows * size_deg - 90.0, cols * size_deg - 180.0
+    return np.array([f"{s:+.1f},{w:+.1f}" for s, w in zip(south, west, strict=True)], dtype=object)
