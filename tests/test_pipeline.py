@@ -52,7 +52,7 @@ from locdiff_pipeline.defs.resources import (
 )
 from locdiff_pipeline.defs.sensors.evaluate_new_model import evaluate_new_model
 from locdiff_pipeline.encoders.image_encoder import DESCRIPTORS_NOTE
-from locdiff_pipeline.method import metrics, shdd, sphere
+from locdiff_pipeline.method import bootstrap, metrics, shdd, sphere
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol, draws_needed
 from locdiff_pipeline.predict import predict
@@ -393,16 +393,51 @@ def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline
             )
             assert r.top_error_km == pytest.approx(errors.min())
         assert rows[method]["top5_acc_750km"] == pytest.approx((group["top_error_km"] <= 750).mean())
-    assert rows["knn"]["region_coverage"] is None
+    assert rows["knn"]["region_coverage"] is None  # the circle: LocDiff's only; every density has an HPD region
     folder = root / "warehouse" / "reports" / bundled.HELDOUT / "v1"
     for name in ("error_cdf.png", "error_map.png", "calibration.png", "density_maps.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     calibration = json.loads((folder / "calibration.json").read_text())
-    observed = [point["observed"] for point in calibration]
-    assert observed == sorted(observed)  # nested regions: coverage cannot fall as the level rises
-    ninety = next(p["observed"] for p in calibration if p["level"] == 0.9)
-    assert ninety == pytest.approx(rows["locdiff"]["region_coverage"], abs=1e-9)  # samples table reproduces region_km
+    assert set(calibration) == {m for m in METHODS if "/" not in m}  # every method's density, none of the twins'
+    for method, curve in calibration.items():
+        observed = [point["observed"] for point in curve]
+        assert observed == sorted(observed), method  # nested regions: coverage cannot fall as the level rises
+        group = predictions[predictions["method"] == method]
+        ninety = next(p["observed"] for p in curve if p["level"] == 0.9)
+        assert (
+            ninety == pytest.approx((group["hpd_level"] <= 0.9).mean()) == pytest.approx(rows[method]["hpd90_coverage"])
+        )
+        assert rows[method]["nll"] == pytest.approx(-group["log_density"].mean())
+        assert rows[method]["hpd90_area"] == pytest.approx(group["hpd90_area"].mean())
+        assert group["hpd90_area"].between(0, 1.05).all() and group["hpd_level"].between(0, 1).all()
+    for method in (m for m in METHODS if "/" in m):  # a twin has points, not a density
+        assert rows[method]["nll"] is None and predictions[predictions["method"] == method]["log_density"].isna().all()
+    _the_intervals_are_a_bootstrap_over_the_benchmarks_regions(root, predictions, rows)
     assert DESCRIPTORS_NOTE in (folder / "accuracy.md").read_text()
+
+
+def _the_intervals_are_a_bootstrap_over_the_benchmarks_regions(root, predictions, rows) -> None:
+    """The report's intervals are method/bootstrap.py's over the bootstrap table written beside the predictions,
+    whose regions are the truths' cells."""
+    table = _table(root, "bootstrap").to_pandas()
+    table = table[table["dataset"] == bundled.HELDOUT]
+    resamples = bootstrap.Resamples(
+        table["replicate"].to_numpy(), table["region"].to_numpy(object), table["weight"].to_numpy()
+    )
+    assert (
+        set(table["region"])
+        == set(predictions["region"])
+        == set(sphere.region_of(predictions["true_lat"], predictions["true_lon"]))
+    )
+    for method in ("locdiff", "knn", CHANCE):
+        group = predictions[predictions["method"] == method]
+        for name, values in (("acc_750km", (group["error_km"] <= 750).astype(float)), ("nll", -group["log_density"])):
+            low, high = bootstrap.ratio_interval(values.to_numpy(), group["region"].to_numpy(object), resamples)
+            assert (rows[method][f"{name}_low"], rows[method][f"{name}_high"]) == (
+                pytest.approx(low),
+                pytest.approx(high),
+            ), (method, name)
+            assert low <= rows[method][name] <= high
 
 
 def test_rematerializing_one_asset_leaves_its_upstream_alone(pipeline):
@@ -820,7 +855,7 @@ def test_benchmark_results_rank_model_versions_in_mlflow(pipeline):
     rows = report_sql.accuracy_table(WarehouseResource(root=str(root)).get(), dataset=bundled.HELDOUT)
     locdiff = next(row for row in rows if row["method"] == "locdiff")
     assert best.info.run_id == run.info.run_id
-    for name in ("acc_750km", "acc_2500km", "median_km", "region_coverage"):
+    for name in ("acc_750km", "acc_2500km", "acc_750km_low", "acc_2500km_high", "median_km", "nll", "hpd90_coverage"):
         assert best.data.metrics[f"{bundled.HELDOUT}/{name}"] == pytest.approx(locdiff[name])
     assert f"{bundled.SHIFTED}/acc_750km" in best.data.metrics
     assert run.data.tags["mlflow.note.content"].startswith("Model version ")
@@ -834,14 +869,14 @@ def test_the_accuracy_table_leads_with_locdiff_and_the_scales_that_decide(pipeli
     rows = report_sql.accuracy_table(WarehouseResource(root=str(root)).get(), dataset=bundled.HELDOUT)
     shown = report_sql.display_rows(rows)
     assert list(shown[0]) == [label for label, _ in report_sql.DISPLAY_COLUMNS]
-    assert list(shown[0])[1:3] == ["750 km %", "2500 km %"]
+    assert list(shown[0])[1:5] == ["750 km %", "750 km 95% CI", "2500 km %", "2500 km 95% CI"]
     methods = [row["method"] for row in shown]
     assert methods[0] == "locdiff" and methods[-2:] == ["chance", "constant"]
     by_method = {row["method"]: row for row in rows}
     for method in methods:  # a /plain twin only where it differs from its method's row
         if "/" in method:
             family = by_method[method.split("/")[0]]
-            assert any(by_method[method][c] != family[c] for _, c in report_sql.DISPLAY_COLUMNS[1:])
+            assert any(by_method[method][c] != family[c] for _, c in report_sql.DISPLAY_COLUMNS[1:] if c in family)
     hidden = {m for m in by_method if "/" in m} - set(methods)
     assert all(by_method[m]["acc_750km"] == by_method[m.split("/")[0]]["acc_750km"] for m in hidden)
     locdiff = by_method["locdiff"]

@@ -255,9 +255,13 @@ class SoftmaxClassifier:
         optimizer.step(objective)
         return cls(weight.detach(), bias.detach())
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(N, classes) logits of standardised features (N, D)."""
         with torch.no_grad():
-            return torch.argmax(torch.as_tensor(x, dtype=torch.float32) @ self.weight + self.bias, dim=1).numpy()
+            return (torch.as_tensor(x, dtype=torch.float32) @ self.weight + self.bias).numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.argmax(self.logits(x), axis=1)
 
 
 def fit_cells(
@@ -390,29 +394,45 @@ def locdiff_h(
     gallery image, LocDiff's prediction itself. On a gallery searched through an index (above
     retrieval.EXACT_MAX_ROWS) the ring is searched among the HYBRID_CANDIDATES most similar images only.
     Returns the prediction and a boolean mask of the images that fell back."""
+    lat, lon, found = locdiff_h_points(
+        gallery, embeddings, np.asarray(locdiff_lat)[:, None], np.asarray(locdiff_lon)[:, None], radius_km, plain_weight
+    )
+    return MethodPrediction(lat[:, 0], lon[:, 0]), ~found[:, 0]
+
+
+def locdiff_h_points(
+    gallery: Gallery,
+    embeddings: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    radius_km: float = HYBRID_RADIUS_KM,
+    plain_weight: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """LocDiff-H's refinement of several points per image (N, S): each point becomes the location of the
+    image's most similar gallery image within radius_km of it, or stays where that ring is empty. One
+    similarity per image and gallery row serves all of its points (so LocDiff's samples refine at the cost
+    of its answer). Returns (lat, lon, found), each (N, S); `found` is False where the ring was empty."""
     queries = gallery.queries(embeddings, plain_weight)
-    centres = sphere.to_unit(locdiff_lat, locdiff_lon)
+    n, count = np.shape(lat)
+    centres = sphere.to_unit(np.ravel(lat), np.ravel(lon)).reshape(n, count, 3)
     cos_radius = np.cos(radius_km / sphere.EARTH_RADIUS_KM)
-    lat, lon = np.array(locdiff_lat, dtype=float), np.array(locdiff_lon, dtype=float)
-    fell_back = np.ones(len(queries), dtype=bool)
+    best = np.full((n, count), -1)
     if not gallery.retriever.exact:  # a large gallery: the most similar of the HYBRID_CANDIDATES nearest
         nearest = gallery.retriever.search(queries, HYBRID_CANDIDATES)
-        inside = np.einsum("nd,nkd->nk", centres, gallery.units[nearest]) >= cos_radius
-        found = inside.any(axis=1)
-        best = nearest[np.arange(len(nearest)), inside.argmax(axis=1)]
-        lat[found], lon[found] = gallery.lat[best[found]], gallery.lon[best[found]]
-        fell_back[found] = False
-        return MethodPrediction(lat, lon), fell_back
-    for start in range(0, len(queries), 1024):
-        stop = start + 1024
-        inside = centres[start:stop] @ gallery.units.T >= cos_radius
-        similarity = np.where(inside, queries[start:stop] @ gallery.embeddings.T, -np.inf)
-        best = similarity.argmax(axis=1)
-        found = inside.any(axis=1)
-        rows = np.arange(start, start + len(best))[found]
-        lat[rows], lon[rows] = gallery.lat[best[found]], gallery.lon[best[found]]
-        fell_back[rows] = False
-    return MethodPrediction(lat, lon), fell_back
+        inside = np.einsum("nsd,nkd->nsk", centres, gallery.units[nearest]) >= cos_radius
+        best = np.where(inside.any(axis=2), np.take_along_axis(nearest, inside.argmax(axis=2), axis=1), -1)
+    else:
+        rows = max(1, 1024 // count)
+        for start in range(0, n, rows):
+            stop = start + rows
+            inside = centres[start:stop] @ gallery.units.T >= cos_radius  # (rows, S, G)
+            similarity = (queries[start:stop] @ gallery.embeddings.T)[:, None, :]
+            chosen = np.where(inside, similarity, -np.inf).argmax(axis=2)
+            best[start:stop] = np.where(inside.any(axis=2), chosen, -1)
+    found = best >= 0
+    out_lat, out_lon = np.array(lat, dtype=float), np.array(lon, dtype=float)
+    out_lat[found], out_lon[found] = gallery.lat[best[found]], gallery.lon[best[found]]
+    return out_lat, out_lon, found
 
 
 def chance(gallery: Gallery, count: int, draws: int, seed: int = 0) -> MethodPrediction:

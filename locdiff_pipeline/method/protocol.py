@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from locdiff_pipeline.method import metrics, shdd, sphere, uncertainty
+from locdiff_pipeline.method import densities, metrics, shdd, sphere, uncertainty
 from locdiff_pipeline.method.model import LocDiffModel, Prediction, Samples
 from locdiff_pipeline.method.views import COMBINE_RULES, PLAIN_WEIGHTS, sample_weights
 
@@ -36,6 +36,10 @@ REGION_SAMPLES = 16  # samples per image drawn at least, whatever the protocol a
 # if every view of every validation image can have that many within it (a GPU affords every choice)
 SAMPLE_BUDGET = {"cpu": 50_000, "cuda": 5_000_000}
 REGION_BANDWIDTHS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # region kernel widths tried, in decoder radii
+# LocDiff's density: a kernel around each of this many draws per image (spread over the protocol's views), enough
+# for several modes to show where the draws disagree; its width and floor chosen on validation by NLL
+DENSITY_SAMPLES = 64
+FALLBACK_DENSITY_KM = 500.0  # the kernel of a protocol recorded with neither a density nor a region width
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,12 @@ class Protocol:
     region_bandwidth_km: float | None = None
     validation_coverage: float | None = None
     validation_spread_error_correlation: float | None = None
+    # LocDiff's density (densities.KernelMixture over DENSITY_SAMPLES draws), chosen on validation by NLL; then,
+    # measured there, its NLL (nats relative to uniform) and the share of truths in its 90 % region
+    density_bandwidth_km: float | None = None
+    density_floor: float | None = None
+    validation_nll: float | None = None
+    validation_hpd_coverage: float | None = None
 
     def describe(self) -> str:
         weight = "" if self.views == 1 or self.plain_weight is None else f", plain view {self.plain_weight:g}"
@@ -100,7 +110,7 @@ def choose_protocol(
     grid, per_image = score_candidates(model, drawn, lat, lon, affordable)
     best = select(grid, per_image)
     chosen = Protocol(best["rule"], best["views"], best["score"], imagery, best["plain_weight"], best["samples"])
-    return calibrate_region(model, drawn, chosen, lat, lon), grid
+    return fit_density(model, array, calibrate_region(model, drawn, chosen, lat, lon), lat, lon, seed), grid
 
 
 def score_candidates(
@@ -144,6 +154,52 @@ def calibrate_region(
         validation_coverage=coverage,
         validation_spread_error_correlation=uncertainty.spread_error_correlation(prediction.spread_km, errors),
     )
+
+
+def density_draws(protocol: Protocol) -> int:
+    """Samples per view that make LocDiff's density: DENSITY_SAMPLES per image over the protocol's views."""
+    return -(-DENSITY_SAMPLES // protocol.views)
+
+
+def locdiff_density(
+    drawn: Samples, protocol: Protocol, bandwidth_km: float | None = None, floor: float | None = None
+) -> densities.KernelMixture:
+    """LocDiff's density for each image: a kernel around each of its first density_draws(protocol) decoded
+    samples of each of the protocol's views, the views weighted as the protocol weighs them. The width and
+    floor are the protocol's (chosen on validation) unless given.
+
+    Why kernels around the decoded samples and not the mean of their SHDD vectors: the truncated series of a
+    mixture of deltas goes negative (it rings), so it is no density as it is; clipped and renormalised, its
+    mass depends on the clipping, and its width is fixed by L. The kernel mixture is a density exactly,
+    positive everywhere, and its one width is fitted like every other method's."""
+    posterior = drawn.first(protocol.views, density_draws(protocol))
+    n, views, samples = posterior.lat.shape
+    # a protocol recorded before densities were fitted: its region kernel, no floor
+    width = bandwidth_km or protocol.density_bandwidth_km or protocol.region_bandwidth_km or FALLBACK_DENSITY_KM
+    return densities.samples_mixture(
+        posterior.lat.reshape(n, -1),
+        posterior.lon.reshape(n, -1),
+        width,
+        (protocol.density_floor or 0.0) if floor is None else floor,
+        sample_weights(views, samples, protocol.plain_weight),
+    )
+
+
+def fit_density(
+    model: LocDiffModel, embeddings: np.ndarray, protocol: Protocol, lat: np.ndarray, lon: np.ndarray, seed: int = 0
+) -> Protocol:
+    """The protocol with its density's kernel width and floor: the pair of densities.kernel_grid() whose
+    densities give the validation truths the smallest mean negative log-likelihood; and, with them, that NLL
+    and the share of truths inside the 90 % highest-density regions."""
+    drawn = model.sample(embeddings[:, : protocol.views], density_draws(protocol), seed)
+    truth = sphere.to_unit(lat, lon)
+    fit = densities.fit_by_nll(
+        densities.kernel_grid(), lambda **chosen: locdiff_density(drawn, protocol, **chosen), truth
+    )
+    width, floor = fit.parameters["bandwidth_km"], fit.parameters["floor"]
+    chosen = replace(protocol, density_bandwidth_km=width, density_floor=floor)
+    scores = locdiff_density(drawn, chosen).scores(truth, np.random.default_rng(seed))
+    return replace(chosen, validation_nll=fit.nll, validation_hpd_coverage=scores.coverage())
 
 
 def select(grid: list[dict], per_image: list[np.ndarray]) -> dict:

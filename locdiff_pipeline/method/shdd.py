@@ -463,20 +463,6 @@ def _best_time(evaluate, probe: torch.Tensor, L: int, repeats: int = 2) -> float
     return min(times)
 
 
-def function_on_grid(
-    coeffs: torch.Tensor, L: int, rho_km: float | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """F of each vector smoothed over caps of radius rho (default: half the peak width), on the coarse
-    grid, for maps: (lat ascending (rings,), lon ascending from -180 (longitudes,), values (B, rings,
-    longitudes)). The same synthesis decode searches, so a map shows exactly what decode sees."""
-    with torch.no_grad():
-        values = _grid_values(_smoothed(coeffs, L, rho_km), L).double().cpu().numpy()
-    ring_lat, ring_lon = _grid_coordinates(L)
-    half = len(ring_lon) // 2  # the column of longitude 180, which becomes -180 at the front
-    values = np.roll(values[:, ::-1, :], half, axis=2)  # rows south to north, columns from -180
-    return ring_lat[::-1], sphere.wrap_longitude(np.roll(ring_lon, half)), values
-
-
 # The refinement's 3 x 3 stencil in the tangent plane: centre, +-e1, +-e2, then the four diagonals.
 _STENCIL = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
 _REFINE_SHRINK = 4.0

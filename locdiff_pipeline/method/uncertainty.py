@@ -1,10 +1,9 @@
-"""Per-image uncertainty from several diffusion samples: a density on the sphere, confidence regions,
-and their calibration.
+"""Per-image uncertainty from several diffusion samples: a density on the sphere and confidence circles.
 
 The density is a von Mises-Fisher kernel density of the decoded samples (all views x samples of an
 image), evaluated on near-uniform Fibonacci anchors, so each anchor stands for an equal area. The
 confidence region at level q is the smallest cap around the image's prediction that holds q of the
-density mass; calibration is the share of true locations inside their region, per level.
+density mass.
 """
 
 from __future__ import annotations
@@ -12,9 +11,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
 
-from locdiff_pipeline.method import shdd, sphere
+from locdiff_pipeline.method import sphere
 
 REGION_LEVEL = 0.9
 CALIBRATION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -96,15 +94,6 @@ def sample_regions(
     return np.concatenate(radii) if radii else np.zeros((0, len(levels)))
 
 
-def calibration(
-    errors_km: np.ndarray, radii_km: np.ndarray, levels: tuple[float, ...] = CALIBRATION_LEVELS
-) -> list[tuple[float, float]]:
-    """(nominal level, observed share of true locations inside their region) per level."""
-    errors = np.asarray(errors_km)[:, None]
-    covered = (errors <= np.asarray(radii_km)).mean(axis=0)
-    return [(float(level), float(share)) for level, share in zip(levels, covered)]
-
-
 def spread_error_correlation(spread_km: np.ndarray, errors_km: np.ndarray) -> float:
     """Pearson correlation of log spread and log error over images (1 km added to both): near 0 when the
     samples' agreement says nothing about the error, as for a model whose samples always agree."""
@@ -112,15 +101,3 @@ def spread_error_correlation(spread_km: np.ndarray, errors_km: np.ndarray) -> fl
     if len(spread) < 2 or spread.std() == 0 or errors.std() == 0:
         return float("nan")
     return float(np.corrcoef(spread, errors)[0, 1])
-
-
-def mixture_density_on_grid(
-    sample_lat: np.ndarray, sample_lon: np.ndarray, L: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's density as the model represents it: the mean of its samples' SHDD vectors (in the
-    Hilbert space the mean of SHDD vectors is the mixture of their densities) at the model's degree L,
-    smoothed over caps of one peak width and cut at zero, on the decoder's grid: (grid_lat, grid_lon,
-    density (rows by grid_lat)). Where the samples gather in several places, it shows several modes."""
-    mixture = shdd.encode(np.asarray(sample_lat, float), np.asarray(sample_lon, float), L).mean(axis=0)
-    grid_lat, grid_lon, values = shdd.function_on_grid(torch.tensor(mixture[None, :]), L, shdd.peak_width_km(L))
-    return grid_lat, grid_lon, np.clip(values[0], 0.0, None)

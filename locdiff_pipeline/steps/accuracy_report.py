@@ -1,9 +1,10 @@
 """The accuracy report of one dataset and model version, as files in warehouse/reports/<dataset>/v<N>/.
 
-accuracy.md (every method side by side, from the DuckDB `accuracy` view), error_cdf.png (all methods),
-error_map.png (LocDiff's errors on the map), calibration.png/.json (coverage of LocDiff's confidence
-regions at several levels) and density_maps.png (for a few test images, the mixture of the samples
-at the model's degree: LocDiff's own density, several modes where its samples disagree).
+accuracy.md (every method side by side, from the DuckDB `accuracy` view, with bootstrap intervals over
+regions and the proper scores of each method's density), error_cdf.png (all methods), error_map.png
+(LocDiff's errors on the map), calibration.png/.json (the share of truths inside each method's 10 ... 90 %
+highest-density regions) and density_maps.png (for a few test images, LocDiff's scored density with its
+50 % and 90 % highest-density regions as contours: several modes where its samples disagree).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import numpy as np
 
 from locdiff_pipeline.data.bundled import BLUE_MARBLE
 from locdiff_pipeline.data.warehouse import Warehouse
-from locdiff_pipeline.method import uncertainty
+from locdiff_pipeline.method import densities, sphere
 from locdiff_pipeline.steps import figures, report_sql
 
 DENSITY_MAP_IMAGES = 6
-REPORT_VERSION = 6  # the Dagster code version of accuracy_report: bump when the report's content changes
+HPD_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the calibration curve's levels
+CONTOUR_LEVELS = (0.5, 0.9)  # the highest-density regions the density maps outline
+MAP_GRID_DEG = 1.0
+REPORT_VERSION = 7  # the Dagster code version of accuracy_report: bump when the report's content changes
 
 
 @dataclass
@@ -28,7 +32,7 @@ class ReportBundle:
     folder: Path
     rows: list[dict]
     markdown: str
-    calibration: list[tuple[float, float]]
+    calibration: dict[str, list[tuple[float, float]]]
     pngs: dict[str, bytes]
 
 
@@ -37,48 +41,45 @@ def _fetch(warehouse: Warehouse, sql: str, parameters: list) -> list[tuple]:
         return con.execute(sql, parameters).fetchall()
 
 
-def _locdiff_with_samples(warehouse: Warehouse, dataset: str, version: int, columns: str, order_by: str) -> list[tuple]:
-    """LocDiff's prediction rows (`columns` of `predictions p`, code-chosen column lists) joined with
-    their stored samples; each row ends with sample_lat, sample_lon, bandwidth_km."""
-    return _fetch(
+def calibration_curves(warehouse: Warehouse, dataset: str, version: int) -> dict[str, list[tuple[float, float]]]:
+    """Per method with a density: (level, share of truths inside its level highest-density region) at
+    HPD_LEVELS, from the predictions' per-image `hpd_level` (a truth is inside the q region when it is <= q)."""
+    coverage = ", ".join(f"avg(CASE WHEN hpd_level <= {q} THEN 1.0 ELSE 0.0 END)" for q in HPD_LEVELS)
+    rows = _fetch(
         warehouse,
-        f"""SELECT {columns}, s.sample_lat, s.sample_lon, s.bandwidth_km
-        FROM predictions p JOIN prediction_samples s USING (dataset, model_version, image_id, method)
-        WHERE p.dataset = $1 AND p.model_version = $2 AND p.method = 'locdiff'
-        ORDER BY {order_by}""",
+        f"SELECT method, {coverage} FROM predictions WHERE dataset = $1 AND model_version = $2 "
+        "AND hpd_level IS NOT NULL GROUP BY method ORDER BY method",
         [dataset, int(version)],
     )
+    return {method: list(zip(HPD_LEVELS, map(float, shares), strict=True)) for method, *shares in rows}
 
 
-def calibration_points(warehouse: Warehouse, dataset: str, version: int) -> list[tuple[float, float]]:
-    """Coverage of LocDiff's regions at CALIBRATION_LEVELS, recomputed from the stored samples."""
-    rows = _locdiff_with_samples(warehouse, dataset, version, "p.error_km, p.pred_lat, p.pred_lon", "p.image_id")
-    if not rows:
-        return []
-    errors, pred_lat, pred_lon, sample_lat, sample_lon, bandwidth = zip(*rows)
-    radii = uncertainty.sample_regions(
-        np.array(sample_lat), np.array(sample_lon), np.array(pred_lat), np.array(pred_lon), float(bandwidth[0])
-    )
-    return uncertainty.calibration(np.array(errors), radii)
-
-
-def density_panels(
-    warehouse: Warehouse, dataset: str, version: int, degree: int, count: int = DENSITY_MAP_IMAGES
-) -> list[dict]:
+def density_panels(warehouse: Warehouse, dataset: str, version: int, count: int = DENSITY_MAP_IMAGES) -> list[dict]:
     """Panels for `count` test images spread over LocDiff's error range (best to worst, evenly), each with
-    the mixture of its samples at the model's degree (uncertainty.mixture_density_on_grid)."""
-    rows = _locdiff_with_samples(
+    LocDiff's scored density (its kernels, as stored beside the predictions) on a MAP_GRID_DEG grid and the
+    density at the edge of its CONTOUR_LEVELS highest-density regions."""
+    rows = _fetch(
         warehouse,
-        dataset,
-        version,
-        "p.image_id, p.true_lat, p.true_lon, p.pred_lat, p.pred_lon, p.error_km, p.region_km",
-        "p.error_km, p.image_id",
+        """SELECT p.image_id, p.true_lat, p.true_lon, p.pred_lat, p.pred_lon, p.error_km, p.hpd_level,
+            s.density_lat, s.density_lon, s.density_weight, s.density_bandwidth_km, s.density_floor
+        FROM predictions p JOIN prediction_samples s USING (dataset, model_version, image_id, method)
+        WHERE p.dataset = $1 AND p.model_version = $2 AND p.method = 'locdiff' AND s.density_lat IS NOT NULL
+        ORDER BY p.error_km, p.image_id""",
+        [dataset, int(version)],
     )
     picks = sorted({int(round(i)) for i in np.linspace(0, len(rows) - 1, min(count, len(rows)))}) if rows else []
+    grid_lat = np.arange(-90 + MAP_GRID_DEG / 2, 90, MAP_GRID_DEG)
+    grid_lon = np.arange(-180 + MAP_GRID_DEG / 2, 180, MAP_GRID_DEG)
+    mesh_lat, mesh_lon = np.meshgrid(grid_lat, grid_lon, indexing="ij")
+    grid = sphere.to_unit(mesh_lat.ravel(), mesh_lon.ravel())
     panels = []
     for index in picks:
-        image_id, true_lat, true_lon, pred_lat, pred_lon, error, region, sample_lat, sample_lon, _ = rows[index]
-        grid_lat, grid_lon, density = uncertainty.mixture_density_on_grid(sample_lat, sample_lon, degree)
+        image_id, true_lat, true_lon, pred_lat, pred_lon, error, level, lat, lon, weight, width, floor = rows[index]
+        centres = sphere.to_unit(np.asarray(lat, float), np.asarray(lon, float))[None]
+        weights = np.asarray(weight, float)[None] / np.sum(weight)
+        density = densities.KernelMixture(centres, weights, width, floor)
+        values = density.log_density(grid[None])[0].reshape(mesh_lat.shape)
+        edges = density.thresholds(CONTOUR_LEVELS, np.random.default_rng(0))[0]
         panels.append(
             dict(
                 image_id=image_id,
@@ -87,10 +88,11 @@ def density_panels(
                 pred_lat=pred_lat,
                 pred_lon=pred_lon,
                 error_km=error,
-                region_km=region,
+                hpd_level=level,
                 grid_lat=grid_lat,
                 grid_lon=grid_lon,
-                density=density,
+                log_density=values,
+                contours=dict(zip(CONTOUR_LEVELS, edges, strict=True)),
             )
         )
     return panels
@@ -112,16 +114,56 @@ def scoring_note(contamination: dict, excluded: bool) -> str:
     return head + ("; they were excluded from scoring." if excluded else "; they were scored (not excluded).")
 
 
-def build_report(warehouse: Warehouse, dataset: str, version: int, degree: int, notes: list[str]) -> ReportBundle:
-    """Files of one benchmark's report for one model version (of SHDD degree `degree`); `notes` (the
-    encoder caveat, the contamination summary, the protocol) go under the table."""
+def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[str]) -> ReportBundle:
+    """Files of one benchmark's report for one model version; `notes` (the encoder caveat, the contamination
+    summary, the protocol and the densities chosen on validation) go under the table."""
     rows = report_sql.accuracy_table(warehouse, dataset=dataset, model_version=version)
+    calibration = calibration_curves(warehouse, dataset, version)
+    markdown = report_markdown(rows, calibration, notes)
+    title = f"{dataset}, model v{version}"
+    pngs = error_figures(warehouse, dataset, version, title)
+    if calibration:
+        pngs["calibration.png"] = figures.calibration_png(calibration, f"Highest-density regions, {title}")
+    panels = density_panels(warehouse, dataset, version)
+    if panels:
+        pngs["density_maps.png"] = figures.density_maps_png(
+            panels, f"LocDiff's density and its 50 % / 90 % highest-density regions, {title}", BLUE_MARBLE
+        )
+    folder = warehouse.root / report_sql.REPORTS / dataset / f"v{version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "accuracy.md").write_text(markdown + "\n")
+    (folder / "calibration.json").write_text(
+        json.dumps(
+            {method: [{"level": q, "observed": share} for q, share in curve] for method, curve in calibration.items()},
+            indent=2,
+        )
+    )
+    for name, data in pngs.items():
+        (folder / name).write_bytes(data)
+    return ReportBundle(folder, rows, markdown, calibration, pngs)
+
+
+def report_markdown(rows: list[dict], calibration: dict[str, list[tuple[float, float]]], notes: list[str]) -> str:
+    """accuracy.md: the table, its notes, the ranked answers and each method's calibration."""
     markdown = report_sql.markdown_table(rows) + "\n" + "".join(f"\n> {note}" for note in notes)
     ranked = report_sql.ranked_markdown_table(rows)
     if ranked:
         markdown += (
             "\n\n**Ranked answers**: share of images whose truth is within each scale of any of the five:\n\n" + ranked
         )
+    if calibration:
+        methods = [m for m in report_sql.LEARNED_METHODS + report_sql.REFERENCE_METHODS if m in calibration]
+        markdown += "\n\n**Calibration**: share of true places inside each method's highest-density region:\n\n"
+        markdown += "| region | " + " | ".join(methods) + " |\n|" + "---|" * (len(methods) + 1) + "\n"
+        markdown += "\n".join(
+            f"| {100 * q:.0f}% | " + " | ".join(f"{100 * dict(calibration[m])[q]:.1f}%" for m in methods) + " |"
+            for q in HPD_LEVELS
+        )
+    return markdown
+
+
+def error_figures(warehouse: Warehouse, dataset: str, version: int, title: str) -> dict[str, bytes]:
+    """The error CDF of every method and the map of LocDiff's errors."""
     errors = _fetch(
         warehouse,
         "SELECT method, error_km, true_lat, true_lon FROM predictions WHERE dataset = $1 AND model_version = $2 "
@@ -131,31 +173,10 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, degree: int, 
     by_method: dict[str, list[tuple]] = {}
     for method, error, lat, lon in errors:
         by_method.setdefault(method, []).append((error, lat, lon))
-    title = f"{dataset}, model v{version}"
     main = np.array(by_method.get("locdiff") or next(iter(by_method.values())))
-    calibration = calibration_points(warehouse, dataset, version)
-    pngs = {
+    return {
         "error_cdf.png": figures.error_cdf_png({m: np.array([r[0] for r in v]) for m, v in by_method.items()}, title),
         "error_map.png": figures.error_map_png(
             main[:, 1], main[:, 2], main[:, 0], f"LocDiff errors, {title}", BLUE_MARBLE
         ),
     }
-    if calibration:
-        pngs["calibration.png"] = figures.calibration_png(calibration, f"Calibration, {title}")
-        markdown += "\n\n**Calibration of LocDiff's confidence regions** (share of true locations inside):\n\n"
-        markdown += "| nominal | observed |\n|---|---|\n"
-        markdown += "\n".join(f"| {100 * level:.0f}% | {100 * share:.1f}% |" for level, share in calibration)
-    panels = density_panels(warehouse, dataset, version, degree)
-    if panels:
-        pngs["density_maps.png"] = figures.density_maps_png(
-            panels, f"LocDiff's density: the mixture of each image's samples at L = {degree}, {title}", BLUE_MARBLE
-        )
-    folder = warehouse.root / report_sql.REPORTS / dataset / f"v{version}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "accuracy.md").write_text(markdown + "\n")
-    (folder / "calibration.json").write_text(
-        json.dumps([{"level": level, "observed": share} for level, share in calibration], indent=2)
-    )
-    for name, data in pngs.items():
-        (folder / name).write_bytes(data)
-    return ReportBundle(folder, rows, markdown, calibration, pngs)

@@ -1,7 +1,7 @@
 """Report figures as PNG bytes: error CDFs, the world map of errors, calibration, per-image densities.
 
-Plots only: every number drawn here is computed elsewhere (SQL in `report`, densities in
-`uncertainty`), so the figures show exactly what the tables hold.
+Plots only: every number drawn here is computed elsewhere (SQL in `report_sql`, densities in
+`method/densities`), so the figures show exactly what the tables hold.
 """
 
 from __future__ import annotations
@@ -98,29 +98,42 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def calibration_png(points: list[tuple[float, float]], title: str) -> bytes:
-    """Observed coverage of the confidence regions against their nominal level (diagonal = calibrated)."""
+def calibration_png(curves: dict[str, list[tuple[float, float]]], title: str) -> bytes:
+    """Per method, the share of true places inside its highest-density regions against their level (on the
+    diagonal: calibrated; above: regions too wide; below: too narrow). LocDiff thickest, on top."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(4.8, 4.5), dpi=110)
-    nominal, observed = np.array(points).T
+    figure, axis = plt.subplots(figsize=(5.2, 4.5), dpi=110)
     axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
-    axis.plot(nominal, observed, marker="o", label="LocDiff regions")
+    colours = {method: plt.get_cmap("tab10")(i % 10) for i, method in enumerate(sorted(curves))}
+    for method in sorted(curves, key=lambda m: (m == HIGHLIGHTED_METHOD, m)):
+        nominal, observed = np.array(curves[method]).T
+        axis.plot(
+            nominal,
+            observed,
+            marker="o",
+            markersize=3,
+            label=method,
+            color=colours[method],
+            ls=":" if method in REFERENCE_METHODS else "-",
+            lw=2.6 if method == HIGHLIGHTED_METHOD else 1.2,
+            zorder=3 if method == HIGHLIGHTED_METHOD else 2,
+        )
     axis.set(
         xlim=(0, 1),
         ylim=(0, 1),
-        xlabel="nominal level of the region",
-        ylabel="share of true locations inside",
+        xlabel="level of the highest-density region",
+        ylabel="share of true places inside",
         title=title,
     )
-    axis.legend(loc="upper left", fontsize=8)
+    axis.legend(loc="upper left", fontsize=7)
     return _png(figure)
 
 
-def density_maps_png(panels: list[dict], title: str, background: Path | None = None, decades: float = 1.5) -> bytes:
-    """One world map per image: the density (log scale, `decades` below each map's peak: a truncated
-    harmonic series rings at about 1 % of its peak, which a deeper scale would draw as circles), the true
-    location, the prediction and its confidence-region radius. Each panel: grid_lat, grid_lon, density
-    (2-D on that grid), true_lat, true_lon, pred_lat, pred_lon, region_km, error_km, image_id."""
+def density_maps_png(panels: list[dict], title: str, background: Path | None = None, decades: float = 3.0) -> bytes:
+    """One world map per image: the density (log scale, down to `decades` below each map's peak), its
+    highest-density regions outlined (the panel's `contours`: level -> log density at the region's edge),
+    the true place and the answer. Each panel: grid_lat, grid_lon, log_density (natural log, rows by
+    grid_lat), contours, true_lat, true_lon, pred_lat, pred_lon, error_km, hpd_level, image_id."""
     plt = _pyplot()
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
@@ -129,17 +142,27 @@ def density_maps_png(panels: list[dict], title: str, background: Path | None = N
         axis.axis("off")
     for axis, panel in zip(axes.flat, panels):
         _background(axis, background, alpha=0.6)
-        density = panel["density"] / panel["density"].max()
-        log_density = np.log10(np.maximum(density, 10.0 ** (-decades - 1)))
+        log10 = (panel["log_density"] - panel["log_density"].max()) / np.log(10)
         axis.imshow(
-            np.ma.masked_less(log_density, -decades),
+            np.ma.masked_less(log10, -decades),
             extent=(-180, 180, -90, 90),
             origin="lower",
             cmap="inferno",
-            alpha=0.75,
+            alpha=0.7,
             vmin=-decades,
             vmax=0,
         )
+        styles = {0.5: "-", 0.9: "--"}
+        for level, edge in sorted(panel["contours"].items()):
+            axis.contour(
+                panel["grid_lon"],
+                panel["grid_lat"],
+                panel["log_density"],
+                levels=[edge],
+                colors="cyan",
+                linewidths=1.0,
+                linestyles=styles.get(level, ":"),
+            )
         axis.plot(
             panel["true_lon"],
             panel["true_lat"],
@@ -161,18 +184,12 @@ def density_maps_png(panels: list[dict], title: str, background: Path | None = N
             label="LocDiff",
         )
         axis.set(xlim=(-180, 180), ylim=(-90, 90), xticks=[], yticks=[])
-        axis.set_title(
-            f"{panel['image_id']}: error {panel['error_km']:.0f} km"
-            + (
-                ""
-                if panel["region_km"] is None or np.isnan(panel["region_km"])
-                else f", 90% region {panel['region_km']:.0f} km"
-            ),  # 1 sample: none
-            fontsize=8,
-        )
+        inside = "" if panel["hpd_level"] is None else f", truth in its {100 * panel['hpd_level']:.0f}% region"
+        axis.set_title(f"{panel['image_id']}: error {panel['error_km']:.0f} km{inside}", fontsize=8)
     axes.flat[0].legend(loc="lower left", fontsize=7)
+    figure.text(0.5, 0.01, "outlines: 50 % (solid) and 90 % (dashed) highest-density regions", ha="center", fontsize=8)
     figure.suptitle(title, fontsize=10)
-    figure.subplots_adjust(hspace=0.28, top=0.9)  # room for each row's titles under the row above
+    figure.subplots_adjust(hspace=0.28, top=0.9, bottom=0.06)  # room for each row's titles under the row above
     return _png(figure)
 
 

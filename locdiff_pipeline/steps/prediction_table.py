@@ -11,9 +11,13 @@ import pyarrow as pa
 
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import sphere
+from locdiff_pipeline.method.bootstrap import Resamples
+from locdiff_pipeline.method.densities import DensityScores
 
 PREDICTIONS_TABLE = "predictions"
 SAMPLES_TABLE = "prediction_samples"
+BOOTSTRAP_TABLE = "bootstrap"  # the region resamples behind every interval of the report (method/bootstrap.py)
+BOOTSTRAP_SCHEMA = pa.schema([("replicate", pa.int32()), ("region", pa.string()), ("weight", pa.int32())])
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -33,6 +37,13 @@ PREDICTION_SCHEMA = pa.schema(
         ("top_lon", pa.list_(pa.float64())),
         ("top_probability", pa.list_(pa.float64())),
         ("top_error_km", pa.float64()),  # the closest of the ranked answers to the truth
+        ("region", pa.string()),  # the truth's region cell (sphere.region_of): the unit of the bootstrap
+        # the method's density (method/densities.py), null for the /plain twins: its log at the truth in nats
+        # relative to the uniform density (0: knows nothing), the mass of the smallest highest-density region
+        # holding the truth (inside the q region when <= q), and the area of its 90 % region (share of the Earth)
+        ("log_density", pa.float64()),
+        ("hpd_level", pa.float64()),
+        ("hpd90_area", pa.float64()),
     ]
 )
 
@@ -49,11 +60,15 @@ def prediction_rows(
     spread_km: np.ndarray | None = None,
     region_km: np.ndarray | None = None,
     ranked: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    regions: np.ndarray | None = None,
+    density: DensityScores | None = None,
 ) -> pa.Table:
     """A predictions table for one method, with great-circle errors computed here (one place); `ranked`
-    is (lat, lon, probability), each (N, k), of the method's ranked answers."""
+    is (lat, lon, probability), each (N, k), of the method's ranked answers; `regions` the truths' region
+    cells; `density` the scores of the method's density at the truths."""
     n = len(ids)
     missing = np.full(n, np.nan)
+    scores = (missing,) * 3 if density is None else (density.log_density, density.truth_level, density.area)
     top = [None] * n, [None] * n, [None] * n, [None] * n
     if ranked is not None:
         top_lat, top_lon, top_probability = (np.asarray(a, float) for a in ranked)
@@ -88,20 +103,41 @@ def prediction_rows(
             "top_lon": top[1],
             "top_probability": top[2],
             "top_error_km": top[3],
+            "region": [None] * n if regions is None else list(regions),
+            # null, not NaN, where a method has no density: SQL's averages then leave it out
+            "log_density": pa.array(np.asarray(scores[0], float), from_pandas=True),
+            "hpd_level": pa.array(np.asarray(scores[1], float), from_pandas=True),
+            "hpd90_area": pa.array(np.asarray(scores[2], float), from_pandas=True),
         },
         schema=PREDICTION_SCHEMA,
     )
 
 
+def bootstrap_table(resamples: Resamples) -> pa.Table:
+    return pa.table(
+        {"replicate": resamples.replicate, "region": list(resamples.region), "weight": resamples.weight},
+        schema=BOOTSTRAP_SCHEMA,
+    )
+
+
 def write_predictions(
-    warehouse: Warehouse, dataset: str, model_version: int, tables: list[pa.Table], samples: pa.Table, manifest: dict
+    warehouse: Warehouse,
+    dataset: str,
+    model_version: int,
+    tables: list[pa.Table],
+    samples: pa.Table,
+    resamples: Resamples,
+    manifest: dict,
 ) -> int:
-    """Write the samples partition, then the predictions partition (each swapped in atomically). The
-    predictions manifest is the commit point: a run that dies between the two leaves a stale
-    predictions fingerprint, so the next run redoes both."""
-    with warehouse.write_partition(SAMPLES_TABLE, manifest, dataset=dataset, model_version=model_version) as writer:
+    """Write the samples and bootstrap partitions, then the predictions partition (each swapped in
+    atomically). The predictions manifest is the commit point: a run that dies before it leaves a stale
+    predictions fingerprint, so the next run redoes all three."""
+    keys = {"dataset": dataset, "model_version": model_version}
+    with warehouse.write_partition(SAMPLES_TABLE, manifest, **keys) as writer:
         writer.write(samples)
-    with warehouse.write_partition(PREDICTIONS_TABLE, manifest, dataset=dataset, model_version=model_version) as writer:
+    with warehouse.write_partition(BOOTSTRAP_TABLE, manifest, **keys) as writer:
+        writer.write(bootstrap_table(resamples))
+    with warehouse.write_partition(PREDICTIONS_TABLE, manifest, **keys) as writer:
         for table in tables:
             writer.write(table)
         return writer.rows
@@ -109,4 +145,5 @@ def write_predictions(
 
 def predictions_are_current(warehouse: Warehouse, dataset: str, model_version: int, key: str) -> bool:
     keys = {"dataset": dataset, "model_version": model_version}
-    return warehouse.is_current(PREDICTIONS_TABLE, key, **keys) and warehouse.is_current(SAMPLES_TABLE, key, **keys)
+    tables = (PREDICTIONS_TABLE, SAMPLES_TABLE, BOOTSTRAP_TABLE)
+    return all(warehouse.is_current(table, key, **keys) for table in tables)

@@ -15,7 +15,7 @@ from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
 from locdiff_pipeline.steps.scoring import METHODS, MethodSettings, predict_benchmark
 
-PREDICTIONS_VERSION = 3  # bump when any method's predictions change: cached predictions are recomputed
+PREDICTIONS_VERSION = 4  # bump when any method's predictions change: cached predictions are recomputed
 CONTAMINATION_FIELDS = ("images", "exact", "near", "threshold", "max_hash_distance", "training_dataset")
 
 
@@ -72,6 +72,9 @@ def build_predictions(
         "protocol": model.metadata.get("protocol"),
         "chosen": scored.chosen,
         "locdiff_h_fallback_share": scored.hybrid_fallback_share,
+        "regions": scored.regions,
+        "region_deg": settings.region_deg,
+        "densities": scored.densities,
     }
-    rows = write_predictions(warehouse, benchmark, version, scored.tables, scored.samples, manifest)
+    rows = write_predictions(warehouse, benchmark, version, scored.tables, scored.samples, scored.resamples, manifest)
     return {**manifest, "rows": rows, "model_version": version, "cached": False}

@@ -131,7 +131,13 @@ def log_report(run_id: str, folder: Path, benchmark: str) -> None:
     MlflowClient().log_artifacts(run_id, str(folder), artifact_path=f"reports/{benchmark}")
 
 
-BENCHMARK_METRICS = (*(accuracy_column(t) for t in THRESHOLDS_KM), "median_km", "region_coverage")
+# each share and score with its bootstrap interval over regions (`_low`, `_high`), as the accuracy view holds them
+_WITH_INTERVALS = (*(accuracy_column(t) for t in THRESHOLDS_KM), "nll", "hpd90_coverage")
+BENCHMARK_METRICS = (
+    *(f"{name}{end}" for name in _WITH_INTERVALS for end in ("", "_low", "_high")),
+    "median_km",
+    "hpd90_area",
+)
 
 
 def log_benchmark_metrics(run_id: str, benchmark: str, row: dict) -> None:

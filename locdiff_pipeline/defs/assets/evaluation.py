@@ -29,7 +29,6 @@ from locdiff_pipeline.defs.resources import (
 )
 from locdiff_pipeline.encoders.image_encoder import encoder_note
 from locdiff_pipeline.method.devices import resolve_device
-from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol
 from locdiff_pipeline.steps import report_sql
 from locdiff_pipeline.steps.accuracy_report import REPORT_VERSION, build_report, scoring_note
@@ -164,8 +163,9 @@ def accuracy_report(
         "chosen on that dataset's validation split, as every baseline setting and view rule was "
         f"(grids kept): {chosen}. `chance`: a random training location (mean of several draws); `constant`: "
         "the training set's densest location.",
+        density_note(scored),
     ]
-    bundle = build_report(store, benchmark, latest["version"], LocDiffModel.load(latest["checkpoint"]).config.L, notes)
+    bundle = build_report(store, benchmark, latest["version"], notes)
     registry.configure(mlflow.uri(), root=warehouse.project_root())
     registry.log_report(latest["run_id"], bundle.folder, benchmark)  # the files beside the run that made the model
     locdiff_row = next((row for row in bundle.rows if row["method"] == "locdiff"), None)
@@ -191,7 +191,21 @@ def accuracy_report(
     )
 
 
-REPORTED_NUMBERS = ("acc_750km", "acc_2500km", "median_km")
+REPORTED_NUMBERS = ("acc_750km", "acc_2500km", "median_km", "nll")
+
+
+def density_note(scored: dict) -> str:
+    """What the intervals and the density scores mean, and each method's density as chosen on validation."""
+    chosen = "; ".join(f"{method}: {value}" for method, value in sorted(scored.get("densities", {}).items()))
+    return (
+        f"Intervals: 95 %, from a bootstrap over the benchmark's {scored.get('regions', '?')} regions "
+        f"({scored.get('region_deg', '?')}-degree cells of the true places; regions, not images, are resampled). "
+        "Densities: NLL is the mean negative log "
+        "density of the true place in nats relative to the uniform density on the sphere (0: knows nothing; "
+        "lower is better); `in 90% HPD` the share of true places inside the 90 % highest-density region and "
+        f"`90% HPD area` its mean area as a share of the Earth; each density's parameters chosen on validation: "
+        f"{chosen}."
+    )
 
 
 def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
@@ -199,10 +213,19 @@ def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
     columns: what decides first fits a narrow window."""
     shown = report_sql.display_rows(rows)
     labels = [label for label, _ in report_sql.DISPLAY_COLUMNS]
-    schema = TableSchema(columns=[TableColumn(label, "string" if label == "method" else "float") for label in labels])
+    kinds = {
+        label: "string" if label == "method" or column.endswith(report_sql.CI) else "float"
+        for label, column in report_sql.DISPLAY_COLUMNS
+    }
+    schema = TableSchema(columns=[TableColumn(label, kinds[label]) for label in labels])
     return MetadataValue.table([TableRecord(row) for row in shown], schema)
 
 
 def per_method_numbers(rows: list[dict]) -> dict[str, float]:
     """`METHOD acc_750km`-style numbers per method, so the UI's Plots tab trends them across runs."""
-    return {f"{row['method']} {name}": float(row[name]) for row in rows for name in REPORTED_NUMBERS}
+    return {
+        f"{row['method']} {name}": float(row[name])
+        for row in rows
+        for name in REPORTED_NUMBERS
+        if row.get(name) is not None
+    }
