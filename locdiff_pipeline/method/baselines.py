@@ -407,7 +407,7 @@ def locdiff_h_points(
     lon: np.ndarray,
     radius_km: float = HYBRID_RADIUS_KM,
     plain_weight: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LocDiff-H's refinement of several points per image (N, S): each point becomes the location of the
     image's most similar gallery image within radius_km of it, or stays where that ring is empty. One
     similarity per image and gallery row serves all of its points (so LocDiff's samples refine at the cost
