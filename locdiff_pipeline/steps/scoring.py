@@ -225,18 +225,17 @@ def predict_benchmark(
     images = benchmark_images(warehouse, benchmark, training, model.encoder, views, used_views, exclude, settings)
     draws = max(draws_needed(protocol), density_draws(protocol))
     drawn = model.sample(images.embeddings, samples=draws, seed=settings.seed)
+    density = locdiff_density(drawn, protocol)  # scored at the truths and stored for the maps
     progress(1)
     tables, chosen_prediction, fell_back = [], None, None
     for suffix, view_count in (("", used_views), (PLAIN_SUFFIX, 1)):
-        scored = score_methods(model, drawn, fitted, protocol, images, view_count, settings, suffix)
+        scored = score_methods(model, drawn, density, fitted, protocol, images, view_count, settings, suffix)
         tables += scored.tables
         if not suffix:
             chosen_prediction, fell_back = scored.locdiff, scored.hybrid_fell_back
         progress(1)
     tables += reference_rows(fitted, images, settings)
-    samples = samples_table(
-        images.ids, chosen_prediction, density_bandwidth_km(model, protocol, settings), locdiff_density(drawn, protocol)
-    )
+    samples = samples_table(images.ids, chosen_prediction, density_bandwidth_km(model, protocol, settings), density)
     chosen = chosen_settings(protocol, used_views, fitted, settings)
     resamples = bootstrap.region_resamples(images.regions, seed=settings.seed)
     return BenchmarkPredictions(
@@ -300,6 +299,7 @@ class ScoredMethods:
 def score_methods(
     model: LocDiffModel,
     drawn: Samples,
+    density: KernelMixture,
     fitted: FittedBaselines,
     protocol: Protocol,
     images: ScoredImages,
@@ -308,8 +308,8 @@ def score_methods(
     suffix: str,
 ) -> ScoredMethods:
     """LocDiff (its answer from the protocol's samples; its spread, 90 % region and ranked answers from every
-    sample drawn, the model's posterior), LocDiff-H and the baselines from each image's first `view_count`
-    views, as rows of methods named with `suffix`."""
+    sample drawn, the model's posterior; its density `density`), LocDiff-H and the baselines from each image's
+    first `view_count` views, as rows of methods named with `suffix`."""
     weight = protocol.plain_weight
     prediction, region = answer(model, drawn, protocol, view_count, density_bandwidth_km(model, protocol, settings))
     inputs = images.embeddings[:, :view_count]
@@ -322,7 +322,7 @@ def score_methods(
     separation = 2 * shdd.peak_width_km(model.config.L)  # ranked answers: the same spread for LocDiff and kNN
     knn_ranked = baselines.knn_ranked(fitted.gallery, inputs, TOP_K, separation, plain_weight=weight)
     regression = fitted.regressor.predict(inputs)
-    scores = {} if suffix else method_densities(drawn, fitted, protocol, images, regression, settings)
+    scores = {} if suffix else method_densities(drawn, density, fitted, protocol, images, regression, settings)
     tables = [
         images.rows(
             LOCDIFF + suffix,
@@ -342,6 +342,7 @@ def score_methods(
 
 def method_densities(
     drawn: Samples,
+    locdiff: KernelMixture,
     fitted: FittedBaselines,
     protocol: Protocol,
     images: ScoredImages,
@@ -353,7 +354,6 @@ def method_densities(
     refined as LocDiff-H refines LocDiff's answer (the width and floor LocDiff's, chosen on validation);
     the baselines' as baseline_densities fitted them on validation."""
     truth, chosen = images.truth, fitted.densities
-    locdiff = locdiff_density(drawn, protocol)
     posterior = drawn.first(protocol.views, density_draws(protocol))
     sample_lat, sample_lon = (np.reshape(a, (len(truth), -1)) for a in (posterior.lat, posterior.lon))
     refined_lat, refined_lon, _ = baselines.locdiff_h_points(
