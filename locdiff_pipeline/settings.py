@@ -111,8 +111,14 @@ VARIABLES = (
     Variable("LOCDIFF_PROGRESS", "locdiff run: bars, off (the run log), auto (bars on a terminal)", _progress, "auto"),
     Variable(
         "LOCDIFF_DASK_SCHEDULER",
-        "launched runs execute their steps on this dask scheduler's workers (tcp://HOST:PORT)",
+        "launched runs execute their steps on this dask scheduler's workers (tls://HOST:PORT)",
         shown="none: one machine's processes",
+    ),
+    Variable(
+        "LOCDIFF_DASK_TLS",
+        "folder of this machine's dask certificate (ca.pem, cert.pem, key.pem: `locdiff stack cert NAME`)",
+        _path,
+        shown="none: plain tcp:// only",
     ),
     Variable(
         "LOCDIFF_LOCK_DATABASE",
@@ -153,6 +159,7 @@ class Settings:
     run_config_roots: list[Path] | None
     progress: str
     dask_scheduler: str | None
+    dask_tls: Path | None
     lock_database: str | None
 
 

@@ -12,7 +12,11 @@ reverse proxy on the address the user asked for, which forwards a request only i
    the UI's own origin, or from no browser page at all (no Origin header: curl, scripts, the tests);
 3. a GET to /graphql carries a query, never a mutation or a subscription;
 4. a POST to /graphql is JSON or application/graphql (a form or text/plain body is what a cross-site
-   form can send without asking first).
+   form can send without asking first);
+5. a request to /graphql says one thing only: no repeated `query`, `operationName` or `variables`
+   (Starlette, so Dagster, reads the last of a repeated parameter; a guard reading the first was bypassed
+   by `?query=query Q{version}&query=<mutation>`), no GraphQL parameter in a POST's query string (Dagster
+   reads the body) and no body on a GET (Dagster reads the query string).
 
 Everything else passes through unchanged, WebSockets (the UI's live updates) included.
 """
@@ -20,6 +24,7 @@ Everything else passes through unchanged, WebSockets (the UI's live updates) inc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, WSMsgType, web
@@ -27,14 +32,23 @@ from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, WSMsgTy
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 GRAPHQL_BODIES = ("application/json", "application/graphql")
+GRAPHQL_PARAMETERS = ("query", "operationName", "variables")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding"}
     | {"upgrade", "host", "content-length"}
 )
 
 
-def refusal(method: str, path: str, headers, query: dict, listen_host: str) -> tuple[int, str] | None:
-    """(status, reason) when the request must not reach Dagster, else None (rules 1-4 above)."""
+def refusal(
+    method: str,
+    path: str,
+    headers,
+    query: Mapping[str, str] | Iterable[tuple[str, str]],
+    listen_host: str,
+    has_body: bool = False,
+) -> tuple[int, str] | None:
+    """(status, reason) when the request must not reach Dagster, else None (rules 1-5 above). `query`: the
+    query string's parameters, as (name, value) pairs in order when a name may repeat."""
     host = headers.get("Host", "")
     if listen_host in LOOPBACK_HOSTS and urlsplit(f"//{host}").hostname not in LOOPBACK_HOSTS:
         return 403, f"Host {host!r} is not this loopback UI's address (a DNS-rebinding page?)"
@@ -44,10 +58,27 @@ def refusal(method: str, path: str, headers, query: dict, listen_host: str) -> t
         return 403, f"a request from another site ({origin}) may not change this UI's state"
     if path.rstrip("/") != "/graphql" or headers.get("Upgrade", "").lower() == "websocket":
         return None
+    pairs = list(query.items()) if isinstance(query, Mapping) else list(query)
+    ambiguous = _ambiguity(method, [name for name, _ in pairs], has_body)
+    if ambiguous:
+        return 400, ambiguous
+    query = dict(pairs)
     if method == "GET" and "query" in query and _operation_kind(query["query"], query.get("operationName")) != "query":
         return 405, "GraphQL mutations and subscriptions are accepted over POST only"
     if method == "POST" and not headers.get("Content-Type", "").startswith(GRAPHQL_BODIES):
         return 415, "GraphQL over POST takes application/json or application/graphql"
+    return None
+
+
+def _ambiguity(method: str, names: list[str], has_body: bool) -> str | None:
+    """Why Dagster might read another operation from this /graphql request than the guard did (rule 5)."""
+    repeated = sorted({name for name in names if name in GRAPHQL_PARAMETERS and names.count(name) > 1})
+    if repeated:
+        return f"{', '.join(repeated)} given more than once: say each once"
+    if method == "POST" and any(name in GRAPHQL_PARAMETERS for name in names):
+        return "a POST carries its GraphQL request in the body, not the query string"
+    if method == "GET" and has_body:
+        return "a GET carries its GraphQL request in the query string, not a body"
     return None
 
 
@@ -76,7 +107,9 @@ def build_app(upstream: str, listen_host: str) -> web.Application:
         await app["session"].close()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        refused = refusal(request.method, request.path, request.headers, dict(request.query), listen_host)
+        refused = refusal(
+            request.method, request.path, request.headers, list(request.query.items()), listen_host, request.body_exists
+        )
         if refused is not None:
             return web.Response(status=refused[0], text=f"refused by locdiff dev: {refused[1]}\n")
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 # The graph's small configuration, through the resources' environment variables: what the tests that start a
@@ -142,3 +143,62 @@ def check_evaluations_follow_the_model(ui: DagsterUI, evaluations: list[dict]) -
 def partition(run: dict) -> str | None:
     """A run's partition key (its `dagster/partition` tag), None for an unpartitioned run."""
     return next((t["value"] for t in run["tags"] if t["key"] == "dagster/partition"), None)
+
+
+LAUNCH = (
+    'mutation { launchPartitionBackfill(backfillParams: {partitionNames: ["000"], '
+    'assetSelection: [{path: ["images"]}]}) { __typename } }'
+)
+LAUNCH_RUN = (
+    'mutation L { launchRun(executionParams: {selector: {repositoryLocationName: "locdiff_pipeline.definitions", '
+    'repositoryName: "__repository__", jobName: "locdiff_train"}}) { __typename } }'
+)
+
+
+def check_the_guard_refuses_launches(host: str, port: int) -> None:
+    """Through the guard in front of a Dagster UI (`locdiff dev`, the stack's webserver): a mutation over GET,
+    the repeated-`query` GET that once slipped past it, a POST from another site's page, a form-encoded POST,
+    a DNS-rebinding Host, and GraphQL in two places at once are refused before Dagster sees them."""
+    base = f"http://{host}:{port}"
+    two_queries = urllib.parse.urlencode([("query", "query Q{version}"), ("query", LAUNCH_RUN)])
+    json_body = {"Content-Type": "application/json"}
+    attempts = [
+        ("GET", f"/graphql?{urllib.parse.urlencode({'query': LAUNCH})}", None, {}, 405),
+        ("GET", f"/graphql?{two_queries}", None, {}, 400),
+        (
+            "POST",
+            "/graphql",
+            json.dumps({"query": LAUNCH}).encode(),
+            {**json_body, "Origin": "http://evil.example"},
+            403,
+        ),
+        (
+            "POST",
+            "/graphql",
+            urllib.parse.urlencode({"query": LAUNCH}).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+        ),
+        (
+            "POST",
+            "/graphql",
+            json.dumps({"query": LAUNCH}).encode(),
+            {**json_body, "Host": f"evil.example:{port}"},
+            403,
+        ),
+        (
+            "POST",
+            f"/graphql?{urllib.parse.urlencode({'query': LAUNCH_RUN})}",
+            b'{"query": "{ version }"}',
+            json_body,
+            400,
+        ),
+    ]
+    for method, path, body, headers, status in attempts:
+        request = urllib.request.Request(base + path, data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                raise AssertionError(f"{method} {path} {headers} was forwarded: {answer.read()[:300]!r}")
+        except urllib.error.HTTPError as refused:
+            text = refused.read()
+            assert refused.code == status and b"refused by locdiff dev" in text, (method, path, refused.code, text)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from locdiff_pipeline.data import bundled
 from locdiff_pipeline.definitions import defs
+from locdiff_pipeline.defs.graph_run import GraphRun
 from locdiff_pipeline.defs.partitions import all_shards_tags
 from locdiff_pipeline.defs.resources import (
     DatasetsResource,
@@ -142,5 +143,8 @@ def test_a_failing_blocking_check_stops_training(project):
     )
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert "rejected_share" in failed
+    ((step, said),) = GraphRun([result]).failures()
+    assert "blocking check rejected_share on images failed:" in said and "\n" not in said  # `locdiff run`'s line
+    assert re.search(r"\d+\.\d% of \w+'s records were rejected, above max_rejected_share -100\.0%", said), said
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
     assert "images" in materialized and not materialized & {"image_embeddings", "shdd_tables", "locdiff_model"}

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import mlflow
@@ -110,6 +112,18 @@ def _moved_project_predicts_and_refuses_tampering(project: Path, locdiff: Path, 
     shutil.copytree(project, moved, symlinks=True)
     hidden = project.rename(project.parent / f"{project.name}-hidden")  # the original is gone
     try:
+        # `locdiff report` first, as the README says before `mlflow models serve`: the copy's store follows it
+        report = subprocess.run(
+            [str(locdiff), "report"],
+            cwd=moved,
+            env={**env, "LOCDIFF_HOME": str(moved)},
+            capture_output=True,
+            timeout=120,
+        )
+        assert report.returncode == 0, report.stderr[-2000:]
+        with closing(sqlite3.connect(moved / "mlruns" / "mlflow.db")) as store:
+            locations = [row[0] for row in store.execute("SELECT storage_location FROM model_versions")]
+        assert locations and all(str(moved / "mlruns") in location for location in locations), locations
         image = moved / "photo.jpg"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
         done = _predict(locdiff, moved, env, "--model", "models:/locdiff@champion", str(image))

@@ -596,7 +596,8 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_metric(registry.VALIDATION_METRIC, score)
             info = mlflow.pyfunc.log_model(name="model", python_model=_ConstantModel(), pip_requirements=[])
-        outcomes.append(registry.register_and_promote(info.model_uri, run.info.run_id, score))
+        digests = {name: f"{score}" for name in registry.CHECKPOINT_FILES}
+        outcomes.append(registry.register_and_promote(info.model_uri, run.info.run_id, score, digests))
     assert [(o.version, o.promoted, o.champion_version) for o in outcomes] == [
         (1, True, 1),
         (2, False, 1),
@@ -604,6 +605,8 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
     ]
     version, score = registry.champion_score(mlflow.MlflowClient())
     assert (version, score) == (3, 0.7)
+    tags = mlflow.MlflowClient().get_model_version(registry.REGISTERED_MODEL, "3").tags
+    assert json.loads(tags[registry.CHECKSUM_TAG]) == {name: "0.7" for name in registry.CHECKPOINT_FILES}
 
 
 def test_definitions_hold_the_graph_schedule_sensor_and_checks():

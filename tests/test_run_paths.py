@@ -69,3 +69,18 @@ def test_a_ui_launched_run_with_a_foreign_path_fails_and_writes_nothing(guarded,
         raise_on_error=False,
     )
     assert not result.success and not target.exists()
+
+
+def test_a_ui_launched_run_logs_to_the_servers_tracking_store_only(guarded, tmp_path, monkeypatch):
+    from locdiff_pipeline.defs.resources import MlflowResource
+
+    outside = tmp_path / "elsewhere" / "mlflow.db"
+    for uri in (f"sqlite:///{outside}", outside.as_uri(), str(outside), "http://collector.example:5000"):
+        with pytest.raises(RunPathRefused, match="mlflow.tracking_uri"):
+            MlflowResource(tracking_uri=uri).uri()
+    inside = f"sqlite:///{guarded / 'mlruns' / 'mlflow.db'}"
+    assert MlflowResource(tracking_uri=inside).uri() == inside
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")  # the server's own
+    assert MlflowResource(tracking_uri="http://127.0.0.1:5001").uri() == "http://127.0.0.1:5001"
+    assert MlflowResource().uri() is None  # unset: the server's own setting
+    assert not outside.parent.exists()

@@ -24,13 +24,16 @@ from dagster_ui import (
     DagsterUI,
     check_backfill_order,
     check_evaluations_follow_the_model,
+    check_the_guard_refuses_launches,
     partition,
 )
 
 from locdiff_pipeline.data import shards
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.stack import config as stack_config
-from locdiff_pipeline.stack import postgres, services
+from locdiff_pipeline.stack import mlflow_auth, postgres, services
+from locdiff_pipeline.stack.certificates import identity
+from locdiff_pipeline.stack.config import MLFLOW_USER
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -57,9 +60,11 @@ def stack(tmp_path_factory):
     _locdiff("stack", "up", env=env)
     config = stack_config.load_or_create(root)
     client = {**env, **config.client_env()}
+    os.environ["PGPASSFILE"] = client["PGPASSFILE"]  # this process's own database clients, as a team member's
     try:
         yield root, config, client, time.monotonic() - started
     finally:
+        os.environ.pop("PGPASSFILE", None)
         subprocess.run([str(Path(sys.executable).with_name("locdiff")), "stack", "down"], env=env, timeout=300)
 
 
@@ -105,7 +110,8 @@ def _step_pids(client_env: dict) -> dict[str, set[int]]:
 def _worker_pids(config) -> dict[str, int]:
     from distributed import Client
 
-    with Client(config.client_env()["LOCDIFF_DASK_SCHEDULER"], timeout=10) as client:
+    address, security = config.client_env()["LOCDIFF_DASK_SCHEDULER"], config.dask_identity("client").security()
+    with Client(address, security=security, timeout=10) as client:
         names = {address: info["name"] for address, info in client.scheduler_info()["workers"].items()}
         return {str(names[address]): pid for address, pid in client.run(os.getpid).items()}
 
@@ -132,6 +138,11 @@ def _predictions(root: Path) -> pa.Table:
 def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_survives_faults_and_stops(stack, small_run):
     root, config, client, up_seconds = stack
     started = time.monotonic()
+
+    # 0. only the team gets in: loopback sockets, dask over mutual TLS, the UI guard on the stack's webserver
+    _every_socket_listens_on_the_stack_host_only(config)
+    _dask_refuses_clients_without_the_stacks_certificate(config)
+    check_the_guard_refuses_launches(config.host, config.dagster_port)
 
     # 1. the training side as one backfill over the shards, then the sensor's two evaluations at once
     _backfill_training_side(config)
@@ -177,15 +188,17 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
     import mlflow
 
     uri = client["MLFLOW_TRACKING_URI"]  # the registry too: an earlier test may have set a global registry URI
-    server = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    champion = server.get_model_version_by_alias("locdiff", "champion")
-    assert str(root) not in champion.source and server.get_experiment_by_name("locdiff").artifact_location.startswith(
-        "mlflow-artifacts:"
-    )
+    with _mlflow_user(MLFLOW_USER, config.mlflow_password):
+        server = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        champion = server.get_model_version_by_alias("locdiff", "champion")
+        artifact_location = server.get_experiment_by_name("locdiff").artifact_location
+    assert str(root) not in champion.source and artifact_location.startswith("mlflow-artifacts:")
     images = sorted((root / "warehouse" / "sources").glob("bluemarble_heldout-*/images/**/*.jpg"))[:3]
     answer = _locdiff("predict", "--model", "models:/locdiff@champion", *map(str, images), env=client).stdout
     rows = [line.split(",") for line in answer.splitlines() if line and not line.startswith(("#", "image,"))]
     assert len(rows) == 3 and all(np.isfinite(float(r[1])) and np.isfinite(float(r[2])) for r in rows), answer
+    _only_the_project_moves_the_champion(config, client, champion)
+    _no_secret_in_command_lines_logs_or_params(config, client)
 
     # 6. faults: a worker SIGKILLed in the middle of a shard step, then PostgreSQL restarted between two runs
     before = _sorted(root, "embeddings")
@@ -278,3 +291,152 @@ def _kill_the_worker_of_a_running_shard_step(client: dict) -> None:
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     outcome = "the run failed, a rerun completed" if process.returncode else "dask reran the step, the run succeeded"
     print(f"\nworker pid {killed} killed in image_embeddings[000]: {outcome}")
+
+
+def _stack_pids(config) -> set[int]:
+    """Every process of the stack: the groups `up` started (children included) and PostgreSQL's server."""
+    import psutil
+
+    roots = [*json.loads((config.folder / "pids.json").read_text()).values(), postgres.server_pid(config)]
+    found = set()
+    for pid in roots:
+        process = psutil.Process(pid)
+        found |= {process.pid, *(child.pid for child in process.children(recursive=True))}
+    return found
+
+
+def _every_socket_listens_on_the_stack_host_only(config) -> None:
+    import psutil
+
+    pids = _stack_pids(config)
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    stray = [(c.pid, psutil.Process(c.pid).name(), c.laddr) for c in listening if c.laddr.ip != config.host]
+    assert not stray, f"listening beyond {config.host}: {stray}"
+    ports = {c.laddr.port for c in listening}
+    assert {config.postgres_port, config.mlflow_port, config.dask_scheduler_port, config.dagster_port} <= ports
+    assert len(ports) >= 4 + 2 * (config.shard_workers + 1)  # each worker and its nanny, too
+
+
+def _dask_refuses_clients_without_the_stacks_certificate(config) -> None:
+    """No certificate, a certificate of another authority, plain tcp://: the scheduler answers none of them
+    (each asks it who it is, the first message any client sends); the stack's own certificate gets its answer."""
+    import ssl
+
+    address = config.client_env()["LOCDIFF_DASK_SCHEDULER"]
+    no_certificate = ssl.create_default_context(cafile=str(config.dask_identity("client").authority))
+    no_certificate.check_hostname = False  # as dask's own contexts: the authority is what is checked
+    stranger = identity(config.folder.parent / "stranger-tls", "client")  # valid, but of another authority
+    attempts = {
+        "no certificate": (address, no_certificate),
+        "another authority": (address, _client_context(stranger)),
+        "plain tcp": (address.replace("tls://", "tcp://"), None),
+    }
+    for label, (target, context) in attempts.items():
+        with pytest.raises(OSError):  # distributed's CommClosedError is one
+            _scheduler_identity(target, context)
+            pytest.fail(f"{label}: the scheduler answered")
+    assert _scheduler_identity(address, _client_context(config.dask_identity("client")))["type"] == "Scheduler"
+
+
+def _client_context(holder):
+    return holder.security().get_connection_args("client")["ssl_context"]
+
+
+def _scheduler_identity(address: str, context) -> dict:
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def ask() -> dict:
+        comm = await connect(address, timeout=5, **({"ssl_context": context} if context else {}))
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    return asyncio.run(ask())
+
+
+class _mlflow_user:
+    """MLflow's clients read their credentials from the environment: these, for the block's duration."""
+
+    NAMES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+    def __init__(self, username: str | None, password: str | None) -> None:
+        self.values = dict(zip(self.NAMES, (username, password)))
+
+    def __enter__(self) -> None:
+        self.before = {name: os.environ.pop(name, None) for name in self.NAMES}
+        os.environ.update({k: v for k, v in self.values.items() if v is not None})
+
+    def __exit__(self, *exc) -> None:
+        for name, value in self.before.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
+def _only_the_project_moves_the_champion(config, client: dict, champion) -> None:
+    """Without credentials: 401 on a new version and on the alias; a reader: refused both; the stack's
+    credentials: both work, and a version registered without the project's checksums is refused at load."""
+    import mlflow
+
+    uri = client["MLFLOW_TRACKING_URI"]
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)  # mlflow.register_model, as an intruder would call it, takes the global URIs
+    mlflow.set_registry_uri(uri)
+    try:
+        untagged = _refused_then_allowed(config, uri, champion)
+        with _mlflow_user(MLFLOW_USER, config.mlflow_password):
+            _a_version_without_checksums_is_refused(untagged)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
+def _refused_then_allowed(config, uri: str, champion):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    reader_password = mlflow_auth.create_reader(config, "reader")
+    for user, password, code in ((None, None, 401), ("reader", reader_password, 403)):
+        with _mlflow_user(user, password):
+            intruder = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+            with pytest.raises(MlflowException) as refused:
+                mlflow.register_model(champion.source, "locdiff")  # what `locdiff` does, without its tags
+            assert refused.value.get_http_status_code() == code, (user, refused.value)
+            with pytest.raises(MlflowException) as refused:
+                intruder.set_registered_model_alias("locdiff", "champion", "1")
+            assert refused.value.get_http_status_code() == code, (user, refused.value)
+    with _mlflow_user(MLFLOW_USER, config.mlflow_password):
+        member = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        untagged = mlflow.register_model(champion.source, "locdiff")
+        member.set_registered_model_alias("locdiff", "champion", champion.version)  # unchanged, but allowed
+    return untagged
+
+
+def _a_version_without_checksums_is_refused(version) -> None:
+    """What `locdiff predict --model` and evaluation load through: the version's files are never used."""
+    from locdiff_pipeline.tracking import registry
+
+    with pytest.raises(registry.ModelReferenceError, match="checkpoint_sha256 tag is missing.*refusing to load it"):
+        registry.download_checkpoint(f"models:/locdiff/{version.version}")
+
+
+def _no_secret_in_command_lines_logs_or_params(config, client: dict) -> None:
+    import mlflow
+
+    command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    logs = {path: path.read_text(errors="replace") for path in (config.folder / "logs").glob("*.log")}
+    logs[config.postgres_data] = (config.postgres_data.parent / f"{config.postgres_data.name}.log").read_text()
+    uri = client["MLFLOW_TRACKING_URI"]
+    with _mlflow_user(MLFLOW_USER, config.mlflow_password):
+        server = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        runs = server.search_runs([server.get_experiment_by_name("locdiff").experiment_id])
+    params = " ".join(f"{k}={v}" for run in runs for k, v in {**run.data.params, **run.data.tags}.items())
+    assert runs and len(command_lines.splitlines()) > 10 and logs
+    for secret in config.secret_values():
+        assert secret not in command_lines
+        assert not [str(path) for path, text in logs.items() if secret in text]
+        assert secret not in params

@@ -46,3 +46,31 @@ def test_a_ui_served_beyond_loopback_takes_any_host_but_still_its_own_origin_onl
     headers = {"Host": "workstation.lan:3000", "Content-Type": "application/json"}
     assert refusal("POST", "/graphql", headers, {}, "0.0.0.0") is None
     assert refusal("POST", "/graphql", {**headers, "Origin": "http://evil.example"}, {}, "0.0.0.0")[0] == 403
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "has_body"),
+    [
+        # the bypass: the guard once read the first `query`, Dagster reads the last
+        ("GET", [("query", "query Q { version }"), ("query", MUTATION)], False),
+        (
+            "GET",
+            [("query", "query Q { version } " + MUTATION), ("operationName", "Q"), ("operationName", "Launch")],
+            False,
+        ),
+        ("GET", [("query", "query Q { version }"), ("variables", "{}"), ("variables", "{}")], False),
+        ("POST", [("query", "query Q { version }")], True),  # Dagster reads the body, not this
+        ("GET", [("query", "query Q { version }")], True),  # Dagster reads this, not the body
+    ],
+)
+def test_the_guard_refuses_a_request_dagster_could_read_otherwise(method, query, has_body):
+    refused = refusal(method, "/graphql", JSON, query, "127.0.0.1", has_body=has_body)
+    assert refused is not None and refused[0] == 400, refused
+
+
+def test_each_parameter_once_in_its_one_place_still_passes():
+    assert (
+        refusal("GET", "/graphql", HOST, [("query", "query Q { version }"), ("operationName", "Q")], "127.0.0.1")
+        is None
+    )
+    assert refusal("POST", "/graphql", JSON, [("unrelated", "1")], "127.0.0.1", has_body=True) is None

@@ -239,8 +239,10 @@ def _report(args: argparse.Namespace) -> int:
     from locdiff_pipeline.data.paths import warehouse_dir
     from locdiff_pipeline.data.warehouse import Warehouse
     from locdiff_pipeline.steps import report_sql
+    from locdiff_pipeline.tracking import registry
 
     dataset = None if args.dataset is None else check_name(args.dataset)
+    registry.follow_the_project_folder()  # a copy's store points at its own files before `mlflow models serve`
     store = Warehouse(warehouse_dir())
     rows = report_sql.read_accuracy_table(store, dataset=dataset)
     if not rows:

@@ -1,8 +1,10 @@
-"""`locdiff stack up|down|status|env`: a team's stack on this machine's loopback."""
+"""`locdiff stack up|down|status|env|cert NAME|reader NAME`: a team's stack on this machine's loopback."""
 
 from __future__ import annotations
 
 import argparse
+
+NAMED = ("cert", "reader")  # the actions that take a NAME
 
 
 def add_stack(commands, common: argparse.ArgumentParser) -> None:
@@ -11,18 +13,38 @@ def add_stack(commands, common: argparse.ArgumentParser) -> None:
         help="a team's stack on loopback: PostgreSQL, MLflow server, dask workers, Dagster daemon and UI",
         parents=[common],
     )
-    stack.add_argument("action", choices=("up", "down", "status", "env"), help="env: the shell exports of a client")
+    stack.add_argument(
+        "action",
+        choices=("up", "down", "status", "env", *NAMED),
+        help="env: the shell exports of a client; cert NAME: a dask certificate folder for a host's worker or "
+        "client (its path is printed: copy it there, name it in LOCDIFF_DASK_TLS); reader NAME: an MLflow user "
+        "who may read runs and load models but change nothing (its password is printed once)",
+    )
+    stack.add_argument("name", nargs="?", help="the host or person, for cert and reader")
     stack.set_defaults(handler=_stack)
 
 
 def _stack(args: argparse.Namespace) -> int:
-    """`locdiff stack up|down|status|env` for the project folder (.stack/ holds its files)."""
+    """`locdiff stack ...` for the project folder (.stack/ holds its files)."""
     import shlex
+    import sys
 
     from locdiff_pipeline.data.paths import project_root
-    from locdiff_pipeline.stack import config, services
+    from locdiff_pipeline.stack import config, mlflow_auth, services
 
     stack = config.load_or_create(project_root())
+    if (args.action in NAMED) != bool(args.name):
+        print(
+            f"locdiff stack: {args.action} {'takes a NAME' if args.action in NAMED else 'takes no NAME'}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.action == "cert":
+        print(stack.dask_identity(args.name).certificate.parent)
+        return 0
+    if args.action == "reader":
+        print(f"MLflow user {args.name}, password {mlflow_auth.create_reader(stack, args.name)} (shown once)")
+        return 0
     if args.action == "up":
         services.up(stack)
     if args.action == "down":

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
+import shutil
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from locdiff_pipeline.data.disk_space import writing
 from locdiff_pipeline.data.image_io import encode_jpeg
 from locdiff_pipeline.method import sphere
 
@@ -229,11 +232,39 @@ def image_id(dataset: str, index: int, source_row: int) -> str:
     return f"{dataset}/{index // 1000:02d}/{index:06d}_{source_row}.jpg"
 
 
+def _render_images(folder: Path, world: np.ndarray, windows, ids: list[str], image_px: int) -> None:
+    for i, identifier in enumerate(ids):
+        path = folder / "images" / identifier
+        path.parent.mkdir(parents=True, exist_ok=True)
+        window = render(world, int(windows.row[i]), int(windows.col[i]), int(windows.side[i]), image_px)
+        path.write_bytes(encode_jpeg(window))
+
+
+def _write_metadata(path: Path, windows, ids: list[str], map_name: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(METADATA_COLUMNS)
+        for i, identifier in enumerate(ids):
+            writer.writerow(
+                [
+                    identifier,
+                    f"{windows.lat[i]:.6f}",
+                    f"{windows.lon[i]:.6f}",
+                    windows.split[i],
+                    int(windows.source_row[i]),
+                    map_name,
+                    int(windows.row[i]),
+                    int(windows.col[i]),
+                    int(windows.side[i]),
+                ]
+            )
+
+
 def write_bundled_dataset(root: str | Path, dataset: str, recipe: BundledRecipe) -> Path:
     """Render one bundled dataset into `root` in the MP16 layout; returns the metadata CSV path.
 
-    Images are written first and the metadata CSV last, through a temporary name, so a crash never
-    leaves a metadata file that points at missing images.
+    Everything is written into a staging folder beside `root`, renamed into place only when whole, so a
+    crash or a full disk never leaves a half-rendered folder (nor a metadata file pointing at missing images).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown bundled dataset {dataset!r}; known: {sorted(DATASETS)}")
@@ -248,29 +279,15 @@ def write_bundled_dataset(root: str | Path, dataset: str, recipe: BundledRecipe)
             f"{world.shape[0]}"
         )
     ids = [image_id(dataset, i, int(s)) for i, s in enumerate(windows.source_row)]
-    for i, identifier in enumerate(ids):
-        path = root / "images" / identifier
-        path.parent.mkdir(parents=True, exist_ok=True)
-        window = render(world, int(windows.row[i]), int(windows.col[i]), int(windows.side[i]), recipe.image_px)
-        path.write_bytes(encode_jpeg(window))
+    staging = root.with_name(f".{root.name}.partial-{os.getpid()}")
+    try:
+        with writing(root, f"the rendered {dataset} images"):
+            _render_images(staging, world, windows, ids, recipe.image_px)
+            _write_metadata(staging / "metadata.csv", windows, ids, map_path.name)
+        if root.exists():  # an earlier render's remains (it had no metadata, or this one would not run)
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     metadata = root / "metadata.csv"
-    temporary = root / ".metadata.csv.tmp"
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(METADATA_COLUMNS)
-        for i, identifier in enumerate(ids):
-            writer.writerow(
-                [
-                    identifier,
-                    f"{windows.lat[i]:.6f}",
-                    f"{windows.lon[i]:.6f}",
-                    windows.split[i],
-                    int(windows.source_row[i]),
-                    map_path.name,
-                    int(windows.row[i]),
-                    int(windows.col[i]),
-                    int(windows.side[i]),
-                ]
-            )
-    temporary.replace(metadata)
     return metadata

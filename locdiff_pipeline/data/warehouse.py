@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from locdiff_pipeline.data.disk_space import writing
+
 MANIFEST = "_manifest.json"
 STAGING = "_staging"
 
@@ -92,19 +94,21 @@ class Warehouse:
         staging = staging_root / f"{table}-{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir()
         writer = PartitionWriter(staging)
+        what = f"the {table} table" + "".join(f", {key}={value}" for key, value in keys.items())
         try:
-            yield writer
-            writer.finish()
-            body = {**manifest, "rows": writer.rows, "parts": writer.parts}
-            (staging / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                retired = staging_root / f"retired-{os.getpid()}-{uuid.uuid4().hex}"
-                os.replace(final, retired)
-                os.replace(staging, final)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, final)
+            with writing(final, what):
+                yield writer
+                writer.finish()
+                body = {**manifest, "rows": writer.rows, "parts": writer.parts}
+                (staging / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if final.exists():
+                    retired = staging_root / f"retired-{os.getpid()}-{uuid.uuid4().hex}"
+                    os.replace(final, retired)
+                    os.replace(staging, final)
+                    shutil.rmtree(retired, ignore_errors=True)
+                else:
+                    os.replace(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -94,9 +94,16 @@ def rejected_share(
         )
         shares[entry.name] = rejected / max(accepted + rejected, 1)
     worst = max(shares, key=shares.get)
+    passed = shares[worst] <= datasets.max_rejected_share
     return AssetCheckResult(
-        passed=shares[worst] <= datasets.max_rejected_share,
+        passed=passed,
         severity=AssetCheckSeverity.ERROR,
+        description=None
+        if passed
+        else (
+            f"{shares[worst]:.1%} of {worst}'s records were rejected, above max_rejected_share "
+            f"{datasets.max_rejected_share:.1%} (their reasons: the rejected table)"
+        ),
         metadata={
             "share_by_dataset": {k: float(v) for k, v in shares.items()},
             "worst": worst,

@@ -40,7 +40,7 @@ class DaskClusterExecutor(Executor):
         import dask.distributed
 
         instance, run = plan_context.instance, plan_context.dagster_run
-        with dask.distributed.Client(self.address) as client:
+        with dask.distributed.Client(self.address, security=dask_security(self.address)) as client:
             futures = {}
             for level in execution_plan.get_steps_to_execute_by_level():
                 for step in level:  # a step waits for its inputs' futures, on the workers
@@ -101,9 +101,28 @@ def execute_step_on_worker(upstream: list, payload: bytes) -> list:
         return [started, *execute_plan_iterator(plan, recon_job, run, run_config=run_config, instance=instance)]
 
 
+def dask_security(address: str):
+    """The Security a client of the team's scheduler presents: the certificate in LOCDIFF_DASK_TLS (mutual
+    TLS, stack/certificates.py), else dask's own configuration (plain tcp:// for a cluster of one's own)."""
+    from distributed import Security
+
+    folder = settings.current().dask_tls
+    if folder is None:
+        if address.startswith("tls://"):
+            raise ValueError(f"{address} speaks TLS: set LOCDIFF_DASK_TLS to this machine's certificate folder")
+        return Security()
+    from locdiff_pipeline.stack.certificates import load
+
+    identity = load(folder)
+    missing = [path.name for path in (identity.authority, identity.certificate, identity.key) if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"LOCDIFF_DASK_TLS={folder}: no {', '.join(missing)} (`locdiff stack cert NAME`)")
+    return identity.security()
+
+
 @executor(
     name="dask_cluster",
-    config_schema={"address": Field(StringSource, description="the dask scheduler, tcp://HOST:PORT")},
+    config_schema={"address": Field(StringSource, description="the dask scheduler, tls://HOST:PORT")},
     requirements=multiple_process_executor_requirements(),
 )
 def dask_cluster_executor(init_context) -> DaskClusterExecutor:

@@ -41,7 +41,10 @@ class GraphRun:
                     error = event.step_failure_data.error
                     while error is not None and error.cause is not None:
                         error = error.cause
-                    found.append((event.step_key, (error.message if error else "failed").strip()))
+                    message = (error.message if error else "failed").strip()
+                    if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+                        message = _failed_checks(result) or message  # Dagster's names no figure
+                    found.append((event.step_key, message))
         return found
 
     def metadata(self, asset: str, partition: str | None = None) -> dict:
@@ -122,3 +125,19 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     for run in abandoned:
         instance.report_run_failed(run, message=f"its process (pid {run.tags.get('locdiff.pid')}) is gone")
     return [run.run_id for run in abandoned]
+
+
+def _failed_checks(result: ExecuteInProcessResult) -> str:
+    """Each failed blocking check of a run on one line: its name and asset, then its description (what it
+    found against what it allows), else its metadata's figures."""
+    said = []
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.passed or evaluation.severity.value != "ERROR" or not evaluation.blocking:
+            continue
+        figures = evaluation.description or ", ".join(
+            f"{name} {value.value}" for name, value in evaluation.metadata.items()
+        )
+        said.append(
+            f"blocking check {evaluation.check_name} on {evaluation.asset_key.to_user_string()} failed: {figures}"
+        )
+    return "; ".join(said)

@@ -205,6 +205,7 @@ class MlflowResource(ConfigurableResource):
     ui_url: str | None = None  # e.g. http://127.0.0.1:5000, for links in Dagster; None: $LOCDIFF_MLFLOW_UI
 
     def uri(self) -> str | None:
+        run_paths.check_tracking_uri("mlflow.tracking_uri", self.tracking_uri)
         return self.tracking_uri or None
 
     def links(self, run_id: str, version: int) -> dict[str, str]:

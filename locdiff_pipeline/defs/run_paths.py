@@ -4,8 +4,9 @@ Anyone who can use the Dagster UI can launch a run with any run config, and a pa
 written by the run's process: a warehouse root anywhere, a "metadata CSV" that is /etc/passwd. So in
 runs started under `locdiff dev` (its processes carry GUARD_ENV), a path set in run config must lie in
 the project folder, in a folder of the catalog the server was started with (LOCDIFF_CATALOG: its file's
-folder and its datasets'), or in a folder LOCDIFF_RUN_CONFIG_ROOTS adds. `locdiff run`, the tests and
-plain Python are not restricted: whoever runs them already chose every path.
+folder and its datasets'), or in a folder LOCDIFF_RUN_CONFIG_ROOTS adds; an MLflow tracking URI is a
+local store held to the same rule, or the server's own. `locdiff run`, the tests and plain Python are not
+restricted: whoever runs them already chose every path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from locdiff_pipeline import settings
 from locdiff_pipeline.data.paths import project_root
@@ -39,6 +41,33 @@ def check(paths: list[tuple[str, str | Path]]) -> None:
                 f"({', '.join(str(r) for r in roots)}); set LOCDIFF_RUN_CONFIG_ROOTS before `locdiff dev` to "
                 "allow more"
             )
+
+
+def check_tracking_uri(what: str, uri: str) -> None:
+    """Refuse, when guarded, a tracking URI from run config that writes outside the allowed folders: a local
+    store (sqlite:///PATH, file:PATH or a plain path) is checked as a path; any other URI (a tracking server,
+    a database) must be the one the server itself was started with ($MLFLOW_TRACKING_URI), or run config
+    could send the project's runs and models to a store of its choosing."""
+    if os.environ.get(GUARD_ENV) != "1" or not uri:
+        return
+    local = _local_store(uri)
+    if local is not None:
+        check([(what, local)])
+    elif uri != os.environ.get("MLFLOW_TRACKING_URI"):
+        raise RunPathRefused(
+            f"{what} {uri!r} is not this server's tracking URI; a run launched from the UI logs where the server "
+            "does (unset it in run config)"
+        )
+
+
+def _local_store(uri: str) -> str | None:
+    """The file a local MLflow store URI writes to, None for a server or database URI."""
+    parts = urlsplit(uri)
+    if parts.scheme == "sqlite":
+        return unquote(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else ":memory:"
+    if parts.scheme == "file":
+        return unquote(parts.path)
+    return uri if not parts.scheme or len(parts.scheme) == 1 else None  # a plain (or Windows drive) path
 
 
 def allowed_roots() -> list[Path]:

@@ -1,8 +1,10 @@
 """The stack's PostgreSQL server: Debian's binaries, one cluster per project, loopback only.
 
-It holds three databases: `dagster` (runs, event log, schedules: dagster-postgres), `mlflow` (the
-tracking server's backend store) and `locdiff` (the writers' advisory lock, coordination/database_lock.py).
-PostgreSQL refuses to run as root; run by root, every server command runs as the `postgres` user.
+It holds four databases: `dagster` (runs, event log, schedules: dagster-postgres), `mlflow` (the
+tracking server's backend store), `mlflow_auth` (its users and permissions) and `locdiff` (the writers'
+advisory lock, coordination/database_lock.py). They belong to the application role `locdiff`, which is no
+superuser; the cluster's superuser `locdiff_admin` only creates them. PostgreSQL refuses to run as root;
+run by root, every server command runs as the `postgres` user.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from locdiff_pipeline.stack.config import StackConfig
+from locdiff_pipeline.stack.config import ADMIN_ROLE, APPLICATION_ROLE, StackConfig
 
-DATABASES = ("dagster", "mlflow", "locdiff")
+DATABASES = ("dagster", "mlflow", "mlflow_auth", "locdiff")
 
 
 class PostgresMissing(RuntimeError):
@@ -47,6 +49,7 @@ def start(config: StackConfig) -> None:
     data = config.postgres_data
     if not (data / "PG_VERSION").exists():
         _init_cluster(config)
+    config.write_password_file()
     if not is_running(config):
         log = data.parent / f"{data.name}.log"
         options = f"-c listen_addresses={config.host} -p {config.postgres_port} -c unix_socket_directories={data}"
@@ -78,7 +81,7 @@ def _init_cluster(config: StackConfig) -> None:
     data = config.postgres_data
     data.mkdir(parents=True, exist_ok=True)
     password_file = data.parent / f"{data.name}.password"
-    password_file.write_text(config.postgres_password + "\n")
+    password_file.write_text(config.postgres_admin_password + "\n")
     password_file.chmod(0o600)
     _give_to_server_user(data.parent, data, password_file)
     try:
@@ -88,7 +91,7 @@ def _init_cluster(config: StackConfig) -> None:
                 "-D",
                 str(data),
                 "-U",
-                "locdiff",
+                ADMIN_ROLE,
                 f"--pwfile={password_file}",
                 "--auth=scram-sha-256",
                 "-E",
@@ -100,24 +103,46 @@ def _init_cluster(config: StackConfig) -> None:
 
 
 def _create_databases(config: StackConfig) -> None:
-    import psycopg2
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            connection = psycopg2.connect(config.database_url("postgres"), connect_timeout=5)
-            break
-        except psycopg2.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    """The application role (login, no superuser, no role or database creation) and its databases."""
+    connection = _admin_connection(config)
     connection.autocommit = True
     with closing(connection), connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APPLICATION_ROLE,))
+        if cursor.fetchone() is None:
+            cursor.execute(
+                f"CREATE ROLE {APPLICATION_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s",
+                (config.postgres_password,),
+            )
         cursor.execute("SELECT datname FROM pg_database")
         existing = {row[0] for row in cursor.fetchall()}
         for name in DATABASES:
             if name not in existing:
-                cursor.execute(f'CREATE DATABASE "{name}"')
+                cursor.execute(f'CREATE DATABASE "{name}" OWNER {APPLICATION_ROLE}')
+
+
+def _admin_connection(config: StackConfig):
+    """The superuser's connection (password in the call, never in a URL or a command line). A cluster made
+    before the roles were split has only `locdiff`, a superuser: it serves as both, with a warning."""
+    import sys
+
+    import psycopg2
+
+    deadline = time.monotonic() + 30
+    address = {"host": config.host, "port": config.postgres_port, "dbname": "postgres", "connect_timeout": 5}
+    while True:
+        try:
+            return psycopg2.connect(user=ADMIN_ROLE, password=config.postgres_admin_password, **address)
+        except psycopg2.OperationalError as error:
+            if f'role "{ADMIN_ROLE}" does not exist' in str(error) or "authentication failed" in str(error):
+                print(
+                    f"warning: {config.postgres_data} was made by an earlier `locdiff stack up`: its role "
+                    f"{APPLICATION_ROLE} is a superuser (remove that folder and run `up` to split the roles)",
+                    file=sys.stderr,
+                )
+                return psycopg2.connect(user=APPLICATION_ROLE, password=config.postgres_password, **address)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _server_command(command: list[str]) -> subprocess.CompletedProcess:

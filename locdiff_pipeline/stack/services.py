@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from locdiff_pipeline.defs.run_paths import GUARD_ENV
-from locdiff_pipeline.stack import postgres
+from locdiff_pipeline.stack import mlflow_auth, postgres
 from locdiff_pipeline.stack.config import StackConfig
 
 STOP_SECONDS = 30
@@ -26,32 +26,29 @@ def _program(name: str) -> str:
 
 
 def commands(config: StackConfig) -> dict[str, list[str]]:
-    """Every process of the stack but PostgreSQL, by name, in start order."""
+    """Every process of the stack but PostgreSQL, by name, in start order. Each listens on the stack's host
+    only; dask speaks TLS with the stack's certificates; no argument holds a secret (`ps` shows them all)."""
     scheduler = config.client_env()["LOCDIFF_DASK_SCHEDULER"]
+    # with --no-dashboard dask still serves its HTTP routes (health, metrics) on the dashboard address,
+    # every interface by default (measured): kept on the stack's host
+    loopback_http = ["--no-dashboard", "--dashboard-address", f"{config.host}:0"]
     worker = [
-        _program("dask"),
-        "worker",
-        scheduler,
-        "--nthreads",
-        "1",
-        "--local-directory",
-        str(config.folder / "dask"),
+        *[_program("dask"), "worker", scheduler, "--host", config.host, "--nthreads", "1"],
+        *["--local-directory", str(config.folder / "dask"), *loopback_http],
+        *config.dask_identity("worker").server_arguments(),
     ]
     found = {
         "mlflow": [
-            *[_program("mlflow"), "server", "--backend-store-uri", config.sqlalchemy_url("mlflow")],
+            *[_program("mlflow"), "server", "--app-name", "basic-auth"],
+            *["--backend-store-uri", config.sqlalchemy_url("mlflow")],
             *["--serve-artifacts", "--artifacts-destination", str(config.folder / "artifacts")],
             *["--host", config.host, "--port", str(config.mlflow_port), "--workers", "1"],
         ],
         "dask-scheduler": [
-            _program("dask"),
-            "scheduler",
-            "--host",
-            config.host,
-            "--port",
-            str(config.dask_scheduler_port),
-        ]
-        + ["--no-dashboard"],
+            *[_program("dask"), "scheduler", "--protocol", "tls", "--host", config.host],
+            *["--port", str(config.dask_scheduler_port), *loopback_http],
+            *config.dask_identity("scheduler").server_arguments(),
+        ],
         # the training queue: the only worker that offers `training` (the GPU machine in a real deployment)
         "dask-worker-training": [*worker, "--name", "training", "--resources", "training=1"],
         **{f"dask-worker-{k}": [*worker, "--name", f"shards-{k}"] for k in range(1, config.shard_workers + 1)},
@@ -67,11 +64,15 @@ def commands(config: StackConfig) -> dict[str, list[str]]:
     return found
 
 
-def service_env(config: StackConfig) -> dict[str, str]:
-    """The caller's environment (its settings included) plus the stack's client settings, and the
-    guard's mark: the runs the UI launches execute on the daemon and the workers, which must refuse run
-    config that points outside the project (defs/run_paths.py), as under `locdiff dev`."""
-    return {**os.environ, **config.client_env(), GUARD_ENV: "1"}
+def service_env(config: StackConfig, name: str = "") -> dict[str, str]:
+    """The caller's environment (its settings included) plus the stack's client settings, dask's refusal
+    of unencrypted links, and the guard's mark: the runs the UI launches execute on the daemon and the
+    workers, which must refuse run config that points outside the project (defs/run_paths.py), as under
+    `locdiff dev`. The MLflow server alone also gets its auth app's secrets."""
+    env = {**os.environ, **config.client_env(), GUARD_ENV: "1", "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+    if name == "mlflow":
+        env.update(mlflow_auth.server_env(config))
+    return env
 
 
 def up(config: StackConfig) -> None:
@@ -86,7 +87,7 @@ def up(config: StackConfig) -> None:
         log = open(config.folder / "logs" / f"{name}.log", "ab")
         process = subprocess.Popen(
             command,
-            env=service_env(config),
+            env=service_env(config, name),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -95,6 +96,8 @@ def up(config: StackConfig) -> None:
         pids[name] = process.pid
         _write_pids(config, pids)
         _wait_ready(config, name, process)
+        if name == "mlflow":
+            mlflow_auth.ensure_project_user(config)
 
 
 def down(config: StackConfig) -> list[str]:
@@ -121,7 +124,9 @@ def status(config: StackConfig) -> dict[str, str]:
 
 
 def write_instance_yaml(config: StackConfig) -> None:
-    """Dagster's instance on the stack's PostgreSQL, with a run queue the daemon drains."""
+    """Dagster's instance on the stack's PostgreSQL, with a run queue the daemon drains. Its URL holds no
+    password (libpq reads PGPASSFILE), so neither does the instance ref Dagster puts on its code servers'
+    command lines."""
     config.dagster_home.mkdir(parents=True, exist_ok=True)
     yaml = config.dagster_home / "dagster.yaml"
     yaml.write_text(
@@ -162,8 +167,9 @@ def _worker_connected(config: StackConfig, label: str) -> bool:
     from distributed import Client
 
     wanted = "training" if label == "training" else f"shards-{label}"
+    address, security = config.client_env()["LOCDIFF_DASK_SCHEDULER"], config.dask_identity("client").security()
     try:
-        with Client(config.client_env()["LOCDIFF_DASK_SCHEDULER"], timeout=5) as client:
+        with Client(address, security=security, timeout=5) as client:
             names = {info.get("name") for info in client.scheduler_info()["workers"].values()}
     except OSError:
         return False

@@ -16,6 +16,7 @@ import numpy as np
 
 from locdiff_pipeline.coordination.processes import owner_is_gone, owner_tags
 from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.disk_space import writing
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
 from locdiff_pipeline.data.training_stream import DEFAULT_BUFFER_ROWS, EmbeddingStream, streams
 from locdiff_pipeline.data.warehouse import Warehouse, fingerprint
@@ -163,15 +164,16 @@ def train_and_register(
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"locdiff-{dataset}-L{config.L}") as run:
         log_run_inputs(warehouse, inputs, train_rows, len(validation.lat))
         step_logger = StepLogger(log)
-        result = train(
-            config,
-            **rows,
-            checkpoint_dir=inputs.checkpoint_dir,
-            validation=validation,
-            encoder=inputs.encoder,
-            log=step_logger,
-            log_every=log_every,
-        )
+        with writing(inputs.checkpoint_dir, "the training checkpoint"):
+            result = train(
+                config,
+                **rows,
+                checkpoint_dir=inputs.checkpoint_dir,
+                validation=validation,
+                encoder=inputs.encoder,
+                log=step_logger,
+                log_every=log_every,
+            )
         score = log_final_scores(result.validation, result.seconds, config.steps, step_logger.validated_at)
         protocol = choose_and_record_protocol(warehouse, inputs, result.model)
         registration = log_and_register_model(warehouse, inputs, score, protocol, encoder_checkpoint, run.info.run_id)
@@ -301,7 +303,8 @@ def choose_and_record_protocol(warehouse: Warehouse, inputs: TrainingInputs, mod
 
     protocol, grid = choose_test_protocol(warehouse, inputs.dataset, model, inputs.embeddings_manifest)
     model.metadata["protocol"] = protocol.to_dict()
-    model.save(inputs.model_dir)
+    with writing(inputs.model_dir, "the model checkpoint"):
+        model.save(inputs.model_dir)
     mlflow.log_params(
         {
             "protocol_rule": protocol.rule,

@@ -2,7 +2,8 @@
 `champion` alias, which moves only when a new version beats the current champion on validation.
 
 Each version records the SHA-256 of its checkpoint files (tag CHECKSUM_TAG); a checkpoint whose files
-changed since registration is refused. MLflow stores absolute artifact paths, so a project folder that
+changed since registration is refused, and so is a version without that tag, whoever registered it (a
+version the project did not register). MLflow stores absolute artifact paths, so a project folder that
 was moved or copied has its store re-rooted when MLflow is configured (project_store), and a version
 recorded elsewhere is still looked up under this project's mlruns/ on load.
 """
@@ -47,12 +48,9 @@ def configure(tracking_uri: str | None = None, root: Path | None = None) -> str:
     import mlflow
 
     before = {name: os.environ.get(name) for name in ECHOED}
-    uri = tracking_uri or before["MLFLOW_TRACKING_URI"] or default_tracking_uri(root)
+    uri = follow_the_project_folder(tracking_uri, root)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    database = project_store.project_database(uri)
-    if database is not None:  # a copied or moved project points at its own files, not the original's
-        project_store.reroot(database)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     for name, value in before.items():
@@ -60,6 +58,18 @@ def configure(tracking_uri: str | None = None, root: Path | None = None) -> str:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    return uri
+
+
+def follow_the_project_folder(tracking_uri: str | None = None, root: Path | None = None) -> str:
+    """The tracking URI in use (the given one, else $MLFLOW_TRACKING_URI, else the project's local backend),
+    with the project's own store repointed at this folder's files when the project was copied or moved.
+    Every command that may hand the store to MLflow's own tools (`mlflow ui`, `mlflow models serve`) calls
+    it first, MLflow's import not needed; it creates nothing where there is no store."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
+    database = project_store.project_database(uri)
+    if database is not None:  # a copied or moved project points at its own files, not the original's
+        project_store.reroot(database)
     return uri
 
 
@@ -195,16 +205,14 @@ def verify_checkpoint(directory: Path, expected: dict[str, str], reference: str)
         )
 
 
-def register_and_promote(
-    model_uri: str, run_id: str, score: float, digests: dict[str, str] | None = None
-) -> Registration:
+def register_and_promote(model_uri: str, run_id: str, score: float, digests: dict[str, str]) -> Registration:
     """Register a new version (with its checkpoint digests) and move `champion` to it only if it beats the
     current champion."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    tags = {"run_id": run_id, **({CHECKSUM_TAG: json.dumps(digests, sort_keys=True)} if digests else {})}
+    tags = {"run_id": run_id, CHECKSUM_TAG: json.dumps(digests, sort_keys=True)}
     version = int(mlflow.register_model(model_uri, REGISTERED_MODEL, tags=tags).version)
     current_version, current_score = champion_score(client)
     promoted = current_score is None or score > current_score
@@ -242,16 +250,34 @@ def download_checkpoint(reference: str) -> Path:
     import mlflow
 
     version = _model_version(reference)
+    expected = None if version is None else _recorded_digests(version, reference)  # refused before any download
     try:
         local = _rerooted(version) or Path(mlflow.artifacts.download_artifacts(artifact_uri=reference))
     except Exception as error:  # MLflow raises many kinds for a missing model, alias or artifact
         raise ModelReferenceError(f"model {reference!r}: {_first_line(error)}") from None
     for candidate in [local, *local.rglob("*")]:
         if candidate.is_dir() and all((candidate / name).is_file() for name in CHECKPOINT_FILES):
-            if version is not None and CHECKSUM_TAG in version.tags:
-                verify_checkpoint(candidate, json.loads(version.tags[CHECKSUM_TAG]), reference)
+            if expected is not None:
+                verify_checkpoint(candidate, expected, reference)
             return candidate
     raise ModelReferenceError(f"model {reference!r} holds no LocDiff checkpoint (config.json + weights.pt)")
+
+
+def _recorded_digests(version, reference: str) -> dict[str, str]:
+    """The digests the project tagged the version with at registration; a version without them was not
+    registered by the project (someone logged a model and registered it by hand) and is refused."""
+    try:
+        recorded = json.loads(version.tags[CHECKSUM_TAG])
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+    except (KeyError, ValueError) as error:
+        reason = "missing" if isinstance(error, KeyError) else "not a JSON object of digests"
+        raise ModelReferenceError(
+            f"model {reference!r} (version {version.version}): its {CHECKSUM_TAG} tag is {reason}; "
+            "locdiff records its checkpoint's SHA-256 when it registers a version, so this one was registered "
+            "some other way; refusing to load it"
+        ) from None
+    return recorded
 
 
 def _model_version(reference: str):
