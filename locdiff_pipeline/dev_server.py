@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from locdiff_pipeline.defs.run_paths import GUARD_ENV
@@ -31,7 +32,12 @@ def serve(host: str, port: int, dagster_args: list[str], env: dict[str, str], we
     # A shell starts a background job (`locdiff dev &`) with SIGINT ignored, and `dagster dev` handles
     # SIGTERM with whatever handles SIGINT: restored to the default, it and its children stop on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    child = subprocess.Popen([*command, *dagster_args], env=env)
+    child = subprocess.Popen(
+        [*command, *dagster_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    ours = f"http://{host}:{port}"
+    _relay(child.stdout, sys.stdout, private, ours)
+    _relay(child.stderr, sys.stderr, private, ours)
     try:
         return asyncio.run(_proxy_while_running(child, host, port, f"http://127.0.0.1:{private}"))
     finally:
@@ -44,7 +50,7 @@ async def _proxy_while_running(child: subprocess.Popen, host: str, port: int, up
     runner = web.AppRunner(build_app(upstream, host), handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
-    print(f"locdiff: the Dagster UI at http://{host}:{port} (guarded; see ui_guard.py)", file=sys.stderr)
+    print(f"locdiff: starting the Dagster UI at http://{host}:{port} (guarded; see ui_guard.py)", file=sys.stderr)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
@@ -58,6 +64,28 @@ async def _proxy_while_running(child: subprocess.Popen, host: str, port: int, up
     finally:
         await runner.cleanup()
     return 0 if stopped.is_set() else child.returncode
+
+
+def _relay(source, sink, private: int, ours: str) -> None:
+    """Copy the child's output, but for what would send a user past the guard: the webserver's own
+    address (said instead as the guard's, once it is ready) and the `dg dev` advice for `dagster dev`,
+    which `locdiff dev` wraps (the warning and the source line Python prints under it)."""
+
+    def copy() -> None:
+        skip_next = False
+        for line in source:
+            if skip_next:
+                skip_next = False
+                continue
+            if f"127.0.0.1:{private}" in line and "Serving dagster-webserver" in line:
+                line = f"locdiff: the Dagster UI is ready at {ours}\n"
+            elif "SupersessionWarning" in line and "dg dev" in line:
+                skip_next = True
+                continue
+            sink.write(line)
+            sink.flush()
+
+    threading.Thread(target=copy, daemon=True).start()
 
 
 def _stop(child: subprocess.Popen) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,8 +65,8 @@ def dagster_dev(tmp_path_factory, small_run):
         [str(locdiff), "dev", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPOSITORY,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "dagster_dev.log", "wb"),
+        stdout=(log := open(tmp_path / "dagster_dev.log", "wb")),
+        stderr=log,
         start_new_session=True,  # its own process group: the test can see every child it leaves
         preexec_fn=as_a_background_job,
     )
@@ -96,6 +97,7 @@ def test_dagster_dev_serves_the_asset_graph_and_refuses_other_sites(dagster_dev)
         for n in answer["data"]["assetNodes"]
     }
     assert set(nodes) == EXPECTED_ASSETS
+    _the_log_names_the_guarded_address_only(log, port)
     assert nodes["predictions"] == {"locdiff_model", "contamination"}
     assert nodes["image_embeddings"] == {"images"}
     schedules = _graphql(
@@ -116,6 +118,37 @@ def test_dagster_dev_serves_the_asset_graph_and_refuses_other_sites(dagster_dev)
     _another_site_cannot_launch_runs(port)
 
 
+JOB_PAGE_RUNS = (  # the query the UI's job page makes: the job's runs that carry its code location's label
+    '{ runsOrError(filter: {pipelineName: "locdiff_train", tags: [{key: ".dagster/repository", value: "%s"}]}) '
+    "{ ... on Runs { results { runId status tags { key value } } } } }"
+)
+
+
+def _the_training_jobs_page_lists_the_cli_run(port: int) -> None:
+    """`locdiff run` executes in process, yet its training run is a run of the code location's
+    `locdiff_train` as the job page asks for it (the location and repository names read from the server)."""
+    ui = DagsterUI("127.0.0.1", port)
+    (repository,) = ui.data(
+        "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+    )["repositoriesOrError"]["nodes"]
+    label = f"{repository['name']}@{repository['location']['name']}"
+    listed = ui.data(JOB_PAGE_RUNS % label)["runsOrError"]["results"]
+    assert len(listed) == 1 and listed[0]["status"] == "SUCCESS", listed
+    assert any(tag["key"].startswith("locdiff") for tag in listed[0]["tags"])
+
+
+def _the_log_names_the_guarded_address_only(log: Path, port: int) -> None:
+    """`locdiff dev` prints one address, the guard's: never the webserver's private one, nor advice to run
+    `dg dev` (which would serve the UI unguarded)."""
+    deadline = time.monotonic() + 30
+    while "is ready at" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "locdiff: the Dagster UI is ready at" in text, text[-2000:]
+    assert set(re.findall(r"https?://[\w.]+:\d+", text)) == {f"http://127.0.0.1:{port}"}, text[-2000:]
+    assert "dg dev" not in text and "Serving dagster-webserver" not in text
+
+
 def _another_site_cannot_launch_runs(port: int) -> None:
     """Through the guard `locdiff dev` serves: every way another page could launch a run is refused before
     Dagster sees it (tests/dagster_ui.py), and no run is launched."""
@@ -129,6 +162,7 @@ def _another_site_cannot_launch_runs(port: int) -> None:
         assert json.loads(answer.read())["data"]["assetNodes"]
     runs = DagsterUI("127.0.0.1", port).runs()
     assert len(runs) == 3 and all(r["tags"] for r in runs)  # `locdiff run`'s own: training and two evaluations
+    _the_training_jobs_page_lists_the_cli_run(port)
     backfills = _graphql(port, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id } } } }")
     assert backfills["data"]["partitionBackfillsOrError"]["results"] == []
 

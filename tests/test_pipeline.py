@@ -26,6 +26,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetKey,
     AssetMaterialization,
+    AssetSelection,
     DagsterInstance,
     RunRequest,
     build_schedule_context,
@@ -861,10 +862,51 @@ def test_benchmark_results_rank_model_versions_in_mlflow(pipeline):
     for name in ("acc_750km", "acc_2500km", "acc_750km_low", "acc_2500km_high", "median_km", "nll", "hpd90_coverage"):
         assert best.data.metrics[f"{bundled.HELDOUT}/{name}"] == pytest.approx(locdiff[name])
     assert f"{bundled.SHIFTED}/acc_750km" in best.data.metrics
+    for baseline in registry.BASELINES_LOGGED:  # "better than chance?" answered in MLflow alone
+        row = next(row for row in rows if row["method"] == baseline)
+        assert best.data.metrics[f"{bundled.HELDOUT}/{baseline}/acc_750km"] == pytest.approx(row["acc_750km"])
+    experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.tags[registry.EXPERIMENT_KIND_TAG] == "custom_model_development"  # opens on its runs
     assert run.data.tags["mlflow.note.content"].startswith("Model version ")
     version = mlflow.MlflowClient().get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION)
     assert version.tags["dataset"] == bundled.BUNDLED and version.tags["encoder"] == "descriptors-v1"
     assert version.tags["protocol"]
+
+
+def test_the_predictions_page_says_its_columns_and_where_its_rows_are(pipeline):
+    root, _, first = pipeline
+    metadata = first.metadata("predictions", bundled.HELDOUT)
+    columns = {column.name: column.type for column in metadata["dagster/column_schema"].value.columns}
+    assert {"image_id", "method", "error_km", "log_density", "dataset", "model_version"} <= set(columns)
+    assert columns["error_km"] == "double" and "rows" not in metadata  # dagster/row_count says it once
+    folder = Path(metadata["parquet_folder"].value)
+    assert folder.is_relative_to(root / "warehouse" / "predictions") and list(folder.glob("*.parquet"))
+    assert ds.dataset(str(folder), format="parquet").count_rows() == metadata["dagster/row_count"].value
+    import duckdb
+
+    query = metadata["duckdb_query"].value.removeprefix("```sql\n").removesuffix("\n```")
+    counts = dict(duckdb.sql(query).fetchall())
+    assert sum(counts.values()) == metadata["dagster/row_count"].value and "locdiff" in counts
+
+
+def test_a_rescore_of_the_same_version_keeps_one_value_per_benchmark_metric(pipeline):
+    """The report rematerialized for the same model version (as a UI rescore does): every benchmark metric
+    of the training run still has one value, at step 0, not a two-point curve of one version."""
+    root, instance, _ = pipeline
+    again = materialize(
+        [*defs.assets, *defs.asset_checks],
+        resources=tiny_resources(root),
+        instance=instance,
+        selection=AssetSelection.assets("accuracy_report"),
+        partition_key=bundled.HELDOUT,
+    )
+    assert again.success
+    run = _champion_run(root)
+    client = mlflow.MlflowClient()
+    names = [name for name in run.data.metrics if name.startswith(f"{bundled.HELDOUT}/")]
+    assert len(names) > 20
+    for name in names:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [0], name
 
 
 def test_the_accuracy_table_leads_with_locdiff_and_the_scales_that_decide(pipeline):

@@ -7,12 +7,18 @@ run per benchmark of the catalog: what `dagster dev`'s backfill and sensor do, w
 from dataclasses import dataclass
 
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, materialize
+from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
 from locdiff_pipeline.defs.assets import ALL_ASSETS
 from locdiff_pipeline.defs.checks import ALL_CHECKS
 from locdiff_pipeline.defs.jobs import evaluate_job, train_job
 from locdiff_pipeline.defs.partitions import all_shards_tags
 from locdiff_pipeline.defs.resources import default_resources
+
+# The code location `dagster dev -m locdiff_pipeline.definitions` (and workspace.yaml) serves, as Dagster labels
+# its runs: a job's page lists the runs of that job carrying this label, so the in-process runs of the named
+# jobs carry it too and are listed beside the UI's own.
+CODE_LOCATION_LABEL = "__repository__@locdiff_pipeline.definitions"
 
 
 @dataclass
@@ -74,7 +80,8 @@ def materialize_all(
     resources = {**default_resources(), **resources}
     run_config = {"loggers": {"console": {"config": {"log_level": console_level}}}} if console_level else None
     instance = instance or DagsterInstance.ephemeral()
-    training_tags = {**all_shards_tags(), **(tags or {})}
+    tags = {**(tags or {})}
+    training_tags = {**all_shards_tags(), **tags}
     if selection is not None:
         everything = [*ALL_ASSETS, *ALL_CHECKS]
         run = materialize(
@@ -90,6 +97,7 @@ def materialize_all(
     definitions = Definitions(
         assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[train_job, evaluate_job], resources=resources
     )
+    tags[REPOSITORY_LABEL_TAG] = training_tags[REPOSITORY_LABEL_TAG] = CODE_LOCATION_LABEL  # the named jobs' runs
     first = definitions.resolve_job_def(train_job.name).execute_in_process(
         instance=instance, tags=training_tags, raise_on_error=raise_on_error, run_config=run_config
     )

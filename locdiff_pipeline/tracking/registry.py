@@ -27,6 +27,8 @@ REGISTERED_MODEL = "locdiff"
 CHAMPION = "champion"
 VALIDATION_METRIC = "val_score"
 CHECKSUM_TAG = "checkpoint_sha256"
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (an empty traces page): a training one
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 CHECKPOINT_FILES = ("config.json", "weights.pt")
 SERVER_SCHEMES = ("http", "https", "databricks")  # tracking URIs whose server chooses artifact locations
 _MODEL_REFERENCE = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?")
@@ -94,15 +96,16 @@ def ensure_experiment(root: Path | None = None) -> str:
 
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made by an earlier version
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return experiment.experiment_id
     location = None
     if urlparse(mlflow.get_tracking_uri()).scheme not in SERVER_SCHEMES:
         artifacts = mlruns_dir(root) / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         location = artifacts.as_uri()
-    return mlflow.create_experiment(
-        EXPERIMENT, artifact_location=location, tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION}
-    )
+    tags = {"mlflow.note.content": EXPERIMENT_DESCRIPTION, EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=location, tags=tags)
 
 
 def log_dataset_input(name: str, location: Path, digest: str) -> None:
@@ -150,24 +153,35 @@ BENCHMARK_METRICS = (
 )
 
 
-def log_benchmark_metrics(run_id: str, benchmark: str, row: dict) -> None:
+BASELINES_LOGGED = ("chance", "constant")  # beside LocDiff's own metrics: "better than chance?" in MLflow alone
+
+
+def log_benchmark_metrics(run_id: str, benchmark: str, rows: list[dict]) -> None:
     """LocDiff's results on a benchmark as metrics of the training run that made the model
-    (`BENCHMARK/acc_750km`, ...), so MLflow's compare view and search_runs rank versions by them; a rescored
-    benchmark logs a new step."""
+    (`BENCHMARK/acc_750km`, ...), with chance's and the constant's beside them (`BENCHMARK/chance/...`), so
+    MLflow's compare view and search_runs rank versions by them and answer "better than chance?". One value
+    per model version and benchmark: a rescore that changes nothing logs nothing, one that changes a number
+    (other scoring settings) logs it at the same step 0, where the newest value is the run's."""
     import time
 
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    client = MlflowClient()
-    step = len(client.get_metric_history(run_id, f"{benchmark}/acc_750km"))
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(f"{benchmark}/{name}", float(row[name]), now, step)
+    by_method = {row["method"]: row for row in rows}
+    prefixes = {"locdiff": f"{benchmark}/", **{m: f"{benchmark}/{m}/" for m in BASELINES_LOGGED}}
+    wanted = {
+        f"{prefix}{name}": float(by_method[method][name])
+        for method, prefix in prefixes.items()
+        if method in by_method
         for name in BENCHMARK_METRICS
-        if row.get(name) is not None
-    ]
-    client.log_batch(run_id, metrics=metrics)
+        if by_method[method].get(name) is not None
+    }
+    client = MlflowClient()
+    logged = client.get_run(run_id).data.metrics
+    now = int(time.time() * 1000)
+    changed = [Metric(key, value, now, 0) for key, value in wanted.items() if logged.get(key) != value]
+    if changed:
+        client.log_batch(run_id, metrics=changed)
 
 
 @dataclass

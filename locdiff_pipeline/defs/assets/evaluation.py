@@ -38,7 +38,7 @@ from locdiff_pipeline.steps.contamination import (
 )
 from locdiff_pipeline.steps.figures import fit_width
 from locdiff_pipeline.steps.locdiff_model import read_latest
-from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE
+from locdiff_pipeline.steps.prediction_table import PREDICTION_SCHEMA, PREDICTIONS_TABLE
 from locdiff_pipeline.steps.predictions import PREDICTIONS_VERSION, build_predictions
 from locdiff_pipeline.steps.progress import Progress
 from locdiff_pipeline.steps.scoring import SCORING_STAGES
@@ -116,14 +116,18 @@ def predictions(
         device=resolve_device(training.config().device),
         progress=progress.advance,
     )
-    summary = {"rows": scored["rows"], "model_version": scored["model_version"], "images_scored": scored["images"]}
+    summary = {
+        "dagster/row_count": scored["rows"],
+        "model_version": scored["model_version"],
+        "images_scored": scored["images"],
+        **table_location(warehouse.get(), benchmark, scored["model_version"]),
+    }
     if scored["cached"]:
         return MaterializeResult(metadata={**summary, "cached": True})
     context.log.info(f"{benchmark}: {scored['rows']} prediction rows for {scored['images']} images; {scored['chosen']}")
     return MaterializeResult(
         metadata={
             **summary,
-            "dagster/row_count": scored["rows"],
             "training_dataset": scored["training_dataset"],
             "excluded_contaminated": scored["excluded_contaminated"],
             "methods": MetadataValue.json(scored["methods"]),
@@ -168,9 +172,7 @@ def accuracy_report(
     bundle = build_report(store, benchmark, latest["version"], notes)
     registry.configure(mlflow.uri(), root=warehouse.project_root())
     registry.log_report(latest["run_id"], bundle.folder, benchmark)  # the files beside the run that made the model
-    locdiff_row = next((row for row in bundle.rows if row["method"] == "locdiff"), None)
-    if locdiff_row is not None:
-        registry.log_benchmark_metrics(latest["run_id"], benchmark, locdiff_row)
+    registry.log_benchmark_metrics(latest["run_id"], benchmark, bundle.rows)
     context.log.info("\n" + report_sql.text_table(bundle.rows) + "\n" + "\n".join(notes))
     pictures = {
         name.removesuffix(".png"): MetadataValue.md(
@@ -192,6 +194,23 @@ def accuracy_report(
 
 
 REPORTED_NUMBERS = ("acc_750km", "acc_2500km", "median_km", "nll")
+
+
+def table_location(store, benchmark: str, version: int) -> dict[str, MetadataValue]:
+    """Where the partition's rows are and what they hold: its Parquet folder, its columns (Dagster's column
+    schema, shown on the asset's page), and the SQL that reads it."""
+    folder = store.partition_dir(PREDICTIONS_TABLE, dataset=benchmark, model_version=version)
+    columns = [TableColumn(field.name, str(field.type)) for field in PREDICTION_SCHEMA]
+    columns += [TableColumn("dataset", "string"), TableColumn("model_version", "int64")]  # the partition's keys
+    query = (
+        f"SELECT method, count(*) FROM read_parquet('{store.table_dir(PREDICTIONS_TABLE)}/**/*.parquet', "
+        f"hive_partitioning = true) WHERE dataset = '{benchmark}' AND model_version = {version} GROUP BY method"
+    )
+    return {
+        "dagster/column_schema": MetadataValue.table_schema(TableSchema(columns=columns)),
+        "parquet_folder": MetadataValue.path(str(folder)),
+        "duckdb_query": MetadataValue.md(f"```sql\n{query}\n```"),
+    }
 
 
 def density_note(scored: dict) -> str:
