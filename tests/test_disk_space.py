@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from locdiff_pipeline.data import bundled
-from locdiff_pipeline.data.disk_space import DiskFull, writing
+from locdiff_pipeline.data.disk_space import DiskFullError, writing
 from locdiff_pipeline.data.warehouse import Warehouse
 
 
@@ -31,7 +31,7 @@ def full_disk(tmp_path):
 def test_torchs_own_words_for_a_full_disk_become_one_line(full_disk):
     target = full_disk / "checkpoint" / "weights.pt"
     target.parent.mkdir()
-    with pytest.raises(DiskFull) as raised:
+    with pytest.raises(DiskFullError) as raised:
         with writing(target.parent, "the training checkpoint"):
             torch.save(torch.zeros(1 << 20), target)  # 4 MiB into 1 MiB
     message = str(raised.value)
@@ -42,7 +42,7 @@ def test_torchs_own_words_for_a_full_disk_become_one_line(full_disk):
 
 def test_a_rendering_that_fills_the_disk_leaves_no_folder(full_disk):
     root = full_disk / "sources" / "bluemarble_heldout-test"
-    with pytest.raises(DiskFull, match="while writing the rendered bluemarble_heldout images"):
+    with pytest.raises(DiskFullError, match="while writing the rendered bluemarble_heldout images"):
         bundled.write_bundled_dataset(root, "bluemarble_heldout", bundled.BundledRecipe(benchmark_count=640))
     assert list((full_disk / "sources").iterdir()) == []  # neither the folder nor its staging
 
@@ -50,7 +50,7 @@ def test_a_rendering_that_fills_the_disk_leaves_no_folder(full_disk):
 def test_a_table_that_fills_the_disk_leaves_no_partition(full_disk):
     warehouse = Warehouse(full_disk / "warehouse")
     noise = pa.table({"x": pa.array(torch.rand(1 << 19).numpy())})  # 4 MiB of incompressible floats
-    with pytest.raises(DiskFull, match="while writing the embeddings table, dataset=mine"):
+    with pytest.raises(DiskFullError, match="while writing the embeddings table, dataset=mine"):
         with warehouse.write_partition("embeddings", {"fingerprint": "f"}, dataset="mine") as writer:
             writer.write(noise)
     assert not warehouse.partition_dir("embeddings", dataset="mine").exists()
@@ -60,3 +60,25 @@ def test_other_failures_pass_through_untouched(tmp_path):
     with pytest.raises(ValueError, match="not about space"):
         with writing(tmp_path, "anything"):
             raise ValueError("not about space")
+
+
+def test_a_full_disk_in_a_step_is_the_one_line_locdiff_run_prints(full_disk):
+    """Through Dagster: the step's failure, as `locdiff run` reports it, is the full-disk line, not the
+    writing library's own words (GraphRun.failures stops at the user code's error)."""
+    from dagster import materialize
+
+    from locdiff_pipeline.defs.assets.ingest import image_metadata
+    from locdiff_pipeline.defs.graph_run import GraphRun
+    from locdiff_pipeline.defs.resources import DatasetsResource, WarehouseResource
+
+    result = materialize(
+        [image_metadata],
+        resources={
+            "warehouse": WarehouseResource(root=str(full_disk / "warehouse")),
+            "datasets": DatasetsResource(bundled_count=160, bundled_gallery_count=500, bundled_benchmark_count=12),
+        },
+        raise_on_error=False,
+    )
+    ((step, said),) = GraphRun([result]).failures()
+    assert step == "image_metadata" and f": no space left on {full_disk} (" in said, said
+    assert "while writing the rendered" in said and "\n" not in said and "Errno" not in said

@@ -3,7 +3,7 @@
 Each library reports a full disk in its own words: Python's OSError says "[Errno 28] No space left on
 device", torch's zip writer "[enforce fail at inline_container.cc:672] . unexpected pos ...", Arrow
 "IOError: ... error writing bytes". `writing()` wraps a write that may fill the disk and turns any of them
-into DiskFull once the disk it wrote to is seen to be (nearly) full.
+into DiskFullError once the disk it wrote to is seen to be (nearly) full.
 """
 
 from __future__ import annotations
@@ -19,22 +19,25 @@ NEARLY_FULL_BYTES = 16 << 20  # less free than this after a failed write: the wr
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskFull(OSError):
+class DiskFullError(OSError):
     """A write failed because its disk is full; the message names the disk and what was being written."""
+
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 28]"
+        return str(self.strerror)
 
 
 @contextmanager
 def writing(path: str | Path, what: str) -> Iterator[None]:
     """Run a write to `path` (a file or folder, existing or not); a failure that a full disk explains is
-    raised again as DiskFull, any other failure as it was."""
+    raised again as DiskFullError, any other failure as it was."""
     try:
         yield
-    except DiskFull:
+    except DiskFullError:
         raise
     except Exception as error:
         if not _is_disk_full(error, Path(path)):
             raise
-        raise DiskFull(errno.ENOSPC, _message(Path(path), what)) from error
+        raise DiskFullError(errno.ENOSPC, _message(Path(path), what)) from error
 
 
 def _is_disk_full(error: BaseException, path: Path) -> bool:

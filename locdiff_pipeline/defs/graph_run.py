@@ -45,8 +45,8 @@ class GraphRun:
             for event in result.all_events:
                 if event.is_step_failure:
                     error = event.step_failure_data.error
-                    while error is not None and error.cause is not None:
-                        error = error.cause
+                    while error is not None and error.cause is not None and error.cls_name.startswith("Dagster"):
+                        error = error.cause  # past Dagster's wrappers to the user code's own error
                     message = (error.message if error else "failed").strip()
                     if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
                         message = _failed_checks(result) or message  # Dagster's names no figure
