@@ -35,32 +35,43 @@ def _background(axis, background: Path | None, alpha: float = 0.8) -> None:
 HIGHLIGHTED_METHOD = LEARNED_METHODS[0]
 
 
+EARTH_HALF_CIRCUMFERENCE_KM = 20040  # the largest great-circle error there is
+
+
 def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
     """Share of predictions within d km, one line per method (its chosen protocol; the NAME/plain twins are
-    in the table), on a log distance axis that starts a decade below the smallest error. LocDiff is drawn
-    last and thickest, so no other line hides it; chance and the constant guess are dotted references."""
+    in the table), on one log distance axis for every benchmark (0.5 km to half the Earth's circumference),
+    the report's scales marked and named. LocDiff is black, drawn last and thickest and listed first; every
+    other method keeps its colour across benchmarks; chance and the constant guess are dotted references."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
     shown = {method: np.sort(errors) for method, errors in errors_by_method.items() if "/" not in method}
-    smallest = min((float(errors[0]) for errors in shown.values() if len(errors)), default=1.0)
-    grid = np.logspace(max(0.0, np.floor(np.log10(max(smallest, 1.0)))), np.log10(20040), 300)
-    colours = {method: plt.get_cmap("tab10")(i % 10) for i, method in enumerate(sorted(shown))}
-    for method in sorted(shown, key=lambda m: (m == HIGHLIGHTED_METHOD, m)):  # LocDiff last: on top
+    grid = np.logspace(-0.3, np.log10(EARTH_HALF_CIRCUMFERENCE_KM), 300)  # from 0.5 km: the 1 km mark shows
+    known = (*LEARNED_METHODS, *REFERENCE_METHODS)
+    listed = [m for m in known if m in shown] + sorted(set(shown) - set(known))  # the table's order
+    palette = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 8, 7, 5)]  # no purple or pink beside black
+    colours = {
+        method: palette[i % len(palette)] for i, method in enumerate(m for m in known if m != HIGHLIGHTED_METHOD)
+    }
+    lines = {}
+    for method in sorted(listed, key=lambda m: m == HIGHLIGHTED_METHOD):  # LocDiff last: on top
         errors = shown[method]
-        axis.plot(
+        (lines[method],) = axis.plot(
             grid,
             np.searchsorted(errors, grid, side="right") / len(errors),
             label=method,
-            color=colours[method],
+            color="black" if method == HIGHLIGHTED_METHOD else colours.get(method, "grey"),
             ls=":" if method in REFERENCE_METHODS else "-",
             lw=2.6 if method == HIGHLIGHTED_METHOD else 1.3,
             zorder=3 if method == HIGHLIGHTED_METHOD else 2,
         )
     for threshold in THRESHOLDS_KM:
         axis.axvline(threshold, color="grey", lw=0.6, ls=":")
-    axis.set(xscale="log", xlabel="great-circle error (km)", ylabel="share of images within", title=title, ylim=(0, 1))
+        axis.text(threshold, 1.01, f"{threshold:,} km", transform=axis.get_xaxis_transform(), ha="center", fontsize=7)
+    axis.set(xscale="log", xlabel="great-circle error (km)", ylabel="share of images within", ylim=(0, 1))
+    axis.set_title(title, pad=14)
     axis.set_xlim(grid[0], grid[-1])
-    axis.legend(loc="upper left", fontsize=8)
+    axis.legend([lines[m] for m in listed], listed, loc="upper left", fontsize=8)
     return _png(figure)
 
 
