@@ -110,8 +110,7 @@ def _step_pids(client_env: dict) -> dict[str, set[int]]:
 def _worker_pids(config) -> dict[str, int]:
     from distributed import Client
 
-    address, security = config.client_env()["LOCDIFF_DASK_SCHEDULER"], config.dask_identity("client").security()
-    with Client(address, security=security, timeout=10) as client:
+    with Client(config.dask_scheduler, security=config.dask_identity("client").security(), timeout=10) as client:
         names = {address: info["name"] for address, info in client.scheduler_info()["workers"].items()}
         return {str(names[address]): pid for address, pid in client.run(os.getpid).items()}
 
@@ -322,7 +321,7 @@ def _dask_refuses_clients_without_the_stacks_certificate(config) -> None:
     (each asks it who it is, the first message any client sends); the stack's own certificate gets its answer."""
     import ssl
 
-    address = config.client_env()["LOCDIFF_DASK_SCHEDULER"]
+    address = config.dask_scheduler
     no_certificate = ssl.create_default_context(cafile=str(config.dask_identity("client").authority))
     no_certificate.check_hostname = False  # as dask's own contexts: the authority is what is checked
     stranger = identity(config.folder.parent / "stranger-tls", "client")  # valid, but of another authority

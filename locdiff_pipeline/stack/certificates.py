@@ -54,7 +54,7 @@ def identity(tls_folder: Path, name: str, hosts: tuple[str, ...] = ("127.0.0.1",
         private = _new_key()
         (folder / "cert.pem").write_bytes(_issue(name, hosts, private, authority_key, authority_cert))
         (folder / "ca.pem").write_bytes((Path(tls_folder) / AUTHORITY / "ca.pem").read_bytes())
-        _write_private(folder / "key.pem", private)  # last: its presence says the folder is whole
+        write_private(folder / "key.pem", _pem(private))  # last: its presence says the folder is whole
     return load(folder)
 
 
@@ -74,7 +74,7 @@ def _authority(folder: Path):
         folder.parent.chmod(0o700)
         private = _new_key()
         cert_path.write_bytes(_issue("locdiff stack authority", (), private, private, None))
-        _write_private(key_path, private)
+        write_private(key_path, _pem(private))
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
 
@@ -85,15 +85,22 @@ def _new_key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write_private(path: Path, key) -> None:
-    import os
-
+def _pem(key) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, even briefly
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner may read, from its first byte (the stack's keys and passwords)."""
+    import os
+
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
     with os.fdopen(descriptor, "wb") as handle:
-        handle.write(pem)
+        handle.write(data)
 
 
 def _issue(name: str, hosts: tuple[str, ...], key, signer_key, signer_cert) -> bytes:

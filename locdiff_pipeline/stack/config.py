@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from locdiff_pipeline.stack.certificates import Identity, identity
+from locdiff_pipeline.stack.certificates import Identity, identity, write_private
 
 STACK_FOLDER = ".stack"
 DEFAULT_PORTS = {"POSTGRES_PORT": 5433, "MLFLOW_PORT": 5001, "DASK_SCHEDULER_PORT": 8786, "DAGSTER_PORT": 3001}
@@ -71,6 +71,10 @@ class StackConfig:
         """`name`'s certificate from the stack's authority (scheduler, worker, client or a host's name)."""
         return identity(self.tls_folder, name, hosts=(self.host,))
 
+    @property
+    def dask_scheduler(self) -> str:
+        return f"tls://{self.host}:{self.dask_scheduler_port}"
+
     def database_url(self, database: str) -> str:
         """The application role's URL, without its password (libpq takes it from PGPASSFILE)."""
         return f"postgresql://{APPLICATION_ROLE}@{self.host}:{self.postgres_port}/{database}"
@@ -82,7 +86,7 @@ class StackConfig:
     def write_password_file(self) -> None:
         """`.stack/pgpass`: the application role's password for this server, readable by its owner only."""
         line = f"{self.host}:{self.postgres_port}:*:{APPLICATION_ROLE}:{self.postgres_password}\n"
-        _write_private(self.password_file, line)
+        write_private(self.password_file, line.encode())
 
     def client_env(self) -> dict[str, str]:
         """What a client of the stack sets (`locdiff stack env` prints it as shell exports): its files and
@@ -93,7 +97,7 @@ class StackConfig:
             "MLFLOW_TRACKING_URI": f"http://{self.host}:{self.mlflow_port}",
             "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
             "MLFLOW_TRACKING_PASSWORD": self.mlflow_password,
-            "LOCDIFF_DASK_SCHEDULER": f"tls://{self.host}:{self.dask_scheduler_port}",
+            "LOCDIFF_DASK_SCHEDULER": self.dask_scheduler,
             "LOCDIFF_DASK_TLS": str(self.dask_identity("client").certificate.parent),
             "LOCDIFF_LOCK_DATABASE": self.database_url("locdiff"),
             "PGPASSFILE": str(self.password_file),
@@ -157,15 +161,7 @@ def _write_new(path: Path, root: Path) -> None:
         f"POSTGRES_DATA={_postgres_data(root)}",
         "SHARD_WORKERS=2",
     ]
-    _write_private(path, "\n".join(lines) + "\n")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file that only its owner may read, from its first byte."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(descriptor, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
+    write_private(path, ("\n".join(lines) + "\n").encode())
 
 
 def _postgres_data(root: Path) -> Path:

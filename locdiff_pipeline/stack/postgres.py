@@ -17,6 +17,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from locdiff_pipeline.stack.certificates import write_private
 from locdiff_pipeline.stack.config import ADMIN_ROLE, APPLICATION_ROLE, StackConfig
 
 DATABASES = ("dagster", "mlflow", "mlflow_auth", "locdiff")
@@ -81,8 +82,7 @@ def _init_cluster(config: StackConfig) -> None:
     data = config.postgres_data
     data.mkdir(parents=True, exist_ok=True)
     password_file = data.parent / f"{data.name}.password"
-    password_file.write_text(config.postgres_admin_password + "\n")
-    password_file.chmod(0o600)
+    write_private(password_file, (config.postgres_admin_password + "\n").encode())
     _give_to_server_user(data.parent, data, password_file)
     try:
         _as_server_user(

@@ -28,7 +28,7 @@ def _program(name: str) -> str:
 def commands(config: StackConfig) -> dict[str, list[str]]:
     """Every process of the stack but PostgreSQL, by name, in start order. Each listens on the stack's host
     only; dask speaks TLS with the stack's certificates; no argument holds a secret (`ps` shows them all)."""
-    scheduler = config.client_env()["LOCDIFF_DASK_SCHEDULER"]
+    scheduler = config.dask_scheduler
     # with --no-dashboard dask still serves its HTTP routes (health, metrics) on the dashboard address,
     # every interface by default (measured): kept on the stack's host
     loopback_http = ["--no-dashboard", "--dashboard-address", f"{config.host}:0"]
@@ -167,9 +167,8 @@ def _worker_connected(config: StackConfig, label: str) -> bool:
     from distributed import Client
 
     wanted = "training" if label == "training" else f"shards-{label}"
-    address, security = config.client_env()["LOCDIFF_DASK_SCHEDULER"], config.dask_identity("client").security()
     try:
-        with Client(address, security=security, timeout=5) as client:
+        with Client(config.dask_scheduler, security=config.dask_identity("client").security(), timeout=5) as client:
             names = {info.get("name") for info in client.scheduler_info()["workers"].values()}
     except OSError:
         return False

@@ -107,8 +107,9 @@ def predictions(
     started = time.perf_counter()
     benchmark = context.partition_key
     progress = Progress(f"scoring {benchmark}", SCORING_STAGES, context.log.info, unit="stages", every=0.25)
+    store = warehouse.get()
     scored = build_predictions(
-        warehouse.get(),
+        store,
         benchmark,
         evaluation.samples_per_view,
         evaluation.settings(),
@@ -120,7 +121,7 @@ def predictions(
         "dagster/row_count": scored["rows"],
         "model_version": scored["model_version"],
         "images_scored": scored["images"],
-        **table_location(warehouse.get(), benchmark, scored["model_version"]),
+        **table_location(store, benchmark, scored["model_version"]),
     }
     if scored["cached"]:
         return MaterializeResult(metadata={**summary, "cached": True})
