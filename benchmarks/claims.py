@@ -65,7 +65,7 @@ def main() -> None:
     from locdiff_pipeline.method import sphere
     from locdiff_pipeline.method.protocol import Protocol, answer, draws_needed
     from locdiff_pipeline.method.training import train
-    from locdiff_pipeline.steps import report_sql
+    from locdiff_pipeline.steps import report_sql, report_tables
     from locdiff_pipeline.steps.image_embeddings import EMBEDDINGS_TABLE, load_labelled
     from locdiff_pipeline.steps.locdiff_model import choose_test_protocol, read_latest, training_data
 
@@ -96,7 +96,7 @@ def main() -> None:
     if "methods" in wanted:
         print("\n1. Methods (the default run's accuracy view)")
         for name in benchmarks:
-            print(f"\n{name}\n" + report_sql.text_table(report_sql.accuracy_table(store, name, latest["version"])))
+            print("\n" + report_tables.text_table(report_sql.accuracy_table(store, name, latest["version"])))
 
     def memorised(model, embeddings: np.ndarray, targets: np.ndarray, count: int = 300) -> float:
         """Share of the first `count` training rows answered within 200 km of their own location."""

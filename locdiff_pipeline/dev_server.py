@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from locdiff_pipeline.data.paths import reports_dir
 from locdiff_pipeline.defs.run_paths import GUARD_ENV
 from locdiff_pipeline.ui_guard import build_app
 
@@ -47,7 +48,7 @@ def serve(host: str, port: int, dagster_args: list[str], env: dict[str, str], we
 async def _proxy_while_running(child: subprocess.Popen, host: str, port: int, upstream: str) -> int:
     from aiohttp import web
 
-    runner = web.AppRunner(build_app(upstream, host), handle_signals=False)
+    runner = web.AppRunner(build_app(upstream, host, reports_dir()), handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     print(f"locdiff: starting the Dagster UI at http://{host}:{port} (guarded; see ui_guard.py)", file=sys.stderr)

@@ -18,16 +18,20 @@ reverse proxy on the address the user asked for, which forwards a request only i
    by `?query=query Q{version}&query=<mutation>`), no GraphQL parameter in a POST's query string (Dagster
    reads the body) and no body on a GET (Dagster reads the query string).
 
-Everything else passes through unchanged, WebSockets (the UI's live updates) included.
+Everything else passes through, WebSockets (the UI's live updates) included; the guard adds the report's
+figures and opens a first visit's graphs (ui_pages.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, WSMsgType, web
+
+from locdiff_pipeline import ui_pages
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -97,8 +101,9 @@ def _operation_kind(document: str, operation_name: str | None) -> str:
     return kinds.pop() if len(kinds) == 1 else "unknown"
 
 
-def build_app(upstream: str, listen_host: str) -> web.Application:
-    """The proxy: every path of `upstream` (http://127.0.0.1:PORT), HTTP and WebSocket, behind refusal()."""
+def build_app(upstream: str, listen_host: str, reports: Path | None = None) -> web.Application:
+    """The proxy: every path of `upstream` (http://127.0.0.1:PORT), HTTP and WebSocket, behind refusal();
+    with `reports` (the warehouse's reports folder), its figures at ui_pages.FIGURES."""
 
     async def start(app: web.Application) -> None:
         app["session"] = ClientSession(auto_decompress=False, timeout=ClientTimeout(total=None, sock_connect=10))
@@ -112,6 +117,9 @@ def build_app(upstream: str, listen_host: str) -> web.Application:
         )
         if refused is not None:
             return web.Response(status=refused[0], text=f"refused by locdiff dev: {refused[1]}\n")
+        if request.path.startswith(ui_pages.FIGURES) and request.method in ("GET", "HEAD"):
+            figure = ui_pages.figure_file(reports, request.path) if reports is not None else None
+            return web.FileResponse(figure) if figure else web.Response(status=404, text="no such figure\n")
         try:
             if request.headers.get("Upgrade", "").lower() == "websocket":
                 return await _forward_websocket(request, upstream)
@@ -135,9 +143,11 @@ async def _forward_http(request: web.Request, upstream: str) -> web.StreamRespon
         data=await request.read() if request.can_read_body else None,
         allow_redirects=False,
     ) as answer:
-        response = web.StreamResponse(
-            status=answer.status, headers={k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
-        )
+        headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+        if request.method == "GET" and answer.content_type == "text/html" and "Content-Encoding" not in answer.headers:
+            page = ui_pages.with_graphs_opened(await answer.read(), answer.headers.get("Content-Security-Policy", ""))
+            return web.Response(status=answer.status, headers=headers, body=page)
+        response = web.StreamResponse(status=answer.status, headers=headers)
         await response.prepare(request)
         async for chunk in answer.content.iter_chunked(1 << 16):
             await response.write(chunk)

@@ -53,19 +53,27 @@ def _dismiss_welcome(page) -> None:
 
 
 def open_asset_graph(page, base_url: str, assets: list[str], timeout_s: float = 60) -> str:
-    """The global asset lineage with every group expanded; waits until each asset's node is drawn and
-    returns the page's text."""
+    """The global asset lineage as a first visit opens it (through `locdiff dev`'s guard every stage is
+    expanded: ui_pages.py); waits until each asset's node is drawn, or `timeout_s`, and returns the page's
+    text."""
     page.goto(f"{base_url}/asset-groups")
     _dismiss_welcome(page)
     page.get_by_text("Global asset lineage").first.wait_for(timeout=timeout_s * 1000)
     deadline, text = time.monotonic() + timeout_s, ""
     while time.monotonic() < deadline:
-        page.keyboard.press("Alt+e")  # the graph's "Expand all groups"
-        time.sleep(1.5)
         text = page.inner_text("body")
         if all(name in text for name in assets):
             break
+        time.sleep(1)
     return text
+
+
+def open_job_runs(page, base_url: str, job: str, location: str, wait_for: str) -> str:
+    """A job's Runs tab, once `wait_for` (e.g. a run's short id) shows; the page's text."""
+    page.goto(f"{base_url}/locations/{location}/jobs/{job}/runs")
+    _dismiss_welcome(page)
+    page.get_by_text(wait_for).first.wait_for(timeout=60_000)
+    return page.inner_text("body")
 
 
 def open_asset(page, base_url: str, asset: str, partition: str | None = None, wait_for: str = "Metadata") -> str:

@@ -3,14 +3,13 @@ projects: a group needs only what the groups before it wrote."""
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 
 import pytest
 from dagster import AssetCheckSeverity, AssetSelection, DagsterInstance, materialize
 from PIL import Image
 
+from locdiff_pipeline import ui_pages
 from locdiff_pipeline.data import bundled
 from locdiff_pipeline.definitions import defs
 from locdiff_pipeline.defs.graph_run import GraphRun
@@ -23,7 +22,7 @@ from locdiff_pipeline.defs.resources import (
     TrainingResource,
     WarehouseResource,
 )
-from locdiff_pipeline.steps.figures import DIALOG_WIDTH_PX
+from locdiff_pipeline.steps.figures import PREVIEW_WIDTH_PX
 from locdiff_pipeline.steps.scoring import METHODS
 
 GALLERY = 100  # of the 30,000 bundled gallery locations: a small graph
@@ -100,13 +99,19 @@ def test_evaluation_group_for_one_benchmark(project):
     shown = [record.data["method"] for record in table.records]  # every method; a /plain twin where it differs
     assert {m for m in METHODS if "/" not in m} <= set(shown) <= set(METHODS) and shown[0] == "locdiff"
     assert metadata["dagster/row_count"].value == len(METHODS)
-    assert 0.0 <= metadata["locdiff acc_750km"].value <= 1.0 and metadata["chance median_km"].value > 0
+    assert list(metadata)[:2] == ["headline", "accuracy_table"]  # the answer first, shown in place (< 1,000)
+    headline = metadata["headline"].value
+    assert headline.startswith(f"**{bundled.SHIFTED}**, model v1") and len(headline) < 1000
+    assert 0.0 <= metadata["locdiff 750 km %"].value <= 100.0 and metadata["chance median km"].value > 0
+    assert not [key for key in metadata if key.startswith(("knn ", "regression "))]  # keys stay narrow
     reports = project[0] / "warehouse" / "reports"
-    for name in ("error_cdf", "error_map", "calibration", "density_maps"):  # pictures fit the metadata dialog
-        encoded = re.search(r"base64,([A-Za-z0-9+/=]+)\)", metadata[name].value)[1]
-        shown = Image.open(io.BytesIO(base64.b64decode(encoded)))
-        full = Image.open(reports / bundled.SHIFTED / "v1" / f"{name}.png")
-        assert shown.width <= DIALOG_WIDTH_PX and abs(shown.height / shown.width - full.height / full.width) < 0.01
+    for name in ("error_cdf", "error_map", "calibration", "density_maps"):  # previews, linked to full size
+        preview, full = re.fullmatch(r"\[!\[[^]]*\]\(([^)]+)\)\]\(([^)]+)\)", metadata[name].value).groups()
+        assert full == f"/locdiff/reports/{bundled.SHIFTED}/v1/{name}.png"
+        shown = Image.open(ui_pages.figure_file(reports, preview))
+        whole = Image.open(ui_pages.figure_file(reports, full))
+        assert shown.width <= PREVIEW_WIDTH_PX < whole.width
+        assert abs(shown.height / shown.width - whole.height / whole.width) < 0.01
     assert (reports / bundled.SHIFTED / "v1" / "accuracy.md").is_file() and not (reports / bundled.HELDOUT).exists()
 
 

@@ -25,8 +25,10 @@ from pathlib import Path
 import pytest
 from dagster_ui import FINISHED, SMALL, DagsterUI, check_the_guard_refuses_launches
 
+from locdiff_pipeline.defs.stages import LOCATION, TRAIN_JOB
+
 REPOSITORY = Path(__file__).resolve().parents[1]
-VIEWPORT = (1500, 1000)  # a laptop's browser window: what a user sees first
+VIEWPORT = (1000, 700)  # a small laptop's browser window: what a user sees first must fit it
 EXPECTED_ASSETS = {
     "image_metadata",
     "images",
@@ -240,8 +242,10 @@ def test_dagster_dev_stops_by_pid_children_included(dagster_dev):
 
 
 def _the_browser_shows_the_graph_and_the_report(port: int) -> None:
-    """What a user sees, in a real browser (Debian's chromium): the asset graph draws every asset, and
-    accuracy_report's page shows the accuracy table with its rows (not a "[Show Markdown]" link)."""
+    """What a user sees, in a real browser (Debian's chromium) at 1,000 x 700: the asset graph draws every
+    asset on first load (no group to open), the training job's page lists the run `locdiff run` made, and
+    accuracy_report's page shows the benchmark's headline, the accuracy table with LocDiff's 750 and 2,500 km
+    shares in view without scrolling sideways, and the figures (served by the guard)."""
     sys.path.insert(0, str(REPOSITORY / "scripts"))
     import ui_browser
 
@@ -252,23 +256,55 @@ def _the_browser_shows_the_graph_and_the_report(port: int) -> None:
         )
         return
     base = f"http://127.0.0.1:{port}"
+    (training,) = [run for run in DagsterUI("127.0.0.1", port).runs() if run["jobName"] == TRAIN_JOB]
     with ui_browser.browser_page(VIEWPORT[0], VIEWPORT[1]) as page:
         drawn = ui_browser.open_asset_graph(page, base, sorted(EXPECTED_ASSETS))
-        assert {name for name in EXPECTED_ASSETS if name not in drawn} == set()
+        assert {name for name in EXPECTED_ASSETS if name not in drawn} == set(), drawn[-800:]
+        listed = ui_browser.open_job_runs(page, base, TRAIN_JOB, LOCATION, wait_for=training["runId"][:8])
+        assert "No runs found" not in listed
         shown = ui_browser.open_asset(page, base, "accuracy_report", "bluemarble_heldout", wait_for="accuracy_table")
         assert "bluemarble_heldout\nMaterialized" in shown or "bluemarble_heldout Materialized" in shown, shown[:600]
+        assert "bluemarble_heldout, model v1" in shown  # the headline names its benchmark
         table = page.locator("table").filter(has_text="750 km %").last  # the innermost: the accuracy table
         cells = {text.strip() for text in table.locator("td").all_inner_texts()}
-        assert {"locdiff", "chance", "constant", "knn"} <= cells, sorted(cells)[:20]
+        assert {"locdiff", "chance", "constant", "knn", "bluemarble_heldout"} <= cells, sorted(cells)[:20]
         _the_locdiff_row_shows_its_decisive_numbers_without_scrolling(table)
+        _the_figures_are_drawn(page)
 
 
 def _the_locdiff_row_shows_its_decisive_numbers_without_scrolling(table) -> None:
-    """The LocDiff row's 750 km and 2,500 km cells lie inside the window's width: no sideways scrolling."""
+    """The LocDiff row's 750 km and 2,500 km cells lie inside what the page shows of the metadata table (its
+    scrolling box) and inside the window: no sideways scrolling."""
     rows = table.locator("tr")
     header = [text.strip() for text in rows.first.locator("th, td").all_inner_texts()]
     texts = [[text.strip() for text in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
     (index,) = [i for i, row in enumerate(texts) if row and row[0] == "locdiff"]
     for label in ("750 km %", "2500 km %"):
-        box = rows.nth(index).locator("td").nth(header.index(label)).bounding_box()
-        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= VIEWPORT[0], (label, box)
+        cell = rows.nth(index).locator("td").nth(header.index(label))
+        box, shown_up_to = cell.bounding_box(), min(VIEWPORT[0], cell.evaluate(SCROLLING_BOX))
+        assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= shown_up_to, (label, box, shown_up_to)
+
+
+# the right edge of what the nearest sideways-scrolling box around an element shows (the window's if none)
+SCROLLING_BOX = """cell => {
+    for (let box = cell.parentElement; box; box = box.parentElement) {
+        const overflow = getComputedStyle(box).overflowX;
+        if (overflow === 'auto' || overflow === 'scroll' || overflow === 'hidden') {
+            return box.getBoundingClientRect().right;
+        }
+    }
+    return window.innerWidth;
+}"""
+
+
+def _the_figures_are_drawn(page) -> None:
+    """Every figure's preview was loaded (through the guard) and drawn, each a link to its full size."""
+    figures = page.locator("img[src^='/locdiff/reports/']")
+    figures.first.scroll_into_view_if_needed()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(figures.evaluate_all("imgs => imgs.map(i => i.naturalWidth > 0)")):
+        time.sleep(0.5)
+    widths = figures.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == 4 and all(widths), widths
+    links = figures.evaluate_all("imgs => imgs.map(i => i.closest('a').getAttribute('href'))")
+    assert all(link.endswith(".png") and "/previews/" not in link for link in links), links

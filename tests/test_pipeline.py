@@ -57,7 +57,7 @@ from locdiff_pipeline.method import bootstrap, metrics, shdd, sphere
 from locdiff_pipeline.method.model import LocDiffModel
 from locdiff_pipeline.method.protocol import Protocol, draws_needed
 from locdiff_pipeline.predict import predict
-from locdiff_pipeline.steps import report_sql
+from locdiff_pipeline.steps import report_sql, report_tables
 from locdiff_pipeline.steps.scoring import CHANCE, METHODS
 from locdiff_pipeline.tracking import pyfunc_model, registry, request_input
 
@@ -912,20 +912,27 @@ def test_a_rescore_of_the_same_version_keeps_one_value_per_benchmark_metric(pipe
 def test_the_accuracy_table_leads_with_locdiff_and_the_scales_that_decide(pipeline):
     root, _, _ = pipeline
     rows = report_sql.accuracy_table(WarehouseResource(root=str(root)).get(), dataset=bundled.HELDOUT)
-    shown = report_sql.display_rows(rows)
-    assert list(shown[0]) == [label for label, _ in report_sql.DISPLAY_COLUMNS]
-    assert list(shown[0])[1:5] == ["750 km %", "750 km 95% CI", "2500 km %", "2500 km 95% CI"]
+    shown = report_tables.display_rows(rows)
+    assert list(shown[0]) == [label for label, _ in report_tables.DISPLAY_COLUMNS]
+    assert list(shown[0])[1:5] == ["750 km %", "2500 km %", "750 km 95% CI", "2500 km 95% CI"]
     methods = [row["method"] for row in shown]
     assert methods[0] == "locdiff" and methods[-2:] == ["chance", "constant"]
     by_method = {row["method"]: row for row in rows}
     for method in methods:  # a /plain twin only where it differs from its method's row
         if "/" in method:
             family = by_method[method.split("/")[0]]
-            assert any(by_method[method][c] != family[c] for _, c in report_sql.DISPLAY_COLUMNS[1:] if c in family)
+            assert any(by_method[method][c] != family[c] for _, c in report_tables.DISPLAY_COLUMNS[1:] if c in family)
     hidden = {m for m in by_method if "/" in m} - set(methods)
     assert all(by_method[m]["acc_750km"] == by_method[m.split("/")[0]]["acc_750km"] for m in hidden)
     locdiff = by_method["locdiff"]
     assert shown[0]["750 km %"] == round(100 * locdiff["acc_750km"], 1) and shown[0]["n"] == locdiff["count"]
+    assert {row["benchmark"] for row in shown} == {bundled.HELDOUT}
+    # the markdown and the terminal read in the same order, under the benchmark's heading
+    text = report_tables.text_table(rows).splitlines()
+    assert text[0].startswith(f"{bundled.HELDOUT}: model v1, trained on {bundled.BUNDLED}")
+    assert [line.split()[0] for line in text[3:]] == methods
+    markdown = report_tables.markdown_table(rows)
+    assert [line.split(" | ")[0].removeprefix("| ") for line in markdown.splitlines()[4:]] == methods
 
 
 def test_the_evaluation_sensor_scores_each_model_version_once(pipeline):

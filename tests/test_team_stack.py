@@ -29,7 +29,9 @@ from dagster_ui import (
 )
 
 from locdiff_pipeline.data import shards
+from locdiff_pipeline.data.bundled import BUNDLED
 from locdiff_pipeline.data.warehouse import Warehouse
+from locdiff_pipeline.defs import run_tags
 from locdiff_pipeline.stack import config as stack_config
 from locdiff_pipeline.stack import mlflow_auth, postgres, services
 from locdiff_pipeline.stack.certificates import identity
@@ -77,6 +79,15 @@ def _backfill_training_side(config) -> None:
     status, shard_keys = _ui(config).backfill_training_side(timeout=900)
     assert status == "COMPLETED_SUCCESS", (status, [(r["status"], partition(r)) for r in _ui(config).runs()])
     check_backfill_order(_ui(config), shard_keys)
+
+
+def _ui_launched_training_is_tagged_like_the_clis(config) -> None:
+    """The backfill's training run, launched through the UI's API, names its trigger, dataset and encoder as
+    `locdiff run`'s runs do (defs/run_tags.py): the step added what the UI could not know."""
+    (training,) = [r for r in _ui(config).runs() if ["locdiff_model"] in [a["path"] for a in r["assetSelection"] or []]]
+    tags = {tag["key"]: tag["value"] for tag in training["tags"]}
+    assert tags[run_tags.TRIGGER] == "launched in Dagster" and tags[run_tags.DATASET] == BUNDLED, tags
+    assert tags[run_tags.ENCODER] == f"{SMALL['LOCDIFF_ENCODER']}@seeded-init-0", tags  # as test_cli_run's
 
 
 def _wait_for_evaluations(config) -> list[dict]:
@@ -145,6 +156,7 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
 
     # 1. the training side as one backfill over the shards, then the sensor's two evaluations at once
     _backfill_training_side(config)
+    _ui_launched_training_is_tagged_like_the_clis(config)
     evaluations = _wait_for_evaluations(config)
     check_evaluations_follow_the_model(_ui(config), evaluations)
     first, second = sorted(evaluations, key=lambda r: r["startTime"])

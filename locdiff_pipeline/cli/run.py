@@ -182,15 +182,16 @@ def _run_resources(args: argparse.Namespace, root: Path) -> dict:
 def _materialize_with_progress(resources: dict, instance):
     """Every asset, as the named jobs, tagged with the trigger, dataset and encoder; live bars on a terminal."""
     from locdiff_pipeline.coordination.processes import owner_tags
+    from locdiff_pipeline.defs import run_tags
     from locdiff_pipeline.defs.graph_run import materialize_all
     from locdiff_pipeline.steps.progress import terminal_bars
 
     spec = resources["encoder"].spec()
     run_tags = {
         **owner_tags(),
-        "locdiff/trigger": "locdiff run",
-        "locdiff/dataset": resources["datasets"].training_name(),
-        "locdiff/encoder": spec.describe(),
+        run_tags.TRIGGER: "locdiff run",
+        run_tags.DATASET: resources["datasets"].training_name(),
+        run_tags.ENCODER: spec.describe(),
     }
     bars = _wants_bars()
     if bars:  # live bars instead of the run log's lines; the log keeps every event (the UI shows it)
@@ -207,8 +208,9 @@ def _materialize_with_progress(resources: dict, instance):
 
 def _print_accuracy(resources: dict, root: Path, seconds: float) -> None:
     """The accuracy table of the model just trained, on every benchmark, and where the reports are."""
+    from locdiff_pipeline.data.paths import REPORTS
     from locdiff_pipeline.encoders.image_encoder import encoder_note
-    from locdiff_pipeline.steps import report_sql
+    from locdiff_pipeline.steps import report_sql, report_tables
     from locdiff_pipeline.steps.locdiff_model import read_latest
 
     store = resources["warehouse"].get()
@@ -219,11 +221,11 @@ def _print_accuracy(resources: dict, root: Path, seconds: float) -> None:
         for r in report_sql.accuracy_table(store, dataset=name, model_version=latest["version"])
     ]
     print()
-    print(report_sql.text_table(rows))
+    print(report_tables.text_table(rows))
     print(f"# trained on {latest['training_dataset']}; every benchmark is scored beside chance and a constant guess")
     print(f"# {encoder_note(latest['encoder'])}")
     print(f"# model locdiff v{latest['version']} (MLflow run {latest['run_id']}); wall time {seconds:.0f} s")
-    print(f"# reports, plots: {store.root / report_sql.REPORTS}/<benchmark>/v{latest['version']}")
+    print(f"# reports, plots: {store.root / REPORTS}/<benchmark>/v{latest['version']}")
 
 
 def _wants_bars() -> bool:
@@ -238,7 +240,7 @@ def _report(args: argparse.Namespace) -> int:
     from locdiff_pipeline.data.datasets import check_name
     from locdiff_pipeline.data.paths import warehouse_dir
     from locdiff_pipeline.data.warehouse import Warehouse
-    from locdiff_pipeline.steps import report_sql
+    from locdiff_pipeline.steps import report_sql, report_tables
     from locdiff_pipeline.tracking import registry
 
     dataset = None if args.dataset is None else check_name(args.dataset)
@@ -248,5 +250,5 @@ def _report(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no predictions in {store.root} yet: run `locdiff run` first", file=sys.stderr)
         return 1
-    print(report_sql.text_table(rows))
+    print(report_tables.text_table(rows))
     return 0

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from locdiff_pipeline import settings
 
+REPORTS = "reports"  # the warehouse's folder of benchmark reports: REPORTS/BENCHMARK/vN/
+
 
 def project_root() -> Path:
     return settings.current().home or Path.cwd().resolve()
@@ -17,6 +19,10 @@ def project_root() -> Path:
 
 def warehouse_dir(root: Path | None = None) -> Path:
     return (root or project_root()) / "warehouse"
+
+
+def reports_dir(root: Path | None = None) -> Path:
+    return warehouse_dir(root) / REPORTS
 
 
 def mlruns_dir(root: Path | None = None) -> Path:

@@ -14,11 +14,7 @@ from locdiff_pipeline.defs.checks import ALL_CHECKS
 from locdiff_pipeline.defs.jobs import evaluate_job, train_job
 from locdiff_pipeline.defs.partitions import all_shards_tags
 from locdiff_pipeline.defs.resources import default_resources
-
-# The code location `dagster dev -m locdiff_pipeline.definitions` (and workspace.yaml) serves, as Dagster labels
-# its runs: a job's page lists the runs of that job carrying this label, so the in-process runs of the named
-# jobs carry it too and are listed beside the UI's own.
-CODE_LOCATION_LABEL = "__repository__@locdiff_pipeline.definitions"
+from locdiff_pipeline.defs.stages import CODE_LOCATION_LABEL
 
 
 @dataclass
@@ -97,7 +93,8 @@ def materialize_all(
     definitions = Definitions(
         assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[train_job, evaluate_job], resources=resources
     )
-    tags[REPOSITORY_LABEL_TAG] = training_tags[REPOSITORY_LABEL_TAG] = CODE_LOCATION_LABEL  # the named jobs' runs
+    # the label of the code location's runs, so the job pages list these in-process runs beside the UI's own
+    tags[REPOSITORY_LABEL_TAG] = training_tags[REPOSITORY_LABEL_TAG] = CODE_LOCATION_LABEL
     first = definitions.resolve_job_def(train_job.name).execute_in_process(
         instance=instance, tags=training_tags, raise_on_error=raise_on_error, run_config=run_config
     )

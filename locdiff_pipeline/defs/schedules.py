@@ -3,6 +3,7 @@
 from dagster import DefaultScheduleStatus, RunRequest, schedule
 
 from locdiff_pipeline import settings
+from locdiff_pipeline.defs import run_tags
 from locdiff_pipeline.defs.jobs import train_job
 from locdiff_pipeline.defs.partitions import all_shards_tags
 
@@ -22,4 +23,4 @@ _SETTINGS = settings.current()  # read once, when the definitions load
     ),
 )
 def retrain_schedule(context) -> RunRequest:
-    return RunRequest(tags=all_shards_tags())
+    return RunRequest(tags={**all_shards_tags(), run_tags.TRIGGER: "weekly_retrain schedule"})

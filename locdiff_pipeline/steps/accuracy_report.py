@@ -16,15 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from locdiff_pipeline.data.bundled import BLUE_MARBLE
+from locdiff_pipeline.data.paths import REPORTS
 from locdiff_pipeline.data.warehouse import Warehouse
 from locdiff_pipeline.method import densities, sphere
-from locdiff_pipeline.steps import figures, report_sql
+from locdiff_pipeline.steps import figures, report_sql, report_tables
 
 DENSITY_MAP_IMAGES = 6
 HPD_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the calibration curve's levels
 CONTOUR_LEVELS = (0.5, 0.9)  # the highest-density regions the density maps outline
 MAP_GRID_DEG = 1.0
-REPORT_VERSION = 7  # the Dagster code version of accuracy_report: bump when the report's content changes
+PREVIEWS = "previews"  # the report folder's small copies of its figures, for the asset's page
+REPORT_VERSION = 8  # the Dagster code version of accuracy_report: bump when the report's content changes
 
 
 @dataclass
@@ -129,7 +131,7 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[s
         pngs["density_maps.png"] = figures.density_maps_png(
             panels, f"LocDiff's density and its 50 % / 90 % highest-density regions, {title}", BLUE_MARBLE
         )
-    folder = warehouse.root / report_sql.REPORTS / dataset / f"v{version}"
+    folder = warehouse.root / REPORTS / dataset / f"v{version}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "accuracy.md").write_text(markdown + "\n")
     (folder / "calibration.json").write_text(
@@ -138,21 +140,23 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[s
             indent=2,
         )
     )
+    (folder / PREVIEWS).mkdir(exist_ok=True)
     for name, data in pngs.items():
         (folder / name).write_bytes(data)
+        (folder / PREVIEWS / name).write_bytes(figures.fit_width(data))
     return ReportBundle(folder, rows, markdown, calibration, pngs)
 
 
 def report_markdown(rows: list[dict], calibration: dict[str, list[tuple[float, float]]], notes: list[str]) -> str:
     """accuracy.md: the table, its notes, the ranked answers and each method's calibration."""
-    markdown = report_sql.markdown_table(rows) + "\n" + "".join(f"\n> {note}" for note in notes)
-    ranked = report_sql.ranked_markdown_table(rows)
+    markdown = report_tables.markdown_table(rows) + "".join(f"\n\n> {note}" for note in notes)
+    ranked = report_tables.ranked_markdown_table(rows)
     if ranked:
         markdown += (
             "\n\n**Ranked answers**: share of images whose truth is within each scale of any of the five:\n\n" + ranked
         )
     if calibration:
-        methods = [m for m in report_sql.LEARNED_METHODS + report_sql.REFERENCE_METHODS if m in calibration]
+        methods = [m for m in report_tables.LEARNED_METHODS + report_tables.REFERENCE_METHODS if m in calibration]
         markdown += "\n\n**Calibration**: share of true places inside each method's highest-density region:\n\n"
         markdown += "| region | " + " | ".join(methods) + " |\n|" + "---|" * (len(methods) + 1) + "\n"
         markdown += "\n".join(

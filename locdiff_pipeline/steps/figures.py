@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from locdiff_pipeline.method.metrics import THRESHOLDS_KM
-from locdiff_pipeline.steps.report_sql import LEARNED_METHODS, REFERENCE_METHODS
+from locdiff_pipeline.steps.report_tables import LEARNED_METHODS, REFERENCE_METHODS
 
 
 def _pyplot():
@@ -204,10 +204,10 @@ def density_maps_png(panels: list[dict], title: str, background: Path | None = N
     return _png(figure)
 
 
-DIALOG_WIDTH_PX = 720  # what Dagster's metadata dialog shows without clipping
+PREVIEW_WIDTH_PX = 320  # a figure's preview on the asset's page: inside its metadata table at 1,000 px wide
 
 
-def fit_width(png: bytes, width: int = DIALOG_WIDTH_PX) -> bytes:
+def fit_width(png: bytes, width: int = PREVIEW_WIDTH_PX) -> bytes:
     """The PNG scaled down to at most `width` pixels wide (aspect kept), for a UI that shows it at its
     natural size; the full-size file stays in the report folder."""
     from PIL import Image

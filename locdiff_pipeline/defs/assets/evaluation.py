@@ -1,7 +1,6 @@
 """Evaluation stage, one partition per benchmark: its contamination with the training data, every
 method's predictions, and the DuckDB accuracy report."""
 
-import base64
 import time
 
 from dagster import (
@@ -16,6 +15,8 @@ from dagster import (
     asset,
 )
 
+from locdiff_pipeline import ui_pages
+from locdiff_pipeline.defs import run_tags, stages
 from locdiff_pipeline.defs.assets.features import image_embeddings
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.assets.model import locdiff_model
@@ -30,13 +31,12 @@ from locdiff_pipeline.defs.resources import (
 from locdiff_pipeline.encoders.image_encoder import encoder_note
 from locdiff_pipeline.method.devices import resolve_device
 from locdiff_pipeline.method.protocol import Protocol
-from locdiff_pipeline.steps import report_sql
-from locdiff_pipeline.steps.accuracy_report import REPORT_VERSION, build_report, scoring_note
+from locdiff_pipeline.steps import report_tables
+from locdiff_pipeline.steps.accuracy_report import PREVIEWS, REPORT_VERSION, ReportBundle, build_report, scoring_note
 from locdiff_pipeline.steps.contamination import (
     CONTAMINATION_VERSION,
     build_contamination,
 )
-from locdiff_pipeline.steps.figures import fit_width
 from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTION_SCHEMA, PREDICTIONS_TABLE
 from locdiff_pipeline.steps.predictions import PREDICTIONS_VERSION, build_predictions
@@ -44,7 +44,7 @@ from locdiff_pipeline.steps.progress import Progress
 from locdiff_pipeline.steps.scoring import SCORING_STAGES
 from locdiff_pipeline.tracking import registry
 
-GROUP = "evaluation"
+GROUP = stages.EVALUATION
 ALL_SHARDS = AllPartitionMapping()  # a benchmark's partition reads every shard of the data stages
 
 
@@ -117,6 +117,7 @@ def predictions(
         device=resolve_device(training.config().device),
         progress=progress.advance,
     )
+    run_tags.add_missing(context, run_tags_of(scored, read_latest(store)))
     summary = {
         "dagster/row_count": scored["rows"],
         "model_version": scored["model_version"],
@@ -149,7 +150,7 @@ def predictions(
     description=(
         "One benchmark's report: every method beside chance and a constant guess, at 1/25/200/750/2500 km and "
         "median error (DuckDB over the predictions Parquet), with contamination, error CDFs, error map, "
-        "calibration and density maps."
+        "calibration and density maps. Each benchmark's own: the Partitions tab."
     ),
 )
 def accuracy_report(
@@ -174,27 +175,8 @@ def accuracy_report(
     registry.configure(mlflow.uri(), root=warehouse.project_root())
     registry.log_report(latest["run_id"], bundle.folder, benchmark)  # the files beside the run that made the model
     registry.log_benchmark_metrics(latest["run_id"], benchmark, bundle.rows)
-    context.log.info("\n" + report_sql.text_table(bundle.rows) + "\n" + "\n".join(notes))
-    pictures = {
-        name.removesuffix(".png"): MetadataValue.md(
-            f"![{name}](data:image/png;base64,{base64.b64encode(fit_width(data)).decode()})"
-        )
-        for name, data in bundle.pngs.items()
-    }
-    return MaterializeResult(
-        metadata={
-            "accuracy": MetadataValue.md(bundle.markdown),
-            "accuracy_table": accuracy_metadata_table(bundle.rows),
-            "dagster/row_count": len(bundle.rows),
-            **per_method_numbers(bundle.rows),
-            **pictures,
-            "report_folder": MetadataValue.path(str(bundle.folder)),
-            "encoder_note": notes[0],
-        }
-    )
-
-
-REPORTED_NUMBERS = ("acc_750km", "acc_2500km", "median_km", "nll")
+    context.log.info("\n" + report_tables.text_table(bundle.rows) + "\n" + "\n".join(notes))
+    return MaterializeResult(metadata=report_metadata(bundle, latest["version"], notes))
 
 
 def table_location(store, benchmark: str, version: int) -> dict[str, MetadataValue]:
@@ -214,6 +196,15 @@ def table_location(store, benchmark: str, version: int) -> dict[str, MetadataVal
     }
 
 
+def run_tags_of(scored: dict, latest: dict) -> dict[str, str]:
+    """What an evaluation run is about, as the evaluation sensor tags its runs."""
+    return {
+        run_tags.DATASET: str(scored.get("training_dataset") or ""),
+        run_tags.ENCODER: str(latest["encoder"].get("label", "")),
+        run_tags.MODEL_VERSION: str(scored["model_version"]),
+    }
+
+
 def density_note(scored: dict) -> str:
     """What the intervals and the density scores mean, and each method's density as chosen on validation."""
     chosen = "; ".join(f"{method}: {value}" for method, value in sorted(scored.get("densities", {}).items()))
@@ -228,24 +219,57 @@ def density_note(scored: dict) -> str:
     )
 
 
-def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
-    """The accuracy rows as a Dagster table (sortable in the UI), in report_sql.display_rows's order and
-    columns: what decides first fits a narrow window."""
-    shown = report_sql.display_rows(rows)
-    labels = [label for label, _ in report_sql.DISPLAY_COLUMNS]
-    kinds = {
-        label: "string" if label == "method" or column.endswith(report_sql.CI) else "float"
-        for label, column in report_sql.DISPLAY_COLUMNS
+def report_metadata(bundle: ReportBundle, version: int, notes: list[str]) -> dict:
+    """The report as the UI lists it, in this order: the answer (short enough to show in place), the table,
+    the figures (in place through `locdiff dev`, a click from full size), the whole markdown, the numbers
+    the Plots tab draws per benchmark, and where the files are."""
+    benchmark = bundle.rows[0]["dataset"]
+    return {
+        "headline": MetadataValue.md(report_tables.headline_markdown(bundle.rows)),
+        "accuracy_table": accuracy_metadata_table(bundle.rows),
+        **{name.removesuffix(".png"): figure_link(benchmark, version, name) for name in bundle.pngs},
+        "accuracy": MetadataValue.md(bundle.markdown),
+        **plotted_numbers(bundle.rows),
+        "dagster/row_count": len(bundle.rows),
+        "report_folder": MetadataValue.path(str(bundle.folder)),
+        "encoder_note": notes[0],
     }
-    schema = TableSchema(columns=[TableColumn(label, kinds[label]) for label in labels])
+
+
+def figure_link(benchmark: str, version: int, name: str) -> MetadataValue:
+    """The figure's preview, linked to the full-size file, both as `locdiff dev` serves them (ui_pages.py);
+    a bare `dagster dev` shows the alternative text, which says where the file is."""
+    preview = ui_pages.figure_url(benchmark, version, f"{PREVIEWS}/{name}")
+    full = ui_pages.figure_url(benchmark, version, name)
+    return MetadataValue.md(f"[![{name}: shown through locdiff dev; the file is in report_folder]({preview})]({full})")
+
+
+def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
+    """The accuracy rows as a Dagster table (sortable in the UI), in report_tables.display_rows's order and
+    columns: what decides first fits a narrow window."""
+    shown = report_tables.display_rows(rows)
+    kinds = {
+        label: "string" if column in ("method", "dataset") or column.endswith(report_tables.CI) else "float"
+        for label, column in report_tables.DISPLAY_COLUMNS
+    }
+    schema = TableSchema(columns=[TableColumn(label, kind) for label, kind in kinds.items()])
     return MetadataValue.table([TableRecord(row) for row in shown], schema)
 
 
-def per_method_numbers(rows: list[dict]) -> dict[str, float]:
-    """`METHOD acc_750km`-style numbers per method, so the UI's Plots tab trends them across runs."""
+PLOTTED = {"acc_750km": "750 km %", "acc_2500km": "2500 km %", "nll": "NLL", "median_km": "median km"}
+PLOTTED_METHODS = (report_tables.LEARNED_METHODS[0], *report_tables.REFERENCE_METHODS)  # LocDiff, what it must beat
+
+
+def plotted_numbers(rows: list[dict]) -> dict[str, float]:
+    """`locdiff 750 km %`-style numbers of LocDiff, chance and the constant guess (rounded as the table shows
+    them), so the UI's Plots tab draws the answer per benchmark and across runs (every method's numbers:
+    the table, and MLflow's metrics). Only these: a method's name in a key widens the key column, which
+    a 1,000-pixel window cannot spare."""
+    labels = {column: label for label, column in report_tables.DISPLAY_COLUMNS}
     return {
-        f"{row['method']} {name}": float(row[name])
-        for row in rows
-        for name in REPORTED_NUMBERS
-        if row.get(name) is not None
+        f"{row['method']} {name}": float(row[labels[column]])
+        for row in report_tables.display_rows(rows)
+        if row["method"] in PLOTTED_METHODS
+        for column, name in PLOTTED.items()
+        if row[labels[column]] is not None
     }

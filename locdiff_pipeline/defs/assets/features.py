@@ -7,6 +7,7 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data.ingest import IMAGES_TABLE
+from locdiff_pipeline.defs import stages
 from locdiff_pipeline.defs.assets.ingest import images
 from locdiff_pipeline.defs.partitions import SHARDS, observe_each_shard, span
 from locdiff_pipeline.defs.resources import DatasetsResource, EncoderResource, TrainingResource, WarehouseResource
@@ -17,7 +18,7 @@ from locdiff_pipeline.steps.image_embeddings import EMBEDDING_VERSION, build_emb
 from locdiff_pipeline.steps.progress import Progress
 from locdiff_pipeline.steps.shdd_tables import SHDD_VERSION, build_shdd_table
 
-GROUP = "features"
+GROUP = stages.FEATURES
 
 
 @asset(

@@ -6,11 +6,12 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data.ingest import INGEST_VERSION, IngestReport, ingest_shard, split_metadata
+from locdiff_pipeline.defs import stages
 from locdiff_pipeline.defs.partitions import BENCHMARKS, SHARDS, observe_each_shard, span
 from locdiff_pipeline.defs.resources import DatasetsResource, WarehouseResource
 from locdiff_pipeline.steps.progress import Progress
 
-GROUP = "ingest"
+GROUP = stages.INGEST
 
 
 @asset(

@@ -3,6 +3,7 @@
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from locdiff_pipeline.data import shards
+from locdiff_pipeline.defs import run_tags, stages
 from locdiff_pipeline.defs.assets.features import image_embeddings, shdd_tables
 from locdiff_pipeline.defs.executors import TRAINING_RESOURCES
 from locdiff_pipeline.defs.resources import (
@@ -24,7 +25,7 @@ from locdiff_pipeline.steps.locdiff_model import (
 )
 from locdiff_pipeline.steps.progress import Progress
 
-GROUP = "model"
+GROUP = stages.MODEL
 
 
 class ModelRunConfig(Config):
@@ -52,6 +53,7 @@ def locdiff_model(
 ) -> MaterializeResult:
     store = warehouse.get()
     training_dataset = datasets.training_name()
+    run_tags.add_missing(context, {run_tags.DATASET: training_dataset, run_tags.ENCODER: encoder.spec().describe()})
     embed_dim = shards.manifest(store, EMBEDDINGS_TABLE, training_dataset)["encoder"]["embed_dim"]
     model_config = training.config(embed_dim)
 

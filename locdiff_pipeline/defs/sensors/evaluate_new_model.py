@@ -14,6 +14,7 @@ from dagster import (
 )
 
 from locdiff_pipeline import settings
+from locdiff_pipeline.defs import run_tags
 from locdiff_pipeline.defs.jobs import evaluate_job
 from locdiff_pipeline.defs.partitions import BENCHMARKS
 
@@ -35,10 +36,10 @@ def evaluate_new_model(context: SensorEvaluationContext, asset_event):
     metadata = asset_event.asset_materialization.metadata
     version = _value(metadata.get("model_version"))
     tags = {
-        "locdiff/trigger": "evaluate_new_model sensor",
-        "locdiff/dataset": str(_value(metadata.get("training_dataset")) or ""),
-        "locdiff/encoder": str(_value(metadata.get("encoder")) or ""),
-        "locdiff/model_version": str(version),
+        run_tags.TRIGGER: "evaluate_new_model sensor",
+        run_tags.DATASET: str(_value(metadata.get("training_dataset")) or ""),
+        run_tags.ENCODER: str(_value(metadata.get("encoder")) or ""),
+        run_tags.MODEL_VERSION: str(version),
     }
     benchmarks = context.instance.get_dynamic_partitions(BENCHMARKS.name)
     new = [b for b in benchmarks if version is None or scored_version(context.instance, b) != version]

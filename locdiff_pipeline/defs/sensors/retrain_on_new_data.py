@@ -3,6 +3,7 @@
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
 from locdiff_pipeline import settings
+from locdiff_pipeline.defs import run_tags
 from locdiff_pipeline.defs.jobs import train_job
 from locdiff_pipeline.defs.partitions import all_shards_tags
 from locdiff_pipeline.defs.resources import DatasetsResource
@@ -29,4 +30,4 @@ def retrain_on_new_data(context: SensorEvaluationContext, datasets: DatasetsReso
     if context.cursor == current:
         return SkipReason(f"{entry.name}: source files unchanged")
     context.update_cursor(current)
-    return RunRequest(run_key=f"{entry.name}:{current}", tags={**all_shards_tags(), "locdiff/trigger": "new data"})
+    return RunRequest(run_key=f"{entry.name}:{current}", tags={**all_shards_tags(), run_tags.TRIGGER: "new data"})
