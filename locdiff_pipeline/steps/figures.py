@@ -47,12 +47,7 @@ def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
     shown = {method: np.sort(errors) for method, errors in errors_by_method.items() if "/" not in method}
     grid = np.logspace(-0.3, np.log10(EARTH_HALF_CIRCUMFERENCE_KM), 300)  # from 0.5 km: the 1 km mark shows
-    known = (*LEARNED_METHODS, *REFERENCE_METHODS)
-    listed = [m for m in known if m in shown] + sorted(set(shown) - set(known))  # the table's order
-    palette = [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 8, 7, 5)]  # no purple or pink beside black
-    colours = {
-        method: palette[i % len(palette)] for i, method in enumerate(m for m in known if m != HIGHLIGHTED_METHOD)
-    }
+    listed = in_table_order(shown)
     lines = {}
     for method in sorted(listed, key=lambda m: m == HIGHLIGHTED_METHOD):  # LocDiff last: on top
         errors = shown[method]
@@ -60,7 +55,7 @@ def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
             grid,
             np.searchsorted(errors, grid, side="right") / len(errors),
             label=method,
-            color="black" if method == HIGHLIGHTED_METHOD else colours.get(method, "grey"),
+            color=method_colour(method),
             ls=":" if method in REFERENCE_METHODS else "-",
             lw=2.6 if method == HIGHLIGHTED_METHOD else 1.3,
             zorder=3 if method == HIGHLIGHTED_METHOD else 2,
@@ -73,6 +68,23 @@ def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
     axis.set_xlim(grid[0], grid[-1])
     axis.legend([lines[m] for m in listed], listed, loc="upper left", fontsize=8)
     return _png(figure)
+
+
+def in_table_order(methods) -> list[str]:
+    """The methods in the accuracy table's order (LocDiff first), any other after them by name."""
+    known = (*LEARNED_METHODS, *REFERENCE_METHODS)
+    return [m for m in known if m in methods] + sorted(set(methods) - set(known))
+
+
+def method_colour(method: str):
+    """One colour per method in every figure and benchmark: LocDiff black, the others from a palette with
+    no purple or pink (which read as LocDiff's neighbours), an unknown method grey."""
+    others = [m for m in (*LEARNED_METHODS, *REFERENCE_METHODS) if m != HIGHLIGHTED_METHOD]
+    if method == HIGHLIGHTED_METHOD:
+        return "black"
+    if method not in others:
+        return "grey"
+    return _pyplot().get_cmap("tab10")((0, 1, 2, 3, 8, 7, 5)[others.index(method) % 7])
 
 
 def error_map_png(
@@ -111,20 +123,21 @@ def _png(figure) -> bytes:
 
 def calibration_png(curves: dict[str, list[tuple[float, float]]], title: str) -> bytes:
     """Per method, the share of true places inside its highest-density regions against their level (on the
-    diagonal: calibrated; above: regions too wide; below: too narrow). LocDiff thickest, on top."""
+    diagonal: calibrated; above: regions too wide; below: too narrow). LocDiff black, thickest, on top and
+    listed first; every method in its error CDF colour."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.2, 4.5), dpi=110)
-    axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
-    colours = {method: plt.get_cmap("tab10")(i % 10) for i, method in enumerate(sorted(curves))}
-    for method in sorted(curves, key=lambda m: (m == HIGHLIGHTED_METHOD, m)):
+    (diagonal,) = axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    listed, lines = in_table_order(curves), {}
+    for method in sorted(listed, key=lambda m: m == HIGHLIGHTED_METHOD):  # LocDiff last: on top
         nominal, observed = np.array(curves[method]).T
-        axis.plot(
+        (lines[method],) = axis.plot(
             nominal,
             observed,
             marker="o",
             markersize=3,
             label=method,
-            color=colours[method],
+            color=method_colour(method),
             ls=":" if method in REFERENCE_METHODS else "-",
             lw=2.6 if method == HIGHLIGHTED_METHOD else 1.2,
             zorder=3 if method == HIGHLIGHTED_METHOD else 2,
@@ -136,7 +149,7 @@ def calibration_png(curves: dict[str, list[tuple[float, float]]], title: str) ->
         ylabel="share of true places inside",
         title=title,
     )
-    axis.legend(loc="upper left", fontsize=7)
+    axis.legend([lines[m] for m in listed] + [diagonal], [*listed, "calibrated"], loc="upper left", fontsize=7)
     return _png(figure)
 
 
