@@ -1,4 +1,5 @@
-"""Accuracy reports: DuckDB SQL over the predictions Parquet (figures live in `figures`).
+"""Accuracy reports: DuckDB SQL over the predictions Parquet (their tables as people read them live in
+`report_tables`, their figures in `figures`).
 
 The SQL is the report: the same query runs in the pipeline, in the tests' recomputation check, and in
 the user's own DuckDB session (README), against the views in warehouse/locdiff.duckdb.

@@ -9,6 +9,7 @@ chance and the constant guess (any other method last); the scales that decide, 7
 from __future__ import annotations
 
 from itertools import groupby
+from operator import itemgetter
 
 from locdiff_pipeline.method.metrics import THRESHOLDS_KM, accuracy_column
 from locdiff_pipeline.steps.report_sql import TOP_PREFIX, VERSUS_LOCDIFF
@@ -40,7 +41,7 @@ DISPLAY_COLUMNS = (  # Dagster's table: (label, accuracy view column); shares as
 
 def by_benchmark(rows: list[dict]) -> list[list[dict]]:
     """The rows of each (benchmark, model version), benchmarks in name order, each group's rows shown_rows'."""
-    key = lambda row: (row["dataset"], row["model_version"])  # noqa: E731
+    key = itemgetter("dataset", "model_version")
     return [shown_rows(list(group)) for _, group in groupby(sorted(rows, key=key), key=key)]
 
 
@@ -173,8 +174,8 @@ def _share_alone(row: dict, km: int) -> str:
 
 
 def ranked_markdown_table(rows: list[dict]) -> str:
-    """Top-5 accuracy (the truth within the scale of any of five ranked answers) of the methods that give
-    ranked answers, in reading order; empty when none does."""
+    """Top-5 accuracy (the truth within the scale of any of five ranked answers) of one benchmark's methods
+    that give ranked answers, in reading order; empty when none does."""
     ranked = [r for r in shown_rows(rows) if r.get(TOP_PREFIX + accuracy_column(THRESHOLDS_KM[0])) is not None]
     if not ranked:
         return ""
