@@ -156,7 +156,7 @@ def report_markdown(rows: list[dict], calibration: dict[str, list[tuple[float, f
             "\n\n**Ranked answers**: share of images whose truth is within each scale of any of the five:\n\n" + ranked
         )
     if calibration:
-        methods = [m for m in report_tables.LEARNED_METHODS + report_tables.REFERENCE_METHODS if m in calibration]
+        methods = report_tables.in_table_order(calibration)
         markdown += "\n\n**Calibration**: share of true places inside each method's highest-density region:\n\n"
         markdown += "| region | " + " | ".join(methods) + " |\n|" + "---|" * (len(methods) + 1) + "\n"
         markdown += "\n".join(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from locdiff_pipeline.method.metrics import THRESHOLDS_KM
-from locdiff_pipeline.steps.report_tables import LEARNED_METHODS, REFERENCE_METHODS
+from locdiff_pipeline.steps.report_tables import LEARNED_METHODS, REFERENCE_METHODS, in_table_order
 
 
 def _pyplot():
@@ -68,12 +68,6 @@ def error_cdf_png(errors_by_method: dict[str, np.ndarray], title: str) -> bytes:
     axis.set_xlim(grid[0], grid[-1])
     axis.legend([lines[m] for m in listed], listed, loc="upper left", fontsize=8)
     return _png(figure)
-
-
-def in_table_order(methods) -> list[str]:
-    """The methods in the accuracy table's order (LocDiff first), any other after them by name."""
-    known = (*LEARNED_METHODS, *REFERENCE_METHODS)
-    return [m for m in known if m in methods] + sorted(set(methods) - set(known))
 
 
 def method_colour(method: str):

@@ -63,6 +63,13 @@ def shown_rows(rows: list[dict]) -> list[dict]:
     return ordered + sorted((r for r in rows if "/" not in r["method"] and r not in ordered), key=lambda r: r["method"])
 
 
+def in_table_order(methods) -> list[str]:
+    """Method names in the tables' order, twins aside (LocDiff, the baselines, chance, constant), any
+    other after them by name: the figures' legends and the calibration table."""
+    known = (*LEARNED_METHODS, *REFERENCE_METHODS)
+    return [m for m in known if m in methods] + sorted(set(methods) - set(known))
+
+
 def _rank(method: str) -> tuple[int, str]:
     family = method.split("/")[0]
     return (LEARNED_METHODS.index(family) if family in LEARNED_METHODS else len(LEARNED_METHODS), method)
