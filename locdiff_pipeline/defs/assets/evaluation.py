@@ -176,7 +176,7 @@ def accuracy_report(
     registry.log_report(latest["run_id"], bundle.folder, benchmark)  # the files beside the run that made the model
     registry.log_benchmark_metrics(latest["run_id"], benchmark, bundle.rows)
     context.log.info("\n" + report_tables.text_table(bundle.rows) + "\n" + "\n".join(notes))
-    return MaterializeResult(metadata=report_metadata(bundle, latest["version"], notes))
+    return MaterializeResult(metadata=report_metadata(bundle, notes))
 
 
 def table_location(store, benchmark: str, version: int) -> dict[str, MetadataValue]:
@@ -219,17 +219,18 @@ def density_note(scored: dict) -> str:
     )
 
 
-def report_metadata(bundle: ReportBundle, version: int, notes: list[str]) -> dict:
+def report_metadata(bundle: ReportBundle, notes: list[str]) -> dict:
     """The report as the UI lists it, in this order: the answer (short enough to show in place), the table,
     the figures (in place through `locdiff dev`, a click from full size), the whole markdown, the numbers
     the Plots tab draws per benchmark, and where the files are."""
-    benchmark = bundle.rows[0]["dataset"]
+    benchmark, version = bundle.rows[0]["dataset"], bundle.rows[0]["model_version"]
+    shown = report_tables.display_rows(bundle.rows)
     return {
         "headline": MetadataValue.md(report_tables.headline_markdown(bundle.rows)),
-        "accuracy_table": accuracy_metadata_table(bundle.rows),
+        "accuracy_table": accuracy_metadata_table(shown),
         **{name.removesuffix(".png"): figure_link(benchmark, version, name) for name in bundle.pngs},
         "accuracy": MetadataValue.md(bundle.markdown),
-        **plotted_numbers(bundle.rows),
+        **plotted_numbers(shown),
         "dagster/row_count": len(bundle.rows),
         "report_folder": MetadataValue.path(str(bundle.folder)),
         "encoder_note": notes[0],
@@ -244,10 +245,9 @@ def figure_link(benchmark: str, version: int, name: str) -> MetadataValue:
     return MetadataValue.md(f"[![{name}: shown through locdiff dev; the file is in report_folder]({preview})]({full})")
 
 
-def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
-    """The accuracy rows as a Dagster table (sortable in the UI), in report_tables.display_rows's order and
+def accuracy_metadata_table(shown: list[dict]) -> MetadataValue:
+    """report_tables.display_rows's rows as a Dagster table (sortable in the UI), in their order and
     columns: what decides first fits a narrow window."""
-    shown = report_tables.display_rows(rows)
     kinds = {
         label: "string" if column in ("method", "dataset") or column.endswith(report_tables.CI) else "float"
         for label, column in report_tables.DISPLAY_COLUMNS
@@ -256,20 +256,19 @@ def accuracy_metadata_table(rows: list[dict]) -> MetadataValue:
     return MetadataValue.table([TableRecord(row) for row in shown], schema)
 
 
-PLOTTED = {"acc_750km": "750 km %", "acc_2500km": "2500 km %", "nll": "NLL", "median_km": "median km"}
+PLOTTED = ("750 km %", "2500 km %", "NLL", "median km")  # columns of report_tables.DISPLAY_COLUMNS
 PLOTTED_METHODS = (report_tables.LEARNED_METHODS[0], *report_tables.REFERENCE_METHODS)  # LocDiff, what it must beat
 
 
-def plotted_numbers(rows: list[dict]) -> dict[str, float]:
-    """`locdiff 750 km %`-style numbers of LocDiff, chance and the constant guess (rounded as the table shows
-    them), so the UI's Plots tab draws the answer per benchmark and across runs (every method's numbers:
-    the table, and MLflow's metrics). Only these: a method's name in a key widens the key column, which
-    a 1,000-pixel window cannot spare."""
-    labels = {column: label for label, column in report_tables.DISPLAY_COLUMNS}
+def plotted_numbers(shown: list[dict]) -> dict[str, float]:
+    """`locdiff 750 km %`-style numbers of LocDiff, chance and the constant guess from display_rows's rows
+    (rounded as the table shows them), so the UI's Plots tab draws the answer per benchmark and across
+    runs (every method's numbers: the table, and MLflow's metrics). Only these: a method's name in a key
+    widens the key column, which a 1,000-pixel window cannot spare."""
     return {
-        f"{row['method']} {name}": float(row[labels[column]])
-        for row in report_tables.display_rows(rows)
+        f"{row['method']} {label}": float(row[label])
+        for row in shown
         if row["method"] in PLOTTED_METHODS
-        for column, name in PLOTTED.items()
-        if row[labels[column]] is not None
+        for label in PLOTTED
+        if row[label] is not None
     }
