@@ -1,5 +1,6 @@
 """Remake the README's pictures from a finished `locdiff run`: the asset graph as `locdiff dev` shows it,
-the accuracy report's page, and two figures of the run's report (error CDF, density maps).
+the accuracy report's page, and four figures of the run's report (error CDF, density maps, calibration,
+coverage against area).
 
     .venv/bin/locdiff run                                   # README command 1
     .venv/bin/python scripts/readme_pictures.py --root .    # needs Debian's chromium: scripts/setup_browser.sh
@@ -28,7 +29,7 @@ import ui_browser  # noqa: E402
 from locdiff_pipeline.defs.assets import ALL_ASSETS  # noqa: E402
 
 ASSETS = [asset.key.path[-1] for asset in ALL_ASSETS]  # the graph's own list: every one must be drawn
-FIGURES = ("error_cdf.png", "density_maps.png")
+FIGURES = ("error_cdf.png", "density_maps.png", "calibration.png", "coverage_area.png")
 
 
 def main(argv: list[str] | None = None) -> int:

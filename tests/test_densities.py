@@ -67,6 +67,13 @@ def test_every_method_density_integrates_to_one(fitted):
         ),
         "chance": baseline_densities.chance_density(gallery, **chosen.chance.parameters),
         "narrow kernel": densities.point_kernel(lat, lon, 50.0, 0.0),
+        "locdiff with its prior floor": densities.Blend(
+            (
+                densities.point_kernel(lat, lon, 300.0, 0.0),
+                baseline_densities.chance_density(gallery, 800.0, 0.0),  # one part shared by every image
+            ),
+            (0.6, 0.37),  # and 3 % uniform
+        ),
     }
     for name, density in made.items():
         rows = 1 if name == "chance" else 3
@@ -95,6 +102,34 @@ def test_a_kernels_region_and_the_truths_level_match_the_closed_form():
     one_minus_cos = -math.log1p(-densities.LEVEL * -math.expm1(-2 * kappa)) / kappa
     assert scores.area[0] == pytest.approx(one_minus_cos / 2, rel=0.03)  # a cap's share of the sphere
     assert scores.truth_level[0] == pytest.approx(_cap_mass(kappa, 1 - math.cos(math.radians(3.0))), abs=0.01)
+
+
+def test_a_kernels_regions_at_every_level_match_the_closed_form():
+    bandwidth = 800.0
+    kappa = densities.kappa_of(bandwidth)
+    density = densities.point_kernel(np.array([-20.0]), np.array([60.0]), bandwidth, 0.0)
+    areas = density.scores(sphere.to_unit(np.array([0.0]), np.array([0.0])), np.random.default_rng(3), 40_000).areas
+    for level, area in zip(densities.REGION_LEVELS, areas[0], strict=True):
+        one_minus_cos = -math.log1p(-level * -math.expm1(-2 * kappa)) / kappa
+        assert area == pytest.approx(one_minus_cos / 2, rel=0.05), level
+    assert np.all(np.diff(areas[0]) > 0)  # a larger region covers more
+
+
+def test_a_blend_draws_and_scores_as_its_parts_say():
+    """Half the mass in a narrow kernel, half in a shared kernel on the other side of the Earth: draws split
+    evenly, and the density at each centre is half that part's peak (the other part adds nothing there)."""
+    here, there = sphere.to_unit(np.array([0.0]), np.array([0.0])), sphere.to_unit(np.array([0.0]), np.array([180.0]))
+    narrow = densities.point_kernel(np.zeros(2), np.zeros(2), 100.0, 0.0)
+    shared = KernelMixture(there[None], np.ones((1, 1)), 100.0)
+    blend = densities.Blend((narrow, shared), (0.5, 0.5))
+    draws = blend.draw(2000, np.random.default_rng(4))
+    assert draws.shape == (2, 2000, 3)
+    assert np.mean(draws @ here[0] > 0.9) == pytest.approx(0.5, abs=0.04)
+    peak = narrow.log_density(np.repeat(here, 2, axis=0))
+    np.testing.assert_allclose(blend.log_density(np.repeat(here, 2, axis=0)), peak + math.log(0.5), rtol=1e-9)
+    np.testing.assert_allclose(blend.log_density(np.repeat(there, 2, axis=0)), peak + math.log(0.5), rtol=1e-9)
+    with pytest.raises(ValueError, match="floor"):
+        densities.Blend((densities.point_kernel(np.zeros(2), np.zeros(2), 100.0, 0.1),), (0.5,))
 
 
 def test_a_floors_flat_part_counts_only_the_share_the_region_needs():

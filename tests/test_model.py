@@ -125,9 +125,9 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
         train(config.with_(learning_rate=0.5), features, targets, checkpoint_dir=tmp_path / "run")
 
 
-def test_samplers_and_prediction_parameterisations_run():
+def test_samplers_and_guidance_run():
     lat, lon, features = clustered_problem(n=300)
-    for changes in ({"sampler": "ddpm", "timesteps": 20}, {"prediction": "eps"}, {"guidance_scale": 2.0}):
+    for changes in ({"sampler": "ddpm", "timesteps": 20}, {"guidance_scale": 2.0}):
         config = LocDiffConfig(**{**TINY, **changes}, steps=5)
         model = train(config, features, shdd.encode(lat, lon, 10, dtype=np.float32)).model
         prediction = model.predict_embeddings(features[:4].reshape(2, 2, 32), samples=3)
@@ -149,40 +149,9 @@ def test_bad_inputs_are_refused():
         LocDiffModel.load("/nonexistent")
 
 
-def test_noise_prediction_weights_the_kl_by_alpha_bar():
-    """With eps prediction the clean estimate near t = T divides by a tiny sqrt(alpha_bar), so the
-    target-space loss gets the weights alpha_bar in (0, 1]; with x0 prediction it is unweighted."""
-    from locdiff_pipeline.method.diffusion import GaussianDiffusion
-    from locdiff_pipeline.method.target_space import target_space
-
-    config = LocDiffConfig(**{**TINY, "prediction": "eps", "mse_weight": 0.0})
-    diffusion, space = GaussianDiffusion(config), target_space(config)
-    lat, lon, _ = clustered_problem(n=64, dim=32)
-    x0 = torch.tensor(shdd.encode(lat, lon, config.L), dtype=torch.float32) * space.scale
-    calls = []
-
-    def recording_loss(pred, target, generator, weights=None):
-        calls.append(weights)
-        return torch.zeros(())
-
-    space.loss = recording_loss
-    diffusion.training_loss(
-        lambda x, c, t, d, offset: torch.zeros_like(x), x0, torch.zeros(64, 32), space, torch.Generator().manual_seed(0)
-    )
-    weights = calls[0]
-    assert weights is not None and weights.shape == (64,) and torch.all((weights > 0) & (weights <= 1))
-    x0_config = LocDiffConfig(**TINY)
-    calls.clear()
-    GaussianDiffusion(x0_config).training_loss(
-        lambda x, c, t, d, offset: x, x0, torch.zeros(64, 32), space, torch.Generator().manual_seed(0)
-    )
-    assert calls == [None]  # x0 prediction: the loss applies to the network's own output, unweighted
-    result = train(
-        config.with_(steps=20, mse_weight=0.1),
-        np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32),
-        x0.numpy() / space.scale,
-    )
-    assert np.isfinite(result.history[-1]["loss"])
+def test_noise_prediction_is_refused_saying_why():
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        LocDiffConfig(prediction="eps")
 
 
 def test_a_full_disk_leaves_no_half_written_checkpoint_or_state_file(tmp_path, monkeypatch):

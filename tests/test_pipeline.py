@@ -396,7 +396,7 @@ def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline
         assert rows[method]["top5_acc_750km"] == pytest.approx((group["top_error_km"] <= 750).mean())
     assert rows["knn"]["region_coverage"] is None  # the circle: LocDiff's only; every density has an HPD region
     folder = root / "warehouse" / "reports" / bundled.HELDOUT / "v1"
-    for name in ("error_cdf.png", "error_map.png", "calibration.png", "density_maps.png"):
+    for name in ("error_cdf.png", "error_map.png", "calibration.png", "coverage_area.png", "density_maps.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     calibration = json.loads((folder / "calibration.json").read_text())
     assert set(calibration) == {m for m in METHODS if "/" not in m}  # every method's density, none of the twins'
@@ -411,6 +411,8 @@ def test_report_equals_a_direct_recomputation_from_the_prediction_table(pipeline
         assert rows[method]["nll"] == pytest.approx(-group["log_density"].mean())
         assert rows[method]["hpd90_area"] == pytest.approx(group["hpd90_area"].mean())
         assert group["hpd90_area"].between(0, 1.05).all() and group["hpd_level"].between(0, 1).all()
+        areas = [point["mean_area"] for point in curve]  # the coverage-area figure's x: nested regions grow
+        assert areas == sorted(areas) and areas[-1] == pytest.approx(rows[method]["hpd90_area"]), method
     for method in (m for m in METHODS if "/" in m):  # a twin has points, not a density
         assert rows[method]["nll"] is None and predictions[predictions["method"] == method]["log_density"].isna().all()
     _the_intervals_are_a_bootstrap_over_the_benchmarks_regions(root, predictions, rows)
@@ -439,6 +441,20 @@ def _the_intervals_are_a_bootstrap_over_the_benchmarks_regions(root, predictions
                 pytest.approx(high),
             ), (method, name)
             assert low <= rows[method][name] <= high
+    locdiff = predictions[predictions["method"] == "locdiff"].sort_values("image_id")
+    knn = predictions[predictions["method"] == "knn"].sort_values("image_id")
+    for name, value in (
+        ("acc_750km", lambda g: (g["error_km"] <= 750).astype(float)),
+        ("nll", lambda g: -g["log_density"]),
+    ):
+        low, high = bootstrap.paired_difference_interval(
+            value(knn).to_numpy(), value(locdiff).to_numpy(), locdiff["region"].to_numpy(object), resamples
+        )
+        assert rows["knn"][f"{name}_minus_locdiff"] == pytest.approx(rows["knn"][name] - rows["locdiff"][name])
+        assert (rows["knn"][f"{name}_minus_locdiff_low"], rows["knn"][f"{name}_minus_locdiff_high"]) == (
+            pytest.approx(low),
+            pytest.approx(high),
+        ), name
 
 
 def test_rematerializing_one_asset_leaves_its_upstream_alone(pipeline):

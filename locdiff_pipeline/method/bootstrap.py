@@ -42,11 +42,9 @@ def region_resamples(regions: Sequence[str], replicates: int = REPLICATES, seed:
     return Resamples(replicate.astype(np.int32), distinct[region], counts[replicate, region].astype(np.int32))
 
 
-def ratio_interval(
-    values: np.ndarray, regions: Sequence[str], resamples: Resamples, confidence: float = CONFIDENCE
-) -> tuple[float, float]:
-    """The central `confidence` interval of the mean of `values` (one per image; NaN: not counted) over the
-    replicates of `resamples`: per replicate, sum(weight x region sum) / sum(weight x region count)."""
+def replicate_ratios(values: np.ndarray, regions: Sequence[str], resamples: Resamples) -> np.ndarray:
+    """The mean of `values` (one per image; NaN: not counted) in each replicate of `resamples`: per replicate,
+    sum(weight x region sum) / sum(weight x region count); NaN for a replicate that drew no counted image."""
     values, labels = np.asarray(values, float), np.asarray(regions, dtype=object)
     distinct = {region: i for i, region in enumerate(sorted(set(labels)))}
     index = np.array([distinct[region] for region in labels])
@@ -57,6 +55,33 @@ def ratio_interval(
     replicates = int(resamples.replicate.max()) + 1
     numerator = np.bincount(resamples.replicate, weights=resamples.weight * sums[at], minlength=replicates)
     denominator = np.bincount(resamples.replicate, weights=resamples.weight * counts[at], minlength=replicates)
-    shares = numerator[denominator > 0] / denominator[denominator > 0]
+    return np.divide(numerator, denominator, out=np.full(replicates, np.nan), where=denominator > 0)
+
+
+def ratio_interval(
+    values: np.ndarray, regions: Sequence[str], resamples: Resamples, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """The central `confidence` interval of the mean of `values` (one per image; NaN: not counted) over the
+    replicates of `resamples`."""
+    return _central(replicate_ratios(values, regions, resamples), confidence)
+
+
+def paired_difference_interval(
+    values: np.ndarray,
+    reference: np.ndarray,
+    regions: Sequence[str],
+    resamples: Resamples,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
+    """The central `confidence` interval of mean(values) - mean(reference) (two methods' values on the same
+    images) over the same replicates: each replicate's difference on the same resampled regions. Regions that
+    are hard for one method are hard for the other, so this interval is narrower than two marginal intervals
+    suggest, and it, not their overlap, says whether the methods differ."""
+    difference = replicate_ratios(values, regions, resamples) - replicate_ratios(reference, regions, resamples)
+    return _central(difference, confidence)
+
+
+def _central(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    known = replicates[~np.isnan(replicates)]
     tail = (1.0 - confidence) / 2.0
-    return float(np.quantile(shares, tail)), float(np.quantile(shares, 1.0 - tail))
+    return float(np.quantile(known, tail)), float(np.quantile(known, 1.0 - tail))

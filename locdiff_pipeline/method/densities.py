@@ -37,6 +37,7 @@ import numpy as np
 from locdiff_pipeline.method import sphere
 
 LEVEL = 0.9  # the highest-density region every report shows
+REGION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, LEVEL)  # the regions whose areas are scored
 BANDWIDTHS_KM = (25.0, 50.0, 100.0, 200.0, 350.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0)
 FLOORS = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 0.7, 0.9)
 MONTE_CARLO_DRAWS = 2048  # draws of each image's density for its region's threshold and area
@@ -74,19 +75,53 @@ def _logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
 @dataclass(frozen=True)
 class DensityScores:
     """Per image: log density at the truth (nats, relative to uniform), the truth's highest-density level,
-    and the area of the LEVEL region (share of the sphere)."""
+    and the areas of the REGION_LEVELS regions (shares of the sphere, one column per level)."""
 
     log_density: np.ndarray
     truth_level: np.ndarray
-    area: np.ndarray
+    areas: np.ndarray  # (N, len(REGION_LEVELS))
+
+    @property
+    def area(self) -> np.ndarray:
+        """The area of each image's LEVEL region."""
+        return self.areas[:, REGION_LEVELS.index(LEVEL)]
 
     def coverage(self, level: float = LEVEL) -> float:
         """The share of truths inside their `level` highest-density region."""
         return float(np.mean(self.truth_level <= level))
 
+    def repeated(self, times: int) -> DensityScores:
+        """Each image's scores `times` times over (for a method with several draws per image)."""
+        return DensityScores(*(np.repeat(values, times, axis=0) for values in vars(self).values()))
+
+
+class MonteCarloRegions:
+    """Highest-density regions and scores of a density that can be drawn from (`draw`) and evaluated
+    (`log_density`), estimated from draws of the density itself."""
+
+    def log_density(self, points: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def thresholds(
+        self, levels: Iterable[float], rng: np.random.Generator, draws: int = MONTE_CARLO_DRAWS
+    ) -> np.ndarray:
+        """(N, len(levels)) log(4 pi f) at the edge of each image's highest-density region of each level (what
+        a map draws as the region's contour): the (1 - level) quantile of the density at its own draws."""
+        log_draws = self.log_density(self.draw(draws, rng))
+        return np.quantile(log_draws, [1.0 - level for level in levels], axis=1).T
+
+    def scores(self, truth: np.ndarray, rng: np.random.Generator, draws: int = MONTE_CARLO_DRAWS) -> DensityScores:
+        """The scores at the truths (N, 3); the regions from `draws` draws of each image's density."""
+        log_truth = self.log_density(truth)
+        log_draws = self.log_density(self.draw(draws, rng))  # each image's density at its own draws
+        return _monte_carlo_scores(log_truth, log_draws, rng)
+
 
 @dataclass(frozen=True)
-class KernelMixture:
+class KernelMixture(MonteCarloRegions):
     """Per image i: f_i = (1 - floor) sum_k weights[i, k] vMF(centres[i, k], kappa) + floor / (4 pi).
 
     centres (N, K, 3) unit vectors and weights (N, K) summing to 1 per row; N may be 1 for one density shared
@@ -151,19 +186,55 @@ class KernelMixture:
             points[uniform] = sphere.to_unit(*sphere.random_points(int(uniform.sum()), rng))
         return points
 
-    def thresholds(
-        self, levels: Iterable[float], rng: np.random.Generator, draws: int = MONTE_CARLO_DRAWS
-    ) -> np.ndarray:
-        """(N, len(levels)) log(4 pi f) at the edge of each image's highest-density region of each level (what
-        a map draws as the region's contour): the (1 - level) quantile of the density at its own draws."""
-        log_draws = self.log_density(self.draw(draws, rng))
-        return np.quantile(log_draws, [1.0 - level for level in levels], axis=1).T
 
-    def scores(self, truth: np.ndarray, rng: np.random.Generator, draws: int = MONTE_CARLO_DRAWS) -> DensityScores:
-        """The scores at the truths (N, 3); the regions from `draws` draws of each image's density."""
-        log_truth = self.log_density(truth)
-        log_draws = self.log_density(self.draw(draws, rng))  # each image's density at its own draws
-        return _monte_carlo_scores(log_truth, log_draws, rng)
+@dataclass(frozen=True)
+class Blend(MonteCarloRegions):
+    """Per image i: f_i = sum_k shares[k] parts[k]_i + (1 - sum_k shares[k]) / (4 pi): kernel mixtures of
+    their own widths blended, with what is left as the uniform floor. A part of one row (one density for every
+    image, as the training locations' density) is shared by every image."""
+
+    parts: tuple[KernelMixture, ...]
+    shares: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.parts) != len(self.shares) or not self.parts:
+            raise ValueError(f"one share per part: {len(self.parts)} parts, {len(self.shares)} shares")
+        if any(share < 0 for share in self.shares) or sum(self.shares) > 1.0 + 1e-9:
+            raise ValueError(f"shares must be non-negative and sum to at most 1, got {self.shares}")
+        if any(part.floor > 0 for part in self.parts):
+            raise ValueError("a blend's parts have no floor of their own: the blend's left-over share is its floor")
+
+    @property
+    def floor(self) -> float:
+        return max(0.0, 1.0 - sum(self.shares))
+
+    @property
+    def rows(self) -> int:
+        return max(len(part.centres) for part in self.parts)
+
+    def log_density(self, points: np.ndarray) -> np.ndarray:
+        """log(4 pi f_i) at each image's points: (N, 3) -> (N,), or (N, S, 3) -> (N, S)."""
+        terms = [
+            math.log(share) + part.log_density(points) for part, share in zip(self.parts, self.shares) if share > 0
+        ]
+        if self.floor > 0:
+            terms.append(np.full(np.shape(terms[0]) if terms else np.shape(points)[:-1], math.log(self.floor)))
+        return _logsumexp(np.stack(np.broadcast_arrays(*terms)), axis=0)
+
+    def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """(N, count, 3) points of each image's density: a part (or the floor) chosen by share, then a point of it."""
+        rows = self.rows
+        weights = np.array([*self.shares, self.floor])
+        choice = rng.choice(len(weights), size=(rows, count), p=weights / weights.sum())
+        points = sphere.to_unit(*sphere.random_points(rows * count, rng)).reshape(rows, count, 3)
+        for k, part in enumerate(self.parts):
+            drawn = (
+                part.draw(count * rows, rng).reshape(rows, count, 3)
+                if len(part.centres) == 1
+                else part.draw(count, rng)
+            )
+            points[choice == k] = drawn[choice == k]
+        return points
 
 
 def vmf_draws(centres: np.ndarray, kappa: float, rng: np.random.Generator) -> np.ndarray:
@@ -190,12 +261,18 @@ def _monte_carlo_scores(log_truth: np.ndarray, log_draws: np.ndarray, rng: np.ra
     above = np.mean(log_draws[:, None, :] > truth, axis=2)
     tied = np.mean(log_draws[:, None, :] == truth, axis=2)
     level = above + rng.random(above.shape) * tied
-    threshold = np.quantile(log_draws, 1.0 - LEVEL, axis=1, keepdims=True)
+    areas = np.stack([_region_area(log_draws, q) for q in REGION_LEVELS], axis=1)  # (N or 1, levels)
+    rows = len(log_truth)
+    return DensityScores(log_truth, level.reshape(rows), np.broadcast_to(areas, (rows, len(REGION_LEVELS))))
+
+
+def _region_area(log_draws: np.ndarray, level: float) -> np.ndarray:
+    """The area of each density's `level` highest-density region from its log density at its own draws
+    (N, S): E_f[1{f >= t} / f] with t the (1 - level) quantile, plus the tied share it needs at t."""
+    threshold = np.quantile(log_draws, 1.0 - level, axis=1, keepdims=True)
     inside = log_draws > threshold
     area = np.mean(np.where(inside, np.exp(-log_draws), 0.0), axis=1)
-    area += np.maximum(0.0, LEVEL - inside.mean(axis=1)) * np.exp(-threshold[:, 0])
-    rows = len(log_truth)
-    return DensityScores(log_truth, level.reshape(rows), np.broadcast_to(area[:, None], level.shape).reshape(rows))
+    return area + np.maximum(0.0, level - inside.mean(axis=1)) * np.exp(-threshold[:, 0])
 
 
 @lru_cache(maxsize=8)
@@ -246,12 +323,17 @@ class CellDensity:
         order = np.argsort(-log_values, axis=1, kind="stable")
         sorted_mass = np.take_along_axis(mass, order, axis=1)
         cumulative = np.cumsum(sorted_mass, axis=1)
-        inside = np.minimum((cumulative < LEVEL - 1e-12).sum(axis=1), mass.shape[1] - 1)  # last cell included
         area_sorted = np.cumsum(self.areas[order], axis=1)
-        area = area_sorted[np.arange(len(order)), inside]
+        areas = np.stack(
+            [
+                area_sorted[np.arange(len(order)), np.minimum((cumulative < q - 1e-12).sum(axis=1), mass.shape[1] - 1)]
+                for q in REGION_LEVELS  # the cell that reaches the level included whole
+            ],
+            axis=1,
+        )
         log_truth = self.log_density(truth)
         level = np.sum(np.where(log_values >= log_truth[:, None], mass, 0.0), axis=1)
-        return DensityScores(log_truth, level, area)
+        return DensityScores(log_truth, level, areas)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Gaussian diffusion (DDPM forward process) with x0- or noise-prediction, and a DDIM/DDPM sampler.
+"""Gaussian diffusion (DDPM forward process) with x0-prediction, and a DDIM/DDPM sampler.
 
 One sampler serves both: DDIM with eta=0 on a subsequence of timesteps (fast, deterministic), and
 ancestral DDPM, which is DDIM with eta=1 over every timestep.
@@ -39,13 +39,6 @@ class GaussianDiffusion:
         abar = self._abar(t, x0.device)
         return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
 
-    def predict_x0(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The clean-vector estimate from the network output, under either parameterisation."""
-        if self.config.prediction == "x0":
-            return output
-        abar = self._abar(t, x_t.device)
-        return (x_t - (1.0 - abar).sqrt() * output) / abar.sqrt().clamp(min=1e-3)
-
     def training_loss(
         self, net, x0_scaled: torch.Tensor, cond: torch.Tensor, space, generator: torch.Generator
     ) -> torch.Tensor:
@@ -57,15 +50,8 @@ class GaussianDiffusion:
         offset = self.condition_noise(cond, generator)
         x_t = self.q_sample(x0_scaled, t, noise)
         output = net(x_t, cond, t, drop, offset)
-        # With noise prediction the clean estimate divides by sqrt(alpha_bar): near t = T it amplifies the
-        # network's error up to 1000x. Weighting the target-space loss by alpha_bar keeps those steps from
-        # dominating it; the noise MSE below still trains them.
-        weights = self._abar(t, device)[:, 0] if self.config.prediction == "eps" else None
-        x0 = self.predict_x0(output, x_t, t) / space.scale
-        loss = space.loss(x0, x0_scaled / space.scale, generator, weights)
-        if self.config.prediction == "eps":
-            loss = loss + torch.mean((output - noise) ** 2)
-        return loss
+        x0 = output / space.scale  # the network predicts the clean vector: the SHDD loss applies to it
+        return space.loss(x0, x0_scaled / space.scale, generator)
 
     def condition_noise(self, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """Gaussian noise of config.cond_noise standard deviations for each condition row (None when 0): at
@@ -78,13 +64,21 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(
-        self, net, cond: torch.Tensor, dim: int, generator: torch.Generator, start: torch.Tensor | None = None
+        self,
+        net,
+        cond: torch.Tensor,
+        dim: int,
+        generator: torch.Generator,
+        start: torch.Tensor | None = None,
+        unconditional: bool = False,
     ) -> torch.Tensor:
         """Generate clean (scaled) vectors for each condition row, by DDIM or ancestral DDPM.
 
         Steps (Song et al. 2021, eq. 12; eta = 0 is DDIM, eta = 1 over every timestep is DDPM):
         1. x_T ~ N(0, I) (`start` when given: see row_noise); each row's condition projections (and its
-           condition noise) fixed for the chain;
+           condition noise) fixed for the chain; with `unconditional`, the learnt null condition of
+           classifier-free guidance for every row (samples of the training locations' density as the model
+           learnt it);
         2. at each timestep t of the chain: the clean estimate x0 from the network (with classifier-free
            guidance, the unconditional output moved towards the conditional one);
         3. the noise implied by x_t and x0;
@@ -98,10 +92,11 @@ class GaussianDiffusion:
         # 1. the starting noise and the condition, computed once for the chain
         x = start.to(device) if start is not None else torch.randn((n, dim), generator=generator, device=device)
         offset = self.condition_noise(cond, generator)  # one draw per sample, kept through its whole chain
-        conditions = net.conditions(cond, None, offset)
-        guided = config.guidance_scale != 1.0
+        every_row = torch.ones(n, dtype=torch.bool, device=device)
+        conditions = net.conditions(cond, every_row if unconditional else None, offset)
+        guided = config.guidance_scale != 1.0 and not unconditional
         if guided:
-            unconditioned = net.conditions(cond, torch.ones(n, dtype=torch.bool, device=device))
+            unconditioned = net.conditions(cond, every_row)
         abar_all = self.alphas_cumprod.to(device).float()
         x0 = x
         for i, step in enumerate(times):
@@ -111,7 +106,7 @@ class GaussianDiffusion:
             if guided:
                 unconditional = net.denoise(x, t, unconditioned)
                 output = unconditional + config.guidance_scale * (output - unconditional)
-            x0 = self.predict_x0(output, x, torch.full((n,), step, device=device, dtype=torch.long))
+            x0 = output
             # 3. the noise it implies, 4. the step to the previous timestep
             abar = abar_all[step]
             abar_prev = abar_all[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0, device=device)

@@ -92,10 +92,16 @@ class LocDiffModel:
 
     @torch.no_grad()
     def sample_vectors(
-        self, embeddings: np.ndarray, seed: int = 0, batch_size: int = 4096, start: np.ndarray | None = None
+        self,
+        embeddings: np.ndarray,
+        seed: int = 0,
+        batch_size: int = 4096,
+        start: np.ndarray | None = None,
+        unconditional: bool = False,
     ) -> torch.Tensor:
         """Generated (unscaled) target-space vectors, one per embedding row (N, D) -> (N, dim), from the
-        starting noise `start` (N, dim) when given, else from a generator per batch."""
+        starting noise `start` (N, dim) when given, else from a generator per batch; with `unconditional`, under
+        the null condition (the embeddings then only count the rows)."""
         self.net.eval()
         cond_all = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
         out = []
@@ -104,7 +110,7 @@ class LocDiffModel:
             noise = None if start is None else torch.as_tensor(start[i : i + batch_size])
             generator = step_generator(seed, i, self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                vectors = self.diffusion.sample(self.net, cond, self.space.dim, generator, noise)
+                vectors = self.diffusion.sample(self.net, cond, self.space.dim, generator, noise, unconditional)
             out.append(vectors.float() / self.space.scale)
         return torch.cat(out) if out else torch.zeros((0, self.space.dim), device=self.device)
 
@@ -122,6 +128,12 @@ class LocDiffModel:
         lat, lon = self.space.decode(vectors)
         shape = (n, views, samples)
         return Samples(vectors.float().cpu().reshape(*shape, -1), lat.reshape(shape), lon.reshape(shape))
+
+    def sample_prior(self, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`count` places drawn under the null condition: the training locations' density as the model learnt it
+        (classifier-free guidance trains the null condition on every location), with no image to go on."""
+        blank = np.zeros((count, self.config.embed_dim), dtype=np.float32)
+        return self.space.decode(self.sample_vectors(blank, seed=seed, unconditional=True))
 
     def combine(
         self, drawn: Samples, rule: str = "mixture", views: int | None = None, plain_weight: float | None = None

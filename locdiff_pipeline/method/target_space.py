@@ -33,11 +33,8 @@ class SHDDSpace:
         lat_t, lon_t = torch.as_tensor(lat, device=device), torch.as_tensor(lon, device=device)
         return shdd.encode_torch(lat_t, lon_t, self.L, validate=False, dtype=torch.float32)
 
-    def loss(
-        self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """MSE on coefficients, or the SHDD KL over fresh random anchors plus mse_weight x MSE; `weights`
-        (one per vector) weight the KL term."""
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """MSE on coefficients, or the SHDD KL over fresh random anchors plus mse_weight x MSE."""
         mse = torch.mean(((pred - target) * self.scale) ** 2)
         if self.config.loss == "mse":
             return mse
@@ -51,7 +48,6 @@ class SHDDSpace:
                 anchors,
                 self.config.tau,
                 direction=self.config.kl_direction,
-                weights=weights,
             )
         return kl + self.config.mse_weight * mse
 
@@ -74,9 +70,7 @@ class XYZSpace:
     def targets_on(self, lat: np.ndarray, lon: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.as_tensor(self.targets(lat, lon), device=device)
 
-    def loss(
-        self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return torch.mean(((pred - target) * self.scale) ** 2)
 
     def decode(self, vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

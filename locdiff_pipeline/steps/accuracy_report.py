@@ -3,8 +3,10 @@
 accuracy.md (every method side by side, from the DuckDB `accuracy` view, with bootstrap intervals over
 regions and the proper scores of each method's density), error_cdf.png (all methods), error_map.png
 (LocDiff's errors on the map), calibration.png/.json (the share of truths inside each method's 10 ... 90 %
-highest-density regions) and density_maps.png (for a few test images, LocDiff's scored density with its
-50 % and 90 % highest-density regions as contours: several modes where its samples disagree).
+highest-density regions, and the regions' mean areas), coverage_area.png (those shares against those areas:
+a sharper density holds as many truths in less of the Earth) and density_maps.png (for a few test images,
+LocDiff's scored density with its 50 % and 90 % highest-density regions as contours: several modes where its
+samples disagree).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from locdiff_pipeline.method import densities, sphere
 from locdiff_pipeline.steps import figures, report_sql, report_tables
 
 DENSITY_MAP_IMAGES = 6
-HPD_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the calibration curve's levels
+HPD_LEVELS = densities.REGION_LEVELS  # the calibration curve's levels
 CONTOUR_LEVELS = (0.5, 0.9)  # the highest-density regions the density maps outline
 MAP_GRID_DEG = 1.0
 PREVIEWS = "previews"  # the report folder's small copies of its figures, for the asset's page
-REPORT_VERSION = 8  # the Dagster code version of accuracy_report: bump when the report's content changes
+REPORT_VERSION = 9  # the Dagster code version of accuracy_report: bump when the report's content changes
 
 
 @dataclass
@@ -54,6 +56,22 @@ def calibration_curves(warehouse: Warehouse, dataset: str, version: int) -> dict
         [dataset, int(version)],
     )
     return {method: list(zip(HPD_LEVELS, map(float, shares), strict=True)) for method, *shares in rows}
+
+
+def coverage_area_curves(warehouse: Warehouse, dataset: str, version: int) -> dict[str, list[tuple[float, float]]]:
+    """Per method with a density: (mean area as a share of the Earth, share of truths inside) of its
+    HPD_LEVELS highest-density regions, from the predictions' per-image `hpd_areas` and `hpd_level`."""
+    columns = ", ".join(
+        f"avg(hpd_areas[{k + 1}]), avg(CASE WHEN hpd_level <= {q} THEN 1.0 ELSE 0.0 END)"
+        for k, q in enumerate(HPD_LEVELS)
+    )
+    rows = _fetch(
+        warehouse,
+        f"SELECT method, {columns} FROM predictions WHERE dataset = $1 AND model_version = $2 "
+        "AND hpd_level IS NOT NULL AND hpd_areas IS NOT NULL GROUP BY method ORDER BY method",
+        [dataset, int(version)],
+    )
+    return {method: list(zip(values[0::2], values[1::2], strict=True)) for method, *values in rows}
 
 
 def density_panels(warehouse: Warehouse, dataset: str, version: int, count: int = DENSITY_MAP_IMAGES) -> list[dict]:
@@ -124,8 +142,11 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[s
     markdown = report_markdown(rows, calibration, notes)
     title = f"{dataset}, model v{version}"
     pngs = error_figures(warehouse, dataset, version, title)
+    coverage_area = coverage_area_curves(warehouse, dataset, version)
     if calibration:
         pngs["calibration.png"] = figures.calibration_png(calibration, f"Highest-density regions, {title}")
+    if coverage_area:
+        pngs["coverage_area.png"] = figures.coverage_area_png(coverage_area, f"Sharpness and coverage, {title}")
     panels = density_panels(warehouse, dataset, version)
     if panels:
         pngs["density_maps.png"] = figures.density_maps_png(
@@ -136,7 +157,13 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[s
     (folder / "accuracy.md").write_text(markdown + "\n")
     (folder / "calibration.json").write_text(
         json.dumps(
-            {method: [{"level": q, "observed": share} for q, share in curve] for method, curve in calibration.items()},
+            {
+                method: [
+                    {"level": q, "observed": share, "mean_area": area}
+                    for (q, share), (area, _) in zip(curve, coverage_area.get(method, [(None, None)] * len(curve)))
+                ]
+                for method, curve in calibration.items()
+            },
             indent=2,
         )
     )

@@ -147,6 +147,37 @@ def calibration_png(curves: dict[str, list[tuple[float, float]]], title: str) ->
     return _png(figure)
 
 
+def coverage_area_png(curves: dict[str, list[tuple[float, float]]], title: str) -> bytes:
+    """Per method, the share of true places inside its 10 ... 90 % highest-density regions against their mean
+    area: a density that is both sharp and calibrated holds many truths in little of the Earth (up and left);
+    the diagonal is what a density that knows nothing (uniform) gets. LocDiff black, thickest, on top."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.2, 4.5), dpi=110)
+    (uniform,) = axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    listed, lines = in_table_order(curves), {}
+    for method in sorted(listed, key=lambda m: m == HIGHLIGHTED_METHOD):  # LocDiff last: on top
+        area, coverage = np.array(curves[method]).T
+        (lines[method],) = axis.plot(
+            area,
+            coverage,
+            marker="o",
+            markersize=3,
+            color=method_colour(method),
+            ls=":" if method in REFERENCE_METHODS else "-",
+            lw=2.6 if method == HIGHLIGHTED_METHOD else 1.2,
+            zorder=3 if method == HIGHLIGHTED_METHOD else 2,
+        )
+    axis.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean area of the 10 ... 90 % regions (share of the Earth)",
+        ylabel="share of true places inside",
+        title=title,
+    )
+    axis.legend([lines[m] for m in listed] + [uniform], [*listed, "uniform density"], loc="lower right", fontsize=7)
+    return _png(figure)
+
+
 def density_maps_png(panels: list[dict], title: str, background: Path | None = None, decades: float = 3.0) -> bytes:
     """One world map per image: the density (log scale, down to `decades` below each map's peak), its
     highest-density regions outlined (the panel's `contours`: level -> log density at the region's edge),

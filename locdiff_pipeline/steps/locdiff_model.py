@@ -33,7 +33,7 @@ from locdiff_pipeline.steps.shdd_tables import SHDD_TABLE, load_shdd
 from locdiff_pipeline.tracking import registry
 
 CHECKPOINTS = "checkpoints"
-TRAINING_VERSION = 3  # bump when training's inputs or outputs change: a new version retrains
+TRAINING_VERSION = 4  # bump when training's inputs or outputs change: a new version retrains
 
 
 @dataclass

@@ -44,6 +44,8 @@ PREDICTION_SCHEMA = pa.schema(
         ("log_density", pa.float64()),
         ("hpd_level", pa.float64()),
         ("hpd90_area", pa.float64()),
+        # the areas of its 10, 20, ... 90 % regions (densities.REGION_LEVELS): the coverage-area figure's x axis
+        ("hpd_areas", pa.list_(pa.float64())),
     ]
 )
 
@@ -69,6 +71,7 @@ def prediction_rows(
     n = len(ids)
     missing = np.full(n, np.nan)
     scores = (missing,) * 3 if density is None else (density.log_density, density.truth_level, density.area)
+    level_areas = [None] * n if density is None else [list(map(float, row)) for row in density.areas]
     top = [None] * n, [None] * n, [None] * n, [None] * n
     if ranked is not None:
         top_lat, top_lon, top_probability = (np.asarray(a, float) for a in ranked)
@@ -108,6 +111,7 @@ def prediction_rows(
             "log_density": pa.array(np.asarray(scores[0], float), from_pandas=True),
             "hpd_level": pa.array(np.asarray(scores[1], float), from_pandas=True),
             "hpd90_area": pa.array(np.asarray(scores[2], float), from_pandas=True),
+            "hpd_areas": level_areas,
         },
         schema=PREDICTION_SCHEMA,
     )

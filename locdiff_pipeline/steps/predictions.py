@@ -15,7 +15,7 @@ from locdiff_pipeline.steps.locdiff_model import read_latest
 from locdiff_pipeline.steps.prediction_table import PREDICTIONS_TABLE, predictions_are_current, write_predictions
 from locdiff_pipeline.steps.scoring import METHODS, MethodSettings, predict_benchmark
 
-PREDICTIONS_VERSION = 4  # bump when any method's predictions change: cached predictions are recomputed
+PREDICTIONS_VERSION = 5  # bump when any method's predictions change: cached predictions are recomputed
 CONTAMINATION_FIELDS = ("images", "exact", "near", "threshold", "max_hash_distance", "training_dataset")
 
 

@@ -52,22 +52,28 @@ LATER_COLUMNS = {
     "log_density": "DOUBLE",
     "hpd_level": "DOUBLE",
     "hpd90_area": "DOUBLE",
+    "hpd_areas": "DOUBLE[]",
 }
 # the numbers that carry a bootstrap interval: name -> per-row value whose mean over a benchmark's images it is
 INTERVAL_VALUES = {
     **{accuracy_column(t): f"CASE WHEN error_km <= {t} THEN 1.0 ELSE 0.0 END" for t in THRESHOLDS_KM},
     "nll": "-log_density",
     "hpd90_coverage": f"CASE WHEN hpd_level IS NULL THEN NULL WHEN hpd_level <= {LEVEL} THEN 1.0 ELSE 0.0 END",
+    "hpd90_area": "hpd90_area",
 }
-# the numbers each method is set against LocDiff's by their intervals, and whether higher is better
-VERSUS_LOCDIFF = {"acc_750km": True, "acc_2500km": True, "nll": False}
+# the numbers each method is set against LocDiff's, and whether higher is better: the verdict comes from the
+# interval of their paired difference (method minus LocDiff, per bootstrap replicate, on the same resampled
+# regions), not from whether two marginal intervals overlap
+VERSUS_LOCDIFF = {"acc_750km": True, "acc_2500km": True, "nll": False, "hpd90_area": False}
 
 
 def accuracy_sql(source: str = "predictions", columns: set[str] | None = None, resamples: str | None = None) -> str:
     """The accuracy report's SQL over `source`, whose `columns` (default: all of today's) decide which of
     LATER_COLUMNS read as NULL, so a warehouse written by an earlier version still reports. With `resamples`
-    (the bootstrap table), every INTERVAL_VALUES number gains its 95 % interval (`_low`, `_high`) and each
-    method its verdict against LocDiff (`versus_locdiff_*`); without, those columns are NULL."""
+    (the bootstrap table), every INTERVAL_VALUES number gains its 95 % interval (`_low`, `_high`), and each
+    VERSUS_LOCDIFF number of each method its difference from LocDiff's (`*_minus_locdiff`), that difference's
+    interval over the shared replicates (`*_minus_locdiff_low`, `_high`) and the verdict it gives
+    (`versus_locdiff_*`); without, the intervals and verdicts are NULL."""
     value = {
         name: name if columns is None or name in columns else f"CAST(NULL AS {kind})"
         for name, kind in LATER_COLUMNS.items()
@@ -106,10 +112,12 @@ GROUP BY ALL
 ),
 {_intervals_sql(resamples)}
 SELECT b.*, {", ".join(f"i.{name}_low, i.{name}_high" for name in INTERVAL_VALUES)},
+    {", ".join(_difference_sql(name) for name in VERSUS_LOCDIFF)},
     {", ".join(_versus_sql(name, higher) for name, higher in VERSUS_LOCDIFF.items())}
 FROM base b
 LEFT JOIN intervals i USING (dataset, method, model_version)
-LEFT JOIN intervals l ON l.dataset = b.dataset AND l.model_version = b.model_version AND l.method = 'locdiff'
+LEFT JOIN paired p USING (dataset, method, model_version)
+LEFT JOIN base l ON l.dataset = b.dataset AND l.model_version = b.model_version AND l.method = 'locdiff'
 ORDER BY b.dataset, b.model_version, b.method
 """
 
@@ -121,11 +129,19 @@ def _intervals_sql(resamples: str | None) -> str:
     tail = (1.0 - CONFIDENCE) / 2.0
     if resamples is None:
         nulls = ", ".join(f"CAST(NULL AS DOUBLE) AS {n}_low, CAST(NULL AS DOUBLE) AS {n}_high" for n in INTERVAL_VALUES)
-        return f"intervals AS (SELECT DISTINCT dataset, method, model_version, {nulls} FROM base)"
+        paired_nulls = ", ".join(
+            f"CAST(NULL AS DOUBLE) AS d_{n}_low, CAST(NULL AS DOUBLE) AS d_{n}_high" for n in VERSUS_LOCDIFF
+        )
+        return f"""intervals AS (SELECT DISTINCT dataset, method, model_version, {nulls} FROM base),
+paired AS (SELECT DISTINCT dataset, method, model_version, {paired_nulls} FROM base)"""
     sums = ", ".join(f"sum({v}) AS s_{n}, count({v}) AS c_{n}" for n, v in INTERVAL_VALUES.items())
     ratios = ", ".join(f"sum(b.weight * r.s_{n}) / nullif(sum(b.weight * r.c_{n}), 0) AS {n}" for n in INTERVAL_VALUES)
     quantiles = ", ".join(
         f"quantile_cont({n}, {tail}) AS {n}_low, quantile_cont({n}, {1.0 - tail}) AS {n}_high" for n in INTERVAL_VALUES
+    )
+    paired_quantiles = ", ".join(
+        f"quantile_cont(r.{n} - l.{n}, {tail}) AS d_{n}_low, quantile_cont(r.{n} - l.{n}, {1.0 - tail}) AS d_{n}_high"
+        for n in VERSUS_LOCDIFF
     )
     return f"""per_region AS (
     SELECT dataset, method, model_version, region, {sums} FROM scored GROUP BY ALL
@@ -136,16 +152,32 @@ replicates AS (
         ON b.dataset = r.dataset AND b.model_version = r.model_version AND b.region = r.region
     GROUP BY ALL
 ),
-intervals AS (SELECT dataset, method, model_version, {quantiles} FROM replicates GROUP BY ALL)"""
+intervals AS (SELECT dataset, method, model_version, {quantiles} FROM replicates GROUP BY ALL),
+paired AS (
+    SELECT r.dataset, r.method, r.model_version, {paired_quantiles}
+    FROM replicates r JOIN replicates l
+        ON l.dataset = r.dataset AND l.model_version = r.model_version AND l.replicate = r.replicate
+        AND l.method = 'locdiff'
+    GROUP BY ALL
+)"""
+
+
+def _difference_sql(name: str) -> str:
+    """A method's `name` minus LocDiff's, and the CONFIDENCE interval of that difference over the bootstrap's
+    replicates (each replicate's difference on the same resampled regions); NULL for LocDiff itself."""
+    return f"""CASE WHEN b.method = 'locdiff' THEN NULL ELSE b.{name} - l.{name} END AS {name}_minus_locdiff,
+    CASE WHEN b.method = 'locdiff' THEN NULL ELSE p.d_{name}_low END AS {name}_minus_locdiff_low,
+    CASE WHEN b.method = 'locdiff' THEN NULL ELSE p.d_{name}_high END AS {name}_minus_locdiff_high"""
 
 
 def _versus_sql(name: str, higher_is_better: bool) -> str:
-    """A method's verdict against LocDiff on `name` by their intervals: 'locdiff better', 'locdiff worse' or
-    'tie' (the intervals overlap); NULL for LocDiff itself or without intervals."""
+    """A method's verdict against LocDiff on `name` by the interval of their paired difference: 'locdiff
+    better' or 'locdiff worse' where it excludes zero, else 'tie'; NULL for LocDiff itself or without
+    intervals."""
     better, worse = ("locdiff better", "locdiff worse") if higher_is_better else ("locdiff worse", "locdiff better")
-    return f"""CASE WHEN b.method = 'locdiff' OR i.{name}_low IS NULL OR l.{name}_low IS NULL THEN NULL
-        WHEN i.{name}_high < l.{name}_low THEN '{better}'
-        WHEN i.{name}_low > l.{name}_high THEN '{worse}'
+    return f"""CASE WHEN b.method = 'locdiff' OR p.d_{name}_low IS NULL THEN NULL
+        WHEN p.d_{name}_high < 0 THEN '{better}'
+        WHEN p.d_{name}_low > 0 THEN '{worse}'
         ELSE 'tie' END AS versus_locdiff_{name}"""
 
 

@@ -17,6 +17,7 @@ from locdiff_pipeline.steps.report_sql import TOP_PREFIX, VERSUS_LOCDIFF
 LEARNED_METHODS = ("locdiff", "locdiff_h", "knn", "cell_classification", "regression")
 REFERENCE_METHODS = ("chance", "constant")  # the rows every method must beat
 DECIDING_KM = (750, 2500)  # the scales the headline shows: what image geolocation at this scale decides on
+VERSUS_LABELS = {"acc_750km": "750", "acc_2500km": "2500", "nll": "NLL", "hpd90_area": "area"}  # of VERSUS_LOCDIFF
 CI = ":ci"  # a DISPLAY_COLUMNS column ending so shows that number's 95 % interval
 DISPLAY_COLUMNS = (  # Dagster's table: (label, accuracy view column); shares as percentages
     ("method", "method"),
@@ -93,7 +94,8 @@ def report_cells(row: dict) -> dict[str, str]:
     """One row as the markdown and the terminal print it, label -> text: shares as percentages with their
     95 % bootstrap interval over regions where the row has one, the density's scores (NLL in nats relative
     to the uniform density, lower is better; the share of truths inside the 90 % highest-density region and
-    that region's area as a share of the Earth), and each method's verdict against LocDiff."""
+    that region's area as a share of the Earth), and each method's difference from LocDiff on VERSUS_LOCDIFF's
+    numbers with the 95 % interval of that paired difference, and the verdicts those intervals give."""
     cells = {"method": row["method"]}
     for t in DECIDING_KM:
         cells[f"{t} km"] = _share(row, accuracy_column(t))
@@ -103,8 +105,12 @@ def report_cells(row: dict) -> dict[str, str]:
     cells["median km"] = f"{row['median_km']:.0f}"
     for t in sorted((t for t in THRESHOLDS_KM if t not in DECIDING_KM), reverse=True):
         cells[f"{t:g} km"] = _share(row, accuracy_column(t))
+    for name, label in VERSUS_LABELS.items():
+        cells[f"{label} - LocDiff"] = _difference(row, name)
     verdicts = [row.get(f"versus_locdiff_{name}") for name in VERSUS_LOCDIFF]
-    cells["vs LocDiff 750/2500/NLL"] = "" if all(v is None for v in verdicts) else " / ".join(map(_verdict, verdicts))
+    cells["vs LocDiff " + "/".join(VERSUS_LABELS.values())] = (
+        "" if all(v is None for v in verdicts) else " / ".join(map(_verdict, verdicts))
+    )
     cells["spread ~ error"] = _correlation(row)
     return cells
 
@@ -120,6 +126,16 @@ def _interval(row: dict, name: str, scale: float, style: str) -> str:
     if low is None or high is None:
         return ""
     return f" [{scale * low:{style}}, {scale * high:{style}}]"
+
+
+def _difference(row: dict, name: str) -> str:
+    """A method's `name` minus LocDiff's with the interval of that paired difference: percentage points for
+    shares and areas, nats for the NLL; '' for LocDiff itself."""
+    value = row.get(f"{name}_minus_locdiff")
+    if value is None:
+        return ""
+    scale, style = (1.0, "+.2f") if name == "nll" else (100.0, "+.1f")
+    return f"{scale * value:{style}}" + _interval(row, f"{name}_minus_locdiff", scale, style)
 
 
 def _verdict(value: str | None) -> str:

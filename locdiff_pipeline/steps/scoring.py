@@ -185,7 +185,7 @@ class ScoredImages:
         image_ids = np.repeat(self.ids, draws).tolist()
         truth = (np.repeat(self.lat, draws), np.repeat(self.lon, draws))
         if density is not None and draws > 1:
-            density = DensityScores(*(np.repeat(np.asarray(a), draws) for a in vars(density).values()))
+            density = density.repeated(draws)
         regions = np.repeat(self.regions, draws)
         return prediction_rows(
             method,
