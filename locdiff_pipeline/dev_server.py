@@ -1,54 +1,68 @@
-"""`locdiff dev`: `dagster dev` on a private loopback port, the UI served through ui_guard's proxy.
+"""`locdiff dev`: Dagster's webserver and daemon, the UI served through ui_guard's proxy on one TCP port.
 
-The user's address (127.0.0.1:3000 by default) is the guard's; `dagster dev` listens on a free port of
-127.0.0.1 that only this machine can reach. SIGTERM or Ctrl-C stops both: the guard stops serving and
-`dagster dev` gets SIGTERM, which it passes to the webserver, daemon and code servers it started.
+The user's address (127.0.0.1:3000 by default) is the guard's and the only TCP port that serves HTTP:
+Dagster's webserver listens on a Unix socket in a folder only this user can open (ui_webserver.py), which
+the guard alone connects to, and the daemon (schedules, sensors, backfills, the run queue) listens on none.
+They are what `dagster dev` starts, each with its own code server. SIGTERM or Ctrl-C stops all of it: the
+guard stops serving, and each child's process group (its code servers included) gets SIGTERM, then SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 from locdiff_pipeline.data.paths import reports_dir
 from locdiff_pipeline.defs.run_paths import GUARD_ENV
 from locdiff_pipeline.ui_guard import build_app
+from locdiff_pipeline.ui_webserver import READY
 
-STOP_SECONDS = 50  # dagster dev's own shutdown of its children takes a few seconds; then SIGKILL
+STOP_SECONDS = 50  # the webserver's and daemon's own shutdown of their code servers takes seconds; then SIGKILL
+WORKSPACE = ["-m", "locdiff_pipeline.definitions"]
 
 
-def serve(host: str, port: int, dagster_args: list[str], env: dict[str, str], webserver_only: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT or until `dagster dev` exits; its exit status, or 0 when stopped.
-    `webserver_only`: `dagster-webserver` alone (a team's stack runs its own dagster-daemon)."""
-    private = _free_loopback_port()
-    program = ["dagster-webserver"] if webserver_only else ["dagster", "dev"]
-    command = [str(Path(sys.executable).with_name(program[0])), *program[1:]]
-    command += ["-m", "locdiff_pipeline.definitions", "-h", "127.0.0.1", "-p", str(private)]
-    # A shell starts a background job (`locdiff dev &`) with SIGINT ignored, and `dagster dev` handles
-    # SIGTERM with whatever handles SIGINT: restored to the default, it and its children stop on SIGTERM.
+def serve(host: str, port: int, webserver_args: list[str], env: dict[str, str], webserver_only: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT or until a child exits; its exit status, or 0 when stopped. `webserver_args`:
+    further dagster-webserver options; `webserver_only`: no daemon (a team's stack runs its own)."""
+    folder = Path(tempfile.mkdtemp(prefix="locdiff-ui-"))  # mode 700: this user's alone
+    socket = folder / "dagster.sock"
+    commands = [[sys.executable, "-m", "locdiff_pipeline.ui_webserver", str(socket), *WORKSPACE, *webserver_args]]
+    if not webserver_only:
+        commands.append([str(Path(sys.executable).with_name("dagster-daemon")), "run", *WORKSPACE])
+    # A shell starts a background job (`locdiff dev &`) with SIGINT ignored; restored, the children stop on it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    child = subprocess.Popen(
-        [*command, *dagster_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
-    ours = f"http://{host}:{port}"
-    _relay(child.stdout, sys.stdout, private, ours)
-    _relay(child.stderr, sys.stderr, private, ours)
+    children = []
     try:
-        return asyncio.run(_proxy_while_running(child, host, port, f"http://127.0.0.1:{private}"))
+        for command in commands:
+            child = subprocess.Popen(
+                command,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
+            children.append(child)
+            _relay(child.stdout, sys.stdout, f"http://{host}:{port}")
+            _relay(child.stderr, sys.stderr, f"http://{host}:{port}")
+        return asyncio.run(_proxy_while_running(children, host, port, socket))
     finally:
-        _stop(child)
+        _stop(children)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _proxy_while_running(child: subprocess.Popen, host: str, port: int, upstream: str) -> int:
+async def _proxy_while_running(children: list[subprocess.Popen], host: str, port: int, socket: Path) -> int:
     from aiohttp import web
 
-    runner = web.AppRunner(build_app(upstream, host, reports_dir()), handle_signals=False)
+    runner = web.AppRunner(build_app(host, reports_dir(), socket), handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     print(f"locdiff: starting the Dagster UI at http://{host}:{port} (guarded; see ui_guard.py)", file=sys.stderr)
@@ -57,53 +71,49 @@ async def _proxy_while_running(child: subprocess.Popen, host: str, port: int, up
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, stopped.set)
     try:
-        while not stopped.is_set() and child.poll() is None:
+        while not stopped.is_set() and all(child.poll() is None for child in children):
             try:
                 await asyncio.wait_for(stopped.wait(), timeout=0.5)
             except TimeoutError:
                 pass
     finally:
         await runner.cleanup()
-    return 0 if stopped.is_set() else child.returncode
+    exited = [child.returncode for child in children if child.poll() is not None]
+    return 0 if stopped.is_set() else (exited[0] or 1)
 
 
-def _relay(source, sink, private: int, ours: str) -> None:
-    """Copy the child's output, but for what would send a user past the guard: the webserver's own
-    address (said instead as the guard's, once it is ready) and the `dg dev` advice for `dagster dev`,
-    which `locdiff dev` wraps (the warning and the source line Python prints under it)."""
+def _relay(source, sink, ours: str) -> None:
+    """Copy a child's output, but for the webserver's own address (said instead as the guard's, once it is
+    ready)."""
 
     def copy() -> None:
-        skip_next = False
         for line in source:
-            if skip_next:
-                skip_next = False
-                continue
-            if f"127.0.0.1:{private}" in line and "Serving dagster-webserver" in line:
-                line = f"locdiff: the Dagster UI is ready at {ours}\n"
-            elif "SupersessionWarning" in line and "dg dev" in line:
-                skip_next = True
-                continue
-            sink.write(line)
+            sink.write(f"locdiff: the Dagster UI is ready at {ours}\n" if READY in line else line)
             sink.flush()
 
     threading.Thread(target=copy, daemon=True).start()
 
 
-def _stop(child: subprocess.Popen) -> None:
-    if child.poll() is not None:
-        return
-    child.send_signal(signal.SIGTERM)
+def _stop(children: list[subprocess.Popen]) -> None:
+    """SIGTERM to each child's process group (it and the code servers it started), SIGKILL after STOP_SECONDS."""
+    running = [child for child in children if child.poll() is None]
+    for child in running:
+        _signal_group(child, signal.SIGTERM)
+    for child in running:
+        try:
+            child.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    for child in children:  # a code server that outlived its parent
+        _signal_group(child, signal.SIGKILL)
+
+
+def _signal_group(child: subprocess.Popen, number: int) -> None:
     try:
-        child.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-
-
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        os.killpg(child.pid, number)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def guarded_env(dagster_home: str) -> dict[str, str]:

@@ -9,17 +9,20 @@ reverse proxy on the address the user asked for, which forwards a request only i
 
 1. its Host header names the loopback address the UI listens on (when it listens on loopback);
 2. a state-changing request (any method but GET/HEAD/OPTIONS, and every WebSocket handshake) comes from
-   the UI's own origin, or from no browser page at all (no Origin header: curl, scripts, the tests);
+   the UI's own origin (its scheme, host and port), or from no browser page at all (no Origin header: curl,
+   scripts, the tests);
 3. a GET to /graphql carries a query, never a mutation or a subscription;
-4. a POST to /graphql is JSON or application/graphql (a form or text/plain body is what a cross-site
-   form can send without asking first);
+4. a POST to /graphql is application/json (a form or text/plain body is what a cross-site form can send
+   without asking first; a media type is read from its type alone, never from its parameters);
 5. a request to /graphql says one thing only: no repeated `query`, `operationName` or `variables`
    (Starlette, so Dagster, reads the last of a repeated parameter; a guard reading the first was bypassed
    by `?query=query Q{version}&query=<mutation>`), no GraphQL parameter in a POST's query string (Dagster
    reads the body) and no body on a GET (Dagster reads the query string).
 
-Everything else passes through, WebSockets (the UI's live updates) included; the guard adds the report's
-figures and opens a first visit's graphs (ui_pages.py).
+Every rule reads the path as the server behind it will: percent-decoded, dot segments resolved, repeated
+slashes collapsed (`served_path`), and that path is the one forwarded, so `/./graphql`, `//graphql` or
+`/%2e/graphql` are /graphql to the guard as to Dagster. Everything else passes through, WebSockets (the UI's
+live updates) included; the guard adds the report's figures and opens a first visit's graphs (ui_pages.py).
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, WSMsgType, web
+from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, UnixConnector, WSMsgType, web
+from yarl import URL
 
 from locdiff_pipeline import ui_pages
+from locdiff_pipeline.data.paths import FIGURES_URL
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-GRAPHQL_BODIES = ("application/json", "application/graphql")
+GRAPHQL_BODY = "application/json"
+UI_SCHEME = "http"  # the guard serves plain HTTP: its own origin is http://HOST:PORT
 GRAPHQL_PARAMETERS = ("query", "operationName", "variables")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding"}
@@ -51,14 +57,16 @@ def refusal(
     listen_host: str,
     has_body: bool = False,
 ) -> tuple[int, str] | None:
-    """(status, reason) when the request must not reach Dagster, else None (rules 1-5 above). `query`: the
-    query string's parameters, as (name, value) pairs in order when a name may repeat."""
+    """(status, reason) when the request must not reach Dagster, else None (rules 1-5 above), for a request
+    to `path` as received (percent-decoded); the rules read served_path(path). `query`: the query string's
+    parameters, as (name, value) pairs in order when a name may repeat."""
+    path = served_path(path)
     host = headers.get("Host", "")
     if listen_host in LOOPBACK_HOSTS and urlsplit(f"//{host}").hostname not in LOOPBACK_HOSTS:
         return 403, f"Host {host!r} is not this loopback UI's address (a DNS-rebinding page?)"
     origin = headers.get("Origin")
     changes_state = method not in SAFE_METHODS or headers.get("Upgrade", "").lower() == "websocket"
-    if changes_state and origin is not None and urlsplit(origin).netloc != host:
+    if changes_state and origin is not None and origin.lower() != f"{UI_SCHEME}://{host}".lower():
         return 403, f"a request from another site ({origin}) may not change this UI's state"
     if path.rstrip("/") != "/graphql" or headers.get("Upgrade", "").lower() == "websocket":
         return None
@@ -69,9 +77,25 @@ def refusal(
     query = dict(pairs)
     if method == "GET" and "query" in query and _operation_kind(query["query"], query.get("operationName")) != "query":
         return 405, "GraphQL mutations and subscriptions are accepted over POST only"
-    if method == "POST" and not headers.get("Content-Type", "").startswith(GRAPHQL_BODIES):
-        return 415, "GraphQL over POST takes application/json or application/graphql"
+    media_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if method == "POST" and media_type != GRAPHQL_BODY:
+        return 415, f"GraphQL over POST takes {GRAPHQL_BODY} only"
     return None
+
+
+def served_path(path: str) -> str:
+    """`path` (percent-decoded) as the server reads it: dot segments resolved (RFC 3986, 5.2.4: the client
+    library that forwards the request does so) and repeated slashes collapsed; a trailing slash kept."""
+    segments: list[str] = []
+    parts = path.split("/")
+    for part in parts:
+        if part == "..":
+            if segments:
+                segments.pop()
+        elif part not in ("", "."):
+            segments.append(part)
+    trailing = len(parts) > 1 and parts[-1] in ("", ".", "..") and bool(segments)
+    return "/" + "/".join(segments) + ("/" if trailing else "")
 
 
 def _ambiguity(method: str, names: list[str], has_body: bool) -> str | None:
@@ -101,12 +125,18 @@ def _operation_kind(document: str, operation_name: str | None) -> str:
     return kinds.pop() if len(kinds) == 1 else "unknown"
 
 
-def build_app(upstream: str, listen_host: str, reports: Path | None = None) -> web.Application:
-    """The proxy: every path of `upstream` (http://127.0.0.1:PORT), HTTP and WebSocket, behind refusal();
-    with `reports` (the warehouse's reports folder), its figures at ui_pages.FIGURES."""
+def build_app(
+    listen_host: str, reports: Path | None = None, unix_socket: Path | None = None, upstream: str = "http://localhost"
+) -> web.Application:
+    """The proxy: every path of the webserver, HTTP and WebSocket, behind refusal(); the webserver listens on
+    `unix_socket` (ui_webserver.py: no TCP port), else at `upstream`. With `reports` (the warehouse's reports
+    folder), its figures at data/paths.FIGURES_URL."""
 
     async def start(app: web.Application) -> None:
-        app["session"] = ClientSession(auto_decompress=False, timeout=ClientTimeout(total=None, sock_connect=10))
+        connector = UnixConnector(path=str(unix_socket)) if unix_socket is not None else None
+        app["session"] = ClientSession(
+            connector=connector, auto_decompress=False, timeout=ClientTimeout(total=None, sock_connect=10)
+        )
 
     async def stop(app: web.Application) -> None:
         await app["session"].close()
@@ -117,15 +147,17 @@ def build_app(upstream: str, listen_host: str, reports: Path | None = None) -> w
         )
         if refused is not None:
             return web.Response(status=refused[0], text=f"refused by locdiff dev: {refused[1]}\n")
-        if request.path.startswith(ui_pages.FIGURES) and request.method in ("GET", "HEAD"):
-            figure = ui_pages.figure_file(reports, request.path) if reports is not None else None
+        path = served_path(request.path)
+        if path.startswith(FIGURES_URL) and request.method in ("GET", "HEAD"):
+            figure = ui_pages.figure_file(reports, path) if reports is not None else None
             return web.FileResponse(figure) if figure else web.Response(status=404, text="no such figure\n")
         try:
+            target = _target(upstream, path, request.raw_path)
             if request.headers.get("Upgrade", "").lower() == "websocket":
-                return await _forward_websocket(request, upstream)
-            return await _forward_http(request, upstream)
+                return await _forward_websocket(request, target)
+            return await _forward_http(request, target)
         except ClientConnectionError:
-            return web.Response(status=502, text="dagster dev is not answering (yet): try again in a moment\n")
+            return web.Response(status=502, text="Dagster's webserver is not answering (yet): try again in a moment\n")
 
     app = web.Application(client_max_size=64 << 20)
     app.on_startup.append(start)
@@ -134,11 +166,19 @@ def build_app(upstream: str, listen_host: str, reports: Path | None = None) -> w
     return app
 
 
-async def _forward_http(request: web.Request, upstream: str) -> web.StreamResponse:
+def _target(upstream: str, path: str, raw_path: str) -> URL:
+    """The upstream URL of a request: its served path (what the guard decided on) and its query string as
+    received."""
+    query = raw_path.partition("?")[2]
+    base = URL(upstream).with_path(path)
+    return URL(f"{base}?{query}", encoded=True) if query else base
+
+
+async def _forward_http(request: web.Request, target: URL) -> web.StreamResponse:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
     async with request.app["session"].request(
         request.method,
-        f"{upstream}{request.rel_url}",
+        target,
         headers=headers,
         data=await request.read() if request.can_read_body else None,
         allow_redirects=False,
@@ -155,12 +195,11 @@ async def _forward_http(request: web.Request, upstream: str) -> web.StreamRespon
         return response
 
 
-async def _forward_websocket(request: web.Request, upstream: str) -> web.WebSocketResponse:
+async def _forward_websocket(request: web.Request, target: URL) -> web.WebSocketResponse:
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     client = web.WebSocketResponse(protocols=protocols)
     await client.prepare(request)
-    url = f"ws{upstream.removeprefix('http')}{request.rel_url}"
-    async with request.app["session"].ws_connect(url, protocols=protocols) as server:
+    async with request.app["session"].ws_connect(target.with_scheme("ws"), protocols=protocols) as server:
 
         async def pump(source, sink) -> None:
             async for message in source:

@@ -1,7 +1,7 @@
 """What `locdiff dev`'s guard adds to the Dagster UI it forwards (ui_guard.py): the report's figures, and a
 first visit's graphs opened.
 
-- **Figures.** `GET /locdiff/reports/BENCHMARK/vN/NAME.png` answers that PNG from the project's
+- **Figures.** `GET /locdiff/reports/BENCHMARK/vN/NAME.png` (data/paths.figure_url) answers that PNG from the project's
   warehouse/reports folder. Dagster shows a short markdown value in place but a long one behind a "[Show
   Markdown]" link, and a figure embedded as data is long: so accuracy_report's metadata links its figures
   here, and they show on the asset's page, each a click from its full size.
@@ -17,9 +17,9 @@ import json
 import re
 from pathlib import Path
 
+from locdiff_pipeline.data.paths import FIGURES_URL
 from locdiff_pipeline.defs import stages
 
-FIGURES = "/locdiff/reports/"
 FIGURE_NAME = re.compile(r"[\w.-]+/v\d+/(previews/)?[\w.-]+\.png")  # BENCHMARK/vN/[previews/]NAME.png only
 GRAPH_KEY = "asset-graph-open-graph-nodes-{view}-{name}"  # Dagster 1.13's AssetGraphExplorer.tsx
 GLOBAL_GRAPH = ("global", "__GLOBAL__")
@@ -30,16 +30,11 @@ GROUP_IDS = [f"global@global:{g}" for g in stages.GROUPS] + [
 NONCE = re.compile(r"'nonce-([A-Za-z0-9+/=_-]+)'")
 
 
-def figure_url(benchmark: str, version: int, name: str) -> str:
-    """Where the guard serves a report's figure `name` (e.g. error_cdf.png)."""
-    return f"{FIGURES}{benchmark}/v{version}/{name}"
-
-
 def figure_file(reports: Path, path: str) -> Path | None:
     """The PNG under `reports` that the request path names, or None (not a figure's path, or no such file):
     only BENCHMARK/vN/NAME.png, never a way out of the folder."""
-    relative = path.removeprefix(FIGURES)
-    if not path.startswith(FIGURES) or not FIGURE_NAME.fullmatch(relative) or ".." in relative.split("/"):
+    relative = path.removeprefix(FIGURES_URL)
+    if not path.startswith(FIGURES_URL) or not FIGURE_NAME.fullmatch(relative) or ".." in relative.split("/"):
         return None
     file = (reports / relative).resolve()
     return file if file.is_relative_to(reports.resolve()) and file.is_file() else None

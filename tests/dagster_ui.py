@@ -4,6 +4,7 @@ start a real webserver (`locdiff dev`, the team stack)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -162,8 +163,26 @@ def check_the_guard_refuses_launches(host: str, port: int) -> None:
     base = f"http://{host}:{port}"
     two_queries = urllib.parse.urlencode([("query", "query Q{version}"), ("query", LAUNCH_RUN)])
     json_body = {"Content-Type": "application/json"}
+    launch = urllib.parse.urlencode({"query": LAUNCH})
     attempts = [
-        ("GET", f"/graphql?{urllib.parse.urlencode({'query': LAUNCH})}", None, {}, 405),
+        ("GET", f"/graphql?{launch}", None, {}, 405),
+        # the path as Dagster reads it: dot segments and repeated slashes lead to /graphql all the same
+        *(("GET", f"{path}?{launch}", None, {}, 405) for path in ("/./graphql", "/x/../graphql", "//graphql")),
+        ("GET", f"/%2e/graphql?{launch}", None, {}, 405),
+        (  # the UI's host and port over another scheme: another origin
+            "POST",
+            "/graphql",
+            json.dumps({"query": LAUNCH}).encode(),
+            {**json_body, "Origin": f"https://{host}:{port}"},
+            403,
+        ),
+        (  # a media type read from its parameters would be JSON to one reader and GraphQL to the other
+            "POST",
+            "/graphql",
+            json.dumps({"query": LAUNCH}).encode(),
+            {"Content-Type": "application/graphql; x=application/json"},
+            415,
+        ),
         ("GET", f"/graphql?{two_queries}", None, {}, 400),
         (
             "POST",
@@ -196,9 +215,47 @@ def check_the_guard_refuses_launches(host: str, port: int) -> None:
     ]
     for method, path, body, headers, status in attempts:
         request = urllib.request.Request(base + path, data=body, headers=headers, method=method)
+        request.full_url = base + path  # sent as written: urllib keeps dot segments and repeated slashes
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 raise AssertionError(f"{method} {path} {headers} was forwarded: {answer.read()[:300]!r}")
         except urllib.error.HTTPError as refused:
             text = refused.read()
             assert refused.code == status and b"refused by locdiff dev" in text, (method, path, refused.code, text)
+
+
+FOREIGN_MUTATION = "/graphql?" + urllib.parse.urlencode({"query": "mutation { setNuxSeen }"})
+
+
+def listening_ports(pids: set[int]) -> set[int]:
+    """The TCP ports any of `pids` listens on (psutil reads them from /proc)."""
+    import psutil
+
+    return {
+        c.laddr.port for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
+
+
+def process_tree(pid: int) -> set[int]:
+    """`pid` and every process under it."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return {root.pid, *(child.pid for child in root.children(recursive=True))}
+
+
+def check_no_port_runs_a_foreign_mutation(host: str, ports: set[int]) -> None:
+    """A page of another site (Origin and Host its own) sends a mutation over GET to each port: none runs it,
+    whatever listens there (the guard refuses it; a database or a TLS-only server cannot read it)."""
+    for port in sorted(ports):
+        request = urllib.request.Request(
+            f"http://{host}:{port}{FOREIGN_MUTATION}", headers={"Origin": "http://evil.example", "Host": "evil.example"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                body = answer.read()
+        except urllib.error.HTTPError:
+            continue  # refused
+        except (OSError, http.client.HTTPException):
+            continue  # not HTTP there
+        assert b"setNuxSeen" not in body, f"port {port} ran a foreign mutation: {body[:300]!r}"

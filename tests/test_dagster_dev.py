@@ -22,8 +22,17 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+import psutil
 import pytest
-from dagster_ui import FINISHED, SMALL, DagsterUI, check_the_guard_refuses_launches
+from dagster_ui import (
+    FINISHED,
+    SMALL,
+    DagsterUI,
+    check_no_port_runs_a_foreign_mutation,
+    check_the_guard_refuses_launches,
+    listening_ports,
+    process_tree,
+)
 
 from locdiff_pipeline.defs.stages import LOCATION, TRAIN_JOB
 
@@ -118,6 +127,21 @@ def test_dagster_dev_serves_the_asset_graph_and_refuses_other_sites(dagster_dev)
     }
     assert states == {"evaluate_new_model": "RUNNING", "retrain_on_new_data": "STOPPED"}  # the new-data one: opt-in
     _another_site_cannot_launch_runs(port)
+    _the_guard_is_the_only_door(process, port)
+
+
+def _the_guard_is_the_only_door(process, port: int) -> None:
+    """No process of `locdiff dev` listens on a TCP port but the guard's (Dagster's webserver is on a Unix
+    socket the guard alone opens, mode 600 in a folder of mode 700); a foreign mutation to each is refused."""
+    tree = process_tree(process.pid)
+    assert listening_ports(tree) == {port}
+    check_no_port_runs_a_foreign_mutation("127.0.0.1", listening_ports(tree))
+    sockets = [
+        Path(c.laddr) for c in psutil.net_connections(kind="unix") if c.pid in tree and c.laddr.endswith(".sock")
+    ]
+    assert sockets and all(
+        s.stat().st_mode & 0o777 == 0o600 and s.parent.stat().st_mode & 0o777 == 0o700 for s in sockets
+    )
 
 
 JOB_PAGE_RUNS = (  # the query the UI's job page makes: the job's runs that carry its code location's label
@@ -305,6 +329,7 @@ def _the_figures_are_drawn(page) -> None:
     while time.monotonic() < deadline and not all(figures.evaluate_all("imgs => imgs.map(i => i.naturalWidth > 0)")):
         time.sleep(0.5)
     widths = figures.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
-    assert len(widths) == 4 and all(widths), widths
+    # error CDF, error map, calibration, coverage against area, density maps
+    assert len(widths) == 5 and all(widths), widths
     links = figures.evaluate_all("imgs => imgs.map(i => i.closest('a').getAttribute('href'))")
     assert all(link.endswith(".png") and "/previews/" not in link for link in links), links

@@ -1,4 +1,4 @@
-"""One home per setting: every LOCDIFF_* variable is read in settings.py, documented in the README's table,
+"""One home per setting: every LOCDIFF_* variable is read in settings.py, documented in docs/configuration.md,
 and the command line's help prints the defaults the code uses."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 PACKAGE = REPOSITORY / "locdiff_pipeline"
 
 
-def test_the_readme_table_is_the_settings_table():
-    readme = (REPOSITORY / "README.md").read_text()
-    assert settings.markdown_table() in readme
-    documented = set(re.findall(r"^\| `(LOCDIFF_[A-Z_]+)` \|", readme, flags=re.MULTILINE))
+def test_the_configuration_page_table_is_the_settings_table():
+    page = (REPOSITORY / "docs" / "configuration.md").read_text()
+    assert settings.markdown_table() in page
+    documented = set(re.findall(r"^\| `(LOCDIFF_[A-Z_]+)` \|", page, flags=re.MULTILINE))
     assert documented == {variable.name for variable in settings.VARIABLES}
 
 

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 
@@ -24,8 +26,11 @@ from dagster_ui import (
     DagsterUI,
     check_backfill_order,
     check_evaluations_follow_the_model,
+    check_no_port_runs_a_foreign_mutation,
     check_the_guard_refuses_launches,
+    listening_ports,
     partition,
+    process_tree,
 )
 
 from locdiff_pipeline.data import shards
@@ -153,6 +158,7 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
     _every_socket_listens_on_the_stack_host_only(config)
     _dask_refuses_clients_without_the_stacks_certificate(config)
     check_the_guard_refuses_launches(config.host, config.dagster_port)
+    _the_guard_is_the_only_door_to_the_ui(config)
 
     # 1. the training side as one backfill over the shards, then the sensor's two evaluations at once
     _backfill_training_side(config)
@@ -224,12 +230,18 @@ def test_the_team_stack_trains_through_dask_scores_on_the_tracking_server_surviv
 
     # 7. `down` stops every process `up` started, children included, and the database server
     recorded = json.loads((config.folder / "pids.json").read_text())
-    _locdiff("stack", "down", env=client)
+    said = _locdiff("stack", "down", env=client).stdout
     for name, pid in recorded.items():
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)  # no process left in the group `up` started for it
         assert not services.status(config)[name].startswith("running")
     assert not postgres.is_running(config)
+    assert str(config.postgres_data) in said and "--purge" in said  # where the databases stay, and how to go
+    # 8. `down --purge` removes the cluster and .stack/; a cluster whose project folder is gone is listed
+    cluster = postgres.cluster_files(config)
+    assert all(path.exists() for path in cluster)
+    _locdiff("stack", "down", "--purge", env=client)
+    assert not any(path.exists() for path in cluster) and not config.folder.exists()
     print(f"\nteam stack: up {up_seconds:.0f} s, test {time.monotonic() - started:.0f} s")
 
 
@@ -326,6 +338,22 @@ def _every_socket_listens_on_the_stack_host_only(config) -> None:
     ports = {c.laddr.port for c in listening}
     assert {config.postgres_port, config.mlflow_port, config.dask_scheduler_port, config.dagster_port} <= ports
     assert len(ports) >= 4 + 2 * (config.shard_workers + 1)  # each worker and its nanny, too
+
+
+def _the_guard_is_the_only_door_to_the_ui(config) -> None:
+    """The webserver's process tree listens on the guard's port alone (Dagster's webserver on a Unix socket);
+    no port of the stack runs a foreign page's mutation; dask's HTTP ports have no routes (no logs, call stacks,
+    identity or proxy for a caller without a certificate)."""
+    pids = json.loads((config.folder / "pids.json").read_text())
+    assert listening_ports(process_tree(pids["dagster-webserver"])) == {config.dagster_port}
+    check_no_port_runs_a_foreign_mutation(config.host, listening_ports(_stack_pids(config)))
+    scheduler_http = listening_ports(process_tree(pids["dask-scheduler"])) - {config.dask_scheduler_port}
+    assert scheduler_http  # the dashboard address dask binds whatever it is told
+    for port in scheduler_http:
+        for path in ("/info/main/logs.html", "/json/identity.json", "/health", "/proxy/8786/127.0.0.1/status"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://{config.host}:{port}{path}", timeout=10)
+            assert refused.value.code == 404, (port, path)
 
 
 def _dask_refuses_clients_without_the_stacks_certificate(config) -> None:
@@ -451,3 +479,13 @@ def _no_secret_in_command_lines_logs_or_params(config, client: dict) -> None:
         assert secret not in command_lines
         assert not [str(path) for path, text in logs.items() if secret in text]
         assert secret not in params
+
+
+def test_status_names_a_cluster_whose_project_folder_is_gone(tmp_path):
+    """Clusters of root's stacks live beside notes naming their project folders: one whose folder is gone is
+    listed (its databases hold its users' password hashes until someone removes them); a live one is not."""
+    for name, project in (("gone", tmp_path / "deleted-project"), ("alive", tmp_path)):
+        (tmp_path / name).mkdir()
+        (tmp_path / f"{name}{postgres.PROJECT_NOTE}").write_text(f"{project}\n")
+    assert postgres.orphaned_clusters(tmp_path) == [(tmp_path / "gone", tmp_path / "deleted-project")]
+    assert postgres.orphaned_clusters(tmp_path / "no-such-folder") == []

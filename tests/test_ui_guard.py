@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from locdiff_pipeline.ui_guard import refusal
+from locdiff_pipeline.ui_guard import refusal, served_path
 
 HOST = {"Host": "127.0.0.1:3000"}
 JSON = {**HOST, "Content-Type": "application/json"}
@@ -35,6 +35,20 @@ MUTATION = "mutation Launch { launchRun(executionParams: {}) { __typename } }"
         ("GET", "/graphql", {**HOST, "Upgrade": "websocket", "Origin": "http://127.0.0.1:3000"}, {}, None),
         ("GET", "/assets", {**HOST, "Origin": "http://evil.example"}, {}, None),  # reading a page changes nothing
         ("POST", "/report_async_error", {**HOST, "Origin": "http://evil.example"}, {}, 403),
+        # the path as the server reads it: dot segments, repeated slashes and percent-encoded dots (received
+        # decoded) lead to /graphql, where a mutation over GET is refused
+        ("GET", "/./graphql", HOST, {"query": MUTATION}, 405),
+        ("GET", "/x/../graphql", HOST, {"query": MUTATION}, 405),
+        ("GET", "//graphql", HOST, {"query": MUTATION}, 405),
+        ("GET", "/./graphql/", HOST, {"query": MUTATION}, 405),
+        # the same host and port over another scheme is another origin
+        ("POST", "/graphql", {**JSON, "Origin": "https://127.0.0.1:3000"}, {}, 403),
+        ("POST", "/graphql", {**JSON, "Origin": "HTTP://127.0.0.1:3000"}, {}, None),  # schemes ignore case
+        # a media type is its type: parameters never make another type JSON
+        ("POST", "/graphql", {**HOST, "Content-Type": "application/graphql; x=application/json"}, {}, 415),
+        ("POST", "/graphql", {**HOST, "Content-Type": "application/graphql"}, {}, 415),
+        ("POST", "/graphql", {**HOST, "Content-Type": "application/json; charset=utf-8"}, {}, None),
+        ("POST", "/graphql", {**HOST, "Content-Type": "Application/JSON"}, {}, None),
     ],
 )
 def test_the_guard_forwards_only_what_the_ui_itself_could_send(method, path, headers, query, status):
@@ -74,3 +88,20 @@ def test_each_parameter_once_in_its_one_place_still_passes():
         is None
     )
     assert refusal("POST", "/graphql", JSON, [("unrelated", "1")], "127.0.0.1", has_body=True) is None
+
+
+@pytest.mark.parametrize(
+    ("received", "served"),
+    [
+        ("/graphql", "/graphql"),
+        ("/./graphql", "/graphql"),
+        ("/x/../graphql", "/graphql"),
+        ("//graphql", "/graphql"),
+        ("/../../graphql", "/graphql"),  # no climbing above the root
+        ("/a/b/./", "/a/b/"),
+        ("/assets/locdiff_model", "/assets/locdiff_model"),
+        ("/", "/"),
+    ],
+)
+def test_paths_are_read_as_the_server_reads_them(received, served):
+    assert served_path(received) == served

@@ -15,6 +15,7 @@ from aiohttp import ClientSession, web
 from yarl import URL
 
 from locdiff_pipeline import ui_pages
+from locdiff_pipeline.data.paths import figure_url
 from locdiff_pipeline.defs import stages
 from locdiff_pipeline.ui_guard import build_app
 
@@ -34,9 +35,9 @@ def _reports(tmp_path: Path) -> Path:
 
 def test_a_figure_is_served_from_the_reports_folder_only(tmp_path):
     reports = _reports(tmp_path)
-    url = ui_pages.figure_url("bench", 3, "error_cdf.png")
+    url = figure_url("bench", 3, "error_cdf.png")
     assert ui_pages.figure_file(reports, url).read_bytes() == b"\x89PNG full"
-    preview = ui_pages.figure_url("bench", 3, "previews/error_cdf.png")
+    preview = figure_url("bench", 3, "previews/error_cdf.png")
     assert ui_pages.figure_file(reports, preview).read_bytes() == b"\x89PNG small"
     for refused in (
         "/locdiff/reports/bench/v3/accuracy.md",  # not a PNG
@@ -71,7 +72,9 @@ def test_the_guard_serves_figures_and_opened_pages_and_forwards_the_rest(tmp_pat
     reports = _reports(tmp_path)
     answers = asyncio.run(_through_the_guard(reports))
     assert answers["figure"] == (200, "image/png", b"\x89PNG small")
-    assert answers["escape"][0] == 404 and answers["no such figure"][0] == 404
+    assert answers["no such figure"][0] == 404
+    # dot segments are resolved as the server would (ui_guard.served_path): /secret.png, Dagster's page to answer
+    assert answers["escape"][1] == "text/html" and b"outside the reports folder" not in answers["escape"][2]
     status, kind, body = answers["page"]
     assert status == 200 and kind == "text/html" and b'<script nonce="abc123">' in body
     assert answers["json"] == (200, "application/json", b'{"data": 1}')  # untouched
@@ -86,7 +89,7 @@ async def _through_the_guard(reports: Path) -> dict[str, tuple[int, str, bytes]]
     upstream_app = web.Application()
     upstream_app.router.add_route("*", "/{tail:.*}", page)
     upstream, upstream_port = await _serve(upstream_app)
-    guard, guard_port = await _serve(build_app(f"http://127.0.0.1:{upstream_port}", "127.0.0.1", reports))
+    guard, guard_port = await _serve(build_app("127.0.0.1", reports, upstream=f"http://127.0.0.1:{upstream_port}"))
     base = f"http://127.0.0.1:{guard_port}"
     paths = {
         "figure": "/locdiff/reports/bench/v3/previews/error_cdf.png",

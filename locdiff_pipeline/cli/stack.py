@@ -21,6 +21,12 @@ def add_stack(commands, common: argparse.ArgumentParser) -> None:
         "who may read runs and load models but change nothing (its password is printed once)",
     )
     stack.add_argument("name", nargs="?", help="the host or person, for cert and reader")
+    stack.add_argument(
+        "--purge",
+        action="store_true",
+        help="with down: also remove the stack's data (its PostgreSQL cluster: every run, model record and user) "
+        "and .stack/ (its passwords, keys and certificates)",
+    )
     stack.set_defaults(handler=_stack)
 
 
@@ -47,8 +53,18 @@ def _stack(args: argparse.Namespace) -> int:
         return 0
     if args.action == "up":
         services.up(stack)
+    if args.purge and args.action != "down":
+        print("locdiff stack: --purge goes with down", file=sys.stderr)
+        return 2
     if args.action == "down":
         print("stopped: " + (", ".join(services.down(stack)) or "nothing was running"))
+        if args.purge:
+            print("removed: " + ", ".join(str(path) for path in services.purge(stack)))
+        else:
+            print(
+                f"the databases stay in {stack.postgres_data} and the secrets in {stack.folder}: "
+                "`locdiff stack down --purge` removes both"
+            )
         return 0
     if args.action == "env":
         print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in stack.client_env().items()))

@@ -11,6 +11,7 @@ from pathlib import Path
 from locdiff_pipeline import settings
 
 REPORTS = "reports"  # the warehouse's folder of benchmark reports: REPORTS/BENCHMARK/vN/
+FIGURES_URL = "/locdiff/reports/"  # where the UI's guard serves their figures (ui_pages.py)
 
 
 def project_root() -> Path:
@@ -23,6 +24,12 @@ def warehouse_dir(root: Path | None = None) -> Path:
 
 def reports_dir(root: Path | None = None) -> Path:
     return warehouse_dir(root) / REPORTS
+
+
+def figure_url(benchmark: str, version: int, name: str) -> str:
+    """Where the UI's guard serves a report's figure `name` (e.g. error_cdf.png): FIGURES_URL, then the
+    figure's path under the reports folder."""
+    return f"{FIGURES_URL}{benchmark}/v{version}/{name}"
 
 
 def mlruns_dir(root: Path | None = None) -> Path:

@@ -103,7 +103,7 @@ def execute_step_on_worker(upstream: list, payload: bytes) -> list:
 
 def dask_security(address: str):
     """The Security a client of the team's scheduler presents: the certificate in LOCDIFF_DASK_TLS (mutual
-    TLS, stack/certificates.py), else dask's own configuration (plain tcp:// for a cluster of one's own)."""
+    TLS, coordination/dask_identity.py), else dask's own configuration (plain tcp:// for a cluster of one's own)."""
     from distributed import Security
 
     folder = settings.current().dask_tls
@@ -111,7 +111,7 @@ def dask_security(address: str):
         if address.startswith("tls://"):
             raise ValueError(f"{address} speaks TLS: set LOCDIFF_DASK_TLS to this machine's certificate folder")
         return Security()
-    from locdiff_pipeline.stack.certificates import load
+    from locdiff_pipeline.coordination.dask_identity import load
 
     identity = load(folder)
     missing = [path.name for path in (identity.authority, identity.certificate, identity.key) if not path.is_file()]

@@ -14,35 +14,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
 from pathlib import Path
+
+from locdiff_pipeline.coordination.dask_identity import Identity, load
 
 AUTHORITY = "authority"
 VALID_DAYS = 825  # what browsers accept at most for a leaf; renewed by deleting the files and running `up`
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A certificate, its private key and the authority that signed it: what one end of a dask link presents."""
-
-    authority: Path
-    certificate: Path
-    key: Path
-
-    def security(self):
-        """distributed's Security for a client (or the executor) holding this identity: TLS only."""
-        from distributed import Security
-
-        return Security(
-            tls_ca_file=str(self.authority),
-            tls_client_cert=str(self.certificate),
-            tls_client_key=str(self.key),
-            require_encryption=True,
-        )
-
-    def server_arguments(self) -> list[str]:
-        """The `dask scheduler` / `dask worker` flags that make it present this identity (paths only)."""
-        return ["--tls-ca-file", str(self.authority), "--tls-cert", str(self.certificate), "--tls-key", str(self.key)]
 
 
 def identity(tls_folder: Path, name: str, hosts: tuple[str, ...] = ("127.0.0.1",)) -> Identity:
@@ -56,12 +33,6 @@ def identity(tls_folder: Path, name: str, hosts: tuple[str, ...] = ("127.0.0.1",
         (folder / "ca.pem").write_bytes((Path(tls_folder) / AUTHORITY / "ca.pem").read_bytes())
         write_private(folder / "key.pem", _pem(private))  # last: its presence says the folder is whole
     return load(folder)
-
-
-def load(folder: Path) -> Identity:
-    """The identity in a certificate folder (LOCDIFF_DASK_TLS): its ca.pem, cert.pem and key.pem."""
-    folder = Path(folder)
-    return Identity(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
 
 
 def _authority(folder: Path):

@@ -14,7 +14,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from locdiff_pipeline.stack.certificates import Identity, identity, write_private
+from locdiff_pipeline.coordination.dask_identity import Identity
+from locdiff_pipeline.stack.certificates import identity, write_private
 
 STACK_FOLDER = ".stack"
 DEFAULT_PORTS = {"POSTGRES_PORT": 5433, "MLFLOW_PORT": 5001, "DASK_SCHEDULER_PORT": 8786, "DAGSTER_PORT": 3001}
@@ -166,10 +167,14 @@ def _write_new(path: Path, root: Path) -> None:
 
 def _postgres_data(root: Path) -> Path:
     """The database's folder: in the project, unless this runs as root, when the server (which refuses to
-    run as root) runs as Debian's `postgres` user under its home, where that user can reach it."""
+    run as root) runs as Debian's `postgres` user under its home (SHARED_CLUSTERS), where that user can reach
+    it; a note beside it names the project (postgres.orphaned_clusters)."""
     if os.geteuid() != 0:
         return (root / STACK_FOLDER / "postgres").resolve()
-    return Path("/var/lib/postgresql/locdiff-stacks") / secrets.token_hex(6)
+    return SHARED_CLUSTERS / secrets.token_hex(6)
+
+
+SHARED_CLUSTERS = Path("/var/lib/postgresql/locdiff-stacks")  # root's stacks' clusters, one folder each
 
 
 def _free_or_other(port: int) -> int:

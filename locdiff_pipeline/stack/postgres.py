@@ -18,9 +18,10 @@ from contextlib import closing
 from pathlib import Path
 
 from locdiff_pipeline.stack.certificates import write_private
-from locdiff_pipeline.stack.config import ADMIN_ROLE, APPLICATION_ROLE, StackConfig
+from locdiff_pipeline.stack.config import ADMIN_ROLE, APPLICATION_ROLE, SHARED_CLUSTERS, StackConfig
 
 DATABASES = ("dagster", "mlflow", "mlflow_auth", "locdiff")
+PROJECT_NOTE = ".project"  # beside a cluster's data folder: the project folder it belongs to
 
 
 class PostgresMissing(RuntimeError):
@@ -78,9 +79,35 @@ def server_pid(config: StackConfig) -> int | None:
         return None
 
 
+def cluster_files(config: StackConfig) -> list[Path]:
+    """What the stack's cluster keeps on disk: its data folder, the server's log and the note naming the project."""
+    data = config.postgres_data
+    return [data, data.parent / f"{data.name}.log", data.parent / f"{data.name}{PROJECT_NOTE}"]
+
+
+def purge(config: StackConfig) -> list[Path]:
+    """Stop the server and remove the cluster (every database, the roles' password hashes) from the disk; the
+    paths removed."""
+    stop(config)
+    removed = [path for path in cluster_files(config) if path.exists()]
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
+
+
+def orphaned_clusters(folder: Path = SHARED_CLUSTERS) -> list[tuple[Path, Path]]:
+    """(data folder, project folder) of each cluster under `folder` whose project folder no longer exists:
+    databases that `down --purge` in that project can no longer remove."""
+    if not folder.is_dir():
+        return []
+    notes = ((note, Path(note.read_text().strip())) for note in sorted(folder.glob(f"*{PROJECT_NOTE}")))
+    return [(note.with_suffix(""), project) for note, project in notes if not project.exists()]
+
+
 def _init_cluster(config: StackConfig) -> None:
     data = config.postgres_data
     data.mkdir(parents=True, exist_ok=True)
+    cluster_files(config)[2].write_text(f"{config.root.resolve()}\n")
     password_file = data.parent / f"{data.name}.password"
     write_private(password_file, (config.postgres_admin_password + "\n").encode())
     _give_to_server_user(data.parent, data, password_file)

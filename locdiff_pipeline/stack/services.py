@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,10 @@ STOP_SECONDS = 30
 READY_SECONDS = 180
 
 
+# dask's scheduler and workers serve their HTTP routes without TLS or certificates: none of them, here
+NO_HTTP_ROUTES = {"DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": "[]", "DASK_DISTRIBUTED__WORKER__HTTP__ROUTES": "[]"}
+
+
 def _program(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
@@ -29,8 +34,9 @@ def commands(config: StackConfig) -> dict[str, list[str]]:
     """Every process of the stack but PostgreSQL, by name, in start order. Each listens on the stack's host
     only; dask speaks TLS with the stack's certificates; no argument holds a secret (`ps` shows them all)."""
     scheduler = config.dask_scheduler
-    # with --no-dashboard dask still serves its HTTP routes (health, metrics) on the dashboard address,
-    # every interface by default (measured): kept on the stack's host
+    # with --no-dashboard dask still serves its HTTP routes (health, metrics, logs, call stacks, a proxy) on the
+    # dashboard address, every interface by default (measured): kept on the stack's host, and with no route at
+    # all (NO_HTTP_ROUTES in service_env), since plain HTTP there answers whoever asks, certificate or not
     loopback_http = ["--no-dashboard", "--dashboard-address", f"{config.host}:0"]
     worker = [
         *[_program("dask"), "worker", scheduler, "--host", config.host, "--nthreads", "1"],
@@ -69,7 +75,13 @@ def service_env(config: StackConfig, name: str = "") -> dict[str, str]:
     of unencrypted links, and the guard's mark: the runs the UI launches execute on the daemon and the
     workers, which must refuse run config that points outside the project (defs/run_paths.py), as under
     `locdiff dev`. The MLflow server alone also gets its auth app's secrets."""
-    env = {**os.environ, **config.client_env(), GUARD_ENV: "1", "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+    env = {
+        **os.environ,
+        **config.client_env(),
+        GUARD_ENV: "1",
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        **NO_HTTP_ROUTES,
+    }
     if name == "mlflow":
         env.update(mlflow_auth.server_env(config))
     return env
@@ -102,7 +114,7 @@ def up(config: StackConfig) -> None:
 
 def down(config: StackConfig) -> list[str]:
     """Stop every process `up` started (SIGTERM to its process group, SIGKILL after STOP_SECONDS), then
-    PostgreSQL; the names stopped."""
+    PostgreSQL; the names stopped. The data stays (purge removes it)."""
     pids, stopped = _read_pids(config), []
     for name in reversed(list(pids)):
         if _stop_group(pids[name]):
@@ -114,12 +126,24 @@ def down(config: StackConfig) -> list[str]:
     return stopped
 
 
+def purge(config: StackConfig) -> list[Path]:
+    """After `down`: remove the stack's data, the cluster (every database) and .stack/ (its passwords, keys
+    and certificates, Dagster's instance file, logs, dask's scratch); the paths removed."""
+    removed = postgres.purge(config)
+    if config.folder.exists():
+        shutil.rmtree(config.folder)
+        removed.append(config.folder)
+    return removed
+
+
 def status(config: StackConfig) -> dict[str, str]:
-    """Each service: 'running (pid N)' or 'stopped'."""
+    """Each service: 'running (pid N)' or 'stopped'; then each cluster of a project folder that is gone."""
     pids = _read_pids(config)
     report = {"postgres": f"running (pid {postgres.server_pid(config)})" if postgres.is_running(config) else "stopped"}
     for name in commands(config):
         report[name] = f"running (pid {pids[name]})" if _alive(pids.get(name)) else "stopped"
+    for data, project in postgres.orphaned_clusters():
+        report[f"orphaned {data.name}"] = f"databases of {project} (gone) in {data}: remove that folder to free them"
     return report
 
 

@@ -1,5 +1,5 @@
-"""The stack's Dagster UI: `dagster-webserver` on a private loopback port behind ui_guard's proxy (as
-`locdiff dev` serves it), on the stack's instance. Run as `python -m locdiff_pipeline.stack.webserver HOST PORT`."""
+"""The stack's Dagster UI: Dagster's webserver on a private Unix socket behind ui_guard's proxy (as `locdiff dev`
+serves it), on the stack's instance. Run as `python -m locdiff_pipeline.stack.webserver HOST PORT`."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from dagster import (
     asset,
 )
 
-from locdiff_pipeline import ui_pages
+from locdiff_pipeline.data.paths import figure_url
 from locdiff_pipeline.defs import run_tags, stages
 from locdiff_pipeline.defs.assets.features import image_embeddings
 from locdiff_pipeline.defs.assets.ingest import images
@@ -238,10 +238,10 @@ def report_metadata(bundle: ReportBundle, notes: list[str]) -> dict:
 
 
 def figure_link(benchmark: str, version: int, name: str) -> MetadataValue:
-    """The figure's preview, linked to the full-size file, both as `locdiff dev` serves them (ui_pages.py);
+    """The figure's preview, linked to the full-size file, both as `locdiff dev` serves them (data/paths.figure_url);
     a bare `dagster dev` shows the alternative text, which says where the file is."""
-    preview = ui_pages.figure_url(benchmark, version, f"{PREVIEWS}/{name}")
-    full = ui_pages.figure_url(benchmark, version, name)
+    preview = figure_url(benchmark, version, f"{PREVIEWS}/{name}")
+    full = figure_url(benchmark, version, name)
     return MetadataValue.md(f"[![{name}: shown through locdiff dev; the file is in report_folder]({preview})]({full})")
 
 
