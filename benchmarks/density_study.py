@@ -65,7 +65,6 @@ def main() -> None:
 
     from locdiff_pipeline.defs.graph_run import materialize_all
     from locdiff_pipeline.defs.resources import TrainingResource, WarehouseResource
-    from locdiff_pipeline.method import sphere
     from locdiff_pipeline.steps.image_embeddings import load_labelled
     from locdiff_pipeline.steps.locdiff_model import read_latest
 
@@ -76,10 +75,7 @@ def main() -> None:
     store = resources["warehouse"].get()
     latest = read_latest(store)
     dataset = latest["training_dataset"]
-    val = load_labelled(store, dataset, "val")
-    half = np.random.default_rng(0).permutation(len(val.lat)) < len(val.lat) // 2
-    study = Study(val, half, sphere.to_unit(val.lat, val.lon))
-    print(f"validation of {dataset}: {len(val.lat)} images, halves of {half.sum()} (fit) and {(~half).sum()} (score)")
+    study = halves(store, dataset)
     print(
         f"{'density':<{LABEL_WIDTH}} {'NLL':>7} {'in 90%':>7} {'area':>6} {'width':>9} {'floor':>6} "
         f"{'spread':>7} {'error':>7}"
@@ -87,6 +83,17 @@ def main() -> None:
     baseline_rows(study, load_labelled(store, dataset, "train"))
     locdiff_rows(study, store, dataset, latest["checkpoint"], training)
     print("width: kernel width in km (cells: softmax temperature); spread, error: medians in km")
+
+
+def halves(store, dataset: str) -> Study:
+    """The dataset's validation split in two seeded halves (the same in every study), said in one line."""
+    from locdiff_pipeline.method import sphere
+    from locdiff_pipeline.steps.image_embeddings import load_labelled
+
+    val = load_labelled(store, dataset, "val")
+    half = np.random.default_rng(0).permutation(len(val.lat)) < len(val.lat) // 2
+    print(f"validation of {dataset}: {len(val.lat)} images, halves of {half.sum()} (fit) and {(~half).sum()} (score)")
+    return Study(val, half, sphere.to_unit(val.lat, val.lon))
 
 
 def baseline_rows(study: Study, train_rows) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from density_study import Study  # noqa: E402
+from density_study import Study, halves  # noqa: E402
 
 SAMPLES = 64
 PRIOR_SAMPLES = 256
@@ -75,10 +75,8 @@ def main() -> None:
     store = WarehouseResource(root=str(root)).get()
     latest = read_latest(store)
     dataset = latest["training_dataset"]
-    val = load_labelled(store, dataset, "val")
-    half = np.random.default_rng(0).permutation(len(val.lat)) < len(val.lat) // 2
-    study = Study(val, half, sphere.to_unit(val.lat, val.lon))
-    print(f"validation of {dataset}: {len(val.lat)} images, halves of {half.sum()} (fit) and {(~half).sum()} (score)")
+    study = halves(store, dataset)
+    val = study.val
     header()
     default = LocDiffModel.load(latest["checkpoint"])
     candidates = [drawn_from([default], "default", val.embeddings, 0.0)]

@@ -4,8 +4,9 @@ Dagster's webserver (1.13) executes any GraphQL operation it is sent, a mutation
 launchPartitionBackfill included, over GET (query parameters) as over POST, and checks neither the
 `Origin` of a request nor its `Host` (dagster_webserver/graphql.py, graphql_http_endpoint). So any page a
 user opens can launch runs on their `dagster dev` with an <img> tag or a form, and a DNS-rebinding page
-can read it. `locdiff dev` therefore starts `dagster dev` on a private loopback port and serves this
-reverse proxy on the address the user asked for, which forwards a request only if:
+can read it. `locdiff dev` therefore serves Dagster's webserver on a Unix socket only this user can open
+(ui_webserver.py: no TCP port to reach past the guard) and serves this reverse proxy on the address the
+user asked for, which forwards a request only if:
 
 1. its Host header names the loopback address the UI listens on (when it listens on loopback);
 2. a state-changing request (any method but GET/HEAD/OPTIONS, and every WebSocket handshake) comes from

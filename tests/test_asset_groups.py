@@ -88,6 +88,7 @@ def test_model_group(project):
     assert metadata["model_version"].value == 1
     run_id = metadata["mlflow_run_id"].value
     assert metadata["mlflow_run"].url.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert metadata["mlflow_runs"].url.endswith("?workflowType=machine_learning")  # the runs table, not GenAI's
     assert metadata["mlflow_run"].url.endswith(f"/runs/{run_id}")
     assert metadata["registered_version"].url == "http://127.0.0.1:5000/#/models/locdiff/versions/1"
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from locdiff_pipeline.coordination.project_lock import holder
 from locdiff_pipeline.data.bundled import BUNDLED, HELDOUT, SHIFTED
+from locdiff_pipeline.steps import report_tables
 from locdiff_pipeline.steps.scoring import METHODS
 from locdiff_pipeline.tracking import registry
 
@@ -30,6 +31,7 @@ BENCHMARKS = (HELDOUT, SHIFTED)
 def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
     locdiff = Path(sys.executable).with_name("locdiff")
     env = {**os.environ, "LOCDIFF_HOME": str(tmp_path), "LOCDIFF_REGRESSION_STEPS": "100"}  # a small regressor
+    env["COLUMNS"] = "100"  # a 100-column terminal's width, piped
     for name in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
     arguments = [
@@ -66,7 +68,11 @@ def test_locdiff_run_prints_every_method_and_report_agrees(tmp_path):
     assert len(second.stderr.strip().splitlines()) == 1  # one line, no traceback
     tables = _accuracy_tables(first.stdout)
     for benchmark in BENCHMARKS:  # per benchmark, under its heading: LocDiff first, chance and constant last
-        (rows,) = [lines[3:] for lines in tables if lines[0].startswith(f"{benchmark}: model v1, trained on ")]
+        heading = f"{benchmark}: model v1, trained on "
+        assert (first.stdout + first.stderr).count(heading) == 1  # piped, each table is printed once
+        (block,) = [lines for lines in tables if lines[0].startswith(heading)]
+        assert max(len(line) for line in block) <= 100
+        rows = block[3 : block.index(report_tables.DIFFERENCES_TITLE)]
         shown = [row.split()[0] for row in rows]
         assert set(shown) <= set(METHODS) and shown[0] == "locdiff" and shown[-2:] == ["chance", "constant"]
         assert {m for m in METHODS if "/" not in m} <= set(shown)  # a /plain twin only where it differs

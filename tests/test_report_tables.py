@@ -50,7 +50,7 @@ def test_the_terminal_and_the_markdown_print_a_block_per_benchmark_in_that_order
     first, second = text.split("\n\n")
     assert first.splitlines()[0] == "a: model v2, trained on train, 40 images in 9 regions"
     assert first.splitlines()[1].split()[:5] == ["method", "750", "km", "2500", "km"]
-    methods = [line.split()[0] for line in second.splitlines()[3:]]
+    methods = [line.split()[0] for line in second.splitlines()[3:8]]
     assert methods == ["locdiff", "knn", "knn/plain", "chance", "constant"]
     assert "locdiff/plain" not in text
     assert second.splitlines()[3].split()[1:3] == ["30.0%", "60.0%"]
@@ -77,3 +77,43 @@ def test_dagsters_table_puts_the_deciding_shares_beside_the_method_and_the_bench
     shown = report_tables.display_rows([r for r in ROWS if r["dataset"] == "b"])
     assert list(shown[0])[:3] == ["method", "750 km %", "2500 km %"] and list(shown[0])[-1] == "benchmark"
     assert (shown[0]["method"], shown[0]["750 km %"], shown[0]["benchmark"]) == ("locdiff", 30.0, "b")
+
+
+def test_the_terminal_tables_fit_100_columns_with_paired_differences_and_notes_folded():
+    """The widest numbers a report holds (negative intervals, the longest method names) within 100 columns;
+    the paired differences follow the main table, a star where the interval excludes zero; the notes fold
+    between items, never inside one."""
+    differences = {
+        "acc_750km_minus_locdiff": -0.213,
+        "acc_750km_minus_locdiff_low": -0.289,
+        "acc_750km_minus_locdiff_high": -0.144,
+        "versus_locdiff_acc_750km": "locdiff better",
+        "acc_2500km_minus_locdiff": -0.044,
+        "acc_2500km_minus_locdiff_low": -0.118,
+        "acc_2500km_minus_locdiff_high": 0.024,
+        "versus_locdiff_acc_2500km": "tie",
+        "nll_minus_locdiff": 0.44,
+        "nll_minus_locdiff_low": 0.23,
+        "nll_minus_locdiff_high": 0.67,
+        "versus_locdiff_nll": "locdiff better",
+        "hpd90_area_minus_locdiff": -0.14,
+        "versus_locdiff_hpd90_area": "locdiff worse",
+    }
+    wide = {"acc_750km_low": 0.036, "acc_750km_high": 0.112, "acc_2500km_low": 0.205, "acc_2500km_high": 0.361}
+    wide |= {"nll": -0.55, "nll_low": -0.81, "nll_high": -0.33, "spread_error_correlation": 0.11}
+    rows = [
+        _row("b", "locdiff", 0.08, 0.303, **wide, acc_200km=0.005),
+        _row("b", "cell_classification", 0.031, 0.259, **wide, **differences),
+        *(_row("b", f"method_{i}", 0.1, 0.2, **differences) for i in range(12)),
+    ]
+    text = report_tables.text_table(rows, width=100)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    at = lines.index("minus LocDiff, 95% interval of the paired difference (* excludes zero):")
+    assert lines[at + 3].split()[:5] == ["cell_classification", "-21.3", "[-28.9,", "-14.4]*", "-4.4"]
+    assert "locdiff " not in " ".join(lines[at + 3 :]).split("median km")[0]  # LocDiff has no difference row
+    start = next(i for i, line in enumerate(lines) if line.startswith("median km:"))
+    assert lines[start + 1].startswith("  ")  # 14 methods' medians take more than one line ...
+    for row in rows:  # ... and each method's median stays on the line with its name
+        assert any(f"{row['method']} 3000" in line for line in lines[start : start + 3]), row["method"]
+    assert "locdiff 0.5% at 200 km" in text and "every other share 0.0%" in text

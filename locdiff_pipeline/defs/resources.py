@@ -209,7 +209,9 @@ class MlflowResource(ConfigurableResource):
         return self.tracking_uri or None
 
     def links(self, run_id: str, version: int) -> dict[str, str]:
-        """Links to the run and the registered version in the MLflow UI, when its address is configured."""
+        """Links to the experiment's runs table, the run and the registered version in the MLflow UI, when its
+        address is configured. MLflow 3.17 opens an experiment on its GenAI overview unless the address says
+        `workflowType=machine_learning` (its UI reads that before the browser's stored choice)."""
         ui_url = _first_set(self.ui_url, settings.current().mlflow_ui)
         if not ui_url:
             return {}
@@ -218,6 +220,7 @@ class MlflowResource(ConfigurableResource):
         experiment = mlflow_api.get_run(run_id).info.experiment_id
         base = ui_url.rstrip("/")
         return {
+            "mlflow_runs": f"{base}/#/experiments/{experiment}?workflowType=machine_learning",
             "mlflow_run": f"{base}/#/experiments/{experiment}/runs/{run_id}",
             "registered_version": f"{base}/#/models/locdiff/versions/{version}",
         }

@@ -119,15 +119,32 @@ def calibration_png(curves: dict[str, list[tuple[float, float]]], title: str) ->
     """Per method, the share of true places inside its highest-density regions against their level (on the
     diagonal: calibrated; above: regions too wide; below: too narrow). LocDiff black, thickest, on top and
     listed first; every method in its error CDF colour."""
+    return _unit_square_curves(curves, title, "level of the highest-density region", ("calibrated", "upper left"))
+
+
+def coverage_area_png(curves: dict[str, list[tuple[float, float]]], title: str) -> bytes:
+    """Per method, the share of true places inside its 10 ... 90 % highest-density regions against their mean
+    area: a density that is both sharp and calibrated holds many truths in little of the Earth (up and left);
+    the diagonal is what a density that knows nothing (uniform) gets. LocDiff black, thickest, on top."""
+    return _unit_square_curves(
+        curves, title, "mean area of the 10 ... 90 % regions (share of the Earth)", ("uniform density", "lower right")
+    )
+
+
+def _unit_square_curves(
+    curves: dict[str, list[tuple[float, float]]], title: str, xlabel: str, diagonal: tuple[str, str]
+) -> bytes:
+    """Each method's (x, share of true places inside) points in the unit square beside the dashed diagonal
+    (named `diagonal[0]`, the legend placed at `diagonal[1]`), in the error CDF's colours and legend order."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.2, 4.5), dpi=110)
-    (diagonal,) = axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    (line_of_reference,) = axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     listed, lines = in_table_order(curves), {}
     for method in sorted(listed, key=lambda m: m == HIGHLIGHTED_METHOD):  # LocDiff last: on top
-        nominal, observed = np.array(curves[method]).T
+        x, share = np.array(curves[method]).T
         (lines[method],) = axis.plot(
-            nominal,
-            observed,
+            x,
+            share,
             marker="o",
             markersize=3,
             label=method,
@@ -136,45 +153,9 @@ def calibration_png(curves: dict[str, list[tuple[float, float]]], title: str) ->
             lw=2.6 if method == HIGHLIGHTED_METHOD else 1.2,
             zorder=3 if method == HIGHLIGHTED_METHOD else 2,
         )
-    axis.set(
-        xlim=(0, 1),
-        ylim=(0, 1),
-        xlabel="level of the highest-density region",
-        ylabel="share of true places inside",
-        title=title,
-    )
-    axis.legend([lines[m] for m in listed] + [diagonal], [*listed, "calibrated"], loc="upper left", fontsize=7)
-    return _png(figure)
-
-
-def coverage_area_png(curves: dict[str, list[tuple[float, float]]], title: str) -> bytes:
-    """Per method, the share of true places inside its 10 ... 90 % highest-density regions against their mean
-    area: a density that is both sharp and calibrated holds many truths in little of the Earth (up and left);
-    the diagonal is what a density that knows nothing (uniform) gets. LocDiff black, thickest, on top."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(5.2, 4.5), dpi=110)
-    (uniform,) = axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    listed, lines = in_table_order(curves), {}
-    for method in sorted(listed, key=lambda m: m == HIGHLIGHTED_METHOD):  # LocDiff last: on top
-        area, coverage = np.array(curves[method]).T
-        (lines[method],) = axis.plot(
-            area,
-            coverage,
-            marker="o",
-            markersize=3,
-            color=method_colour(method),
-            ls=":" if method in REFERENCE_METHODS else "-",
-            lw=2.6 if method == HIGHLIGHTED_METHOD else 1.2,
-            zorder=3 if method == HIGHLIGHTED_METHOD else 2,
-        )
-    axis.set(
-        xlim=(0, 1),
-        ylim=(0, 1),
-        xlabel="mean area of the 10 ... 90 % regions (share of the Earth)",
-        ylabel="share of true places inside",
-        title=title,
-    )
-    axis.legend([lines[m] for m in listed] + [uniform], [*listed, "uniform density"], loc="lower right", fontsize=7)
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel=xlabel, ylabel="share of true places inside", title=title)
+    name, place = diagonal
+    axis.legend([lines[m] for m in listed] + [line_of_reference], [*listed, name], loc=place, fontsize=7)
     return _png(figure)
 
 

@@ -8,6 +8,7 @@ chance and the constant guess (any other method last); the scales that decide, 7
 
 from __future__ import annotations
 
+import shutil
 from itertools import groupby
 from operator import itemgetter
 
@@ -18,6 +19,7 @@ LEARNED_METHODS = ("locdiff", "locdiff_h", "knn", "cell_classification", "regres
 REFERENCE_METHODS = ("chance", "constant")  # the rows every method must beat
 DECIDING_KM = (750, 2500)  # the scales the headline shows: what image geolocation at this scale decides on
 VERSUS_LABELS = {"acc_750km": "750", "acc_2500km": "2500", "nll": "NLL", "hpd90_area": "area"}  # of VERSUS_LOCDIFF
+DIFFERENCES_TITLE = "minus LocDiff, 95% interval of the paired difference (* excludes zero):"  # the terminal's
 CI = ":ci"  # a DISPLAY_COLUMNS column ending so shows that number's 95 % interval
 DISPLAY_COLUMNS = (  # Dagster's table: (label, accuracy view column); shares as percentages
     ("method", "method"),
@@ -161,17 +163,86 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n\n".join(blocks)
 
 
-def text_table(rows: list[dict]) -> str:
-    """The same tables for a terminal: per benchmark its heading, then its columns padded to their widest."""
+def text_table(rows: list[dict], width: int | None = None) -> str:
+    """The tables for a terminal `width` columns wide (default: the terminal's, else $COLUMNS, else 100), per
+    benchmark: its heading; each method's deciding shares, NLL and 90 % region; each method's paired
+    difference from LocDiff; then the median, the finer scales and the spread-error correlation as lines of
+    words (folded at `width`). The tables stay under 100 columns, so no number is split at 100."""
+    width = width or shutil.get_terminal_size((100, 24)).columns
     blocks = []
     for group in by_benchmark(rows):
-        table = [report_cells(row) for row in group]
-        widths = {label: max(len(label), *(len(cells[label]) for cells in table)) for label in table[0]}
-        header = "  ".join(label.ljust(widths[label]) for label in widths).rstrip()
-        lines = [heading(group), header, "-" * len(header)]
-        lines += ["  ".join(cells[label].ljust(widths[label]) for label in widths).rstrip() for cells in table]
+        lines = [heading(group), *_padded([_text_cells(row) for row in group])]
+        versus = [_difference_cells(row) for row in group if row.get("acc_750km_minus_locdiff") is not None]
+        if versus:
+            lines += [DIFFERENCES_TITLE, *_padded(versus)]
+        lines += [line for label, items in _notes(group) for line in _fold(label, items, width)]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _padded(table: list[dict[str, str]]) -> list[str]:
+    """A header, a rule and the rows, each column padded to its widest cell."""
+    widths = {label: max(len(label), *(len(cells[label]) for cells in table)) for label in table[0]}
+    header = "  ".join(label.ljust(widths[label]) for label in widths).rstrip()
+    rows = ["  ".join(cells[label].ljust(widths[label]) for label in widths).rstrip() for cells in table]
+    return [header, "-" * len(header), *rows]
+
+
+def _text_cells(row: dict) -> dict[str, str]:
+    cells = {"method": row["method"]}
+    for t in DECIDING_KM:
+        cells[f"{t} km"] = _share(row, accuracy_column(t))
+    cells["NLL"] = "" if row.get("nll") is None else f"{row['nll']:.2f}" + _interval(row, "nll", 1.0, ".2f")
+    area = "" if row.get("hpd90_area") is None else f" ({100 * row['hpd90_area']:.1f}%)"
+    coverage = "" if row.get("hpd90_coverage") is None else f"{100 * row['hpd90_coverage']:.1f}%"
+    cells["in 90% (area)"] = coverage + area
+    return cells
+
+
+def _difference_cells(row: dict) -> dict[str, str]:
+    """A method's paired differences from LocDiff with their intervals (the area's, always a fraction of a
+    point wide, left to the markdown), '*' where the interval excludes zero."""
+    cells = {"method": row["method"]}
+    for name, label in VERSUS_LABELS.items():
+        verdict = row.get(f"versus_locdiff_{name}")
+        mark = "*" if verdict in ("locdiff better", "locdiff worse") else ""
+        text = _difference(row, name)
+        cells[label + (" km" if name.startswith("acc_") else "")] = (
+            text.split(" [")[0] if name == "hpd90_area" else text
+        ) + mark
+    return cells
+
+
+def _fold(label: str, items: list[str], width: int) -> list[str]:
+    """'label: item, item, ...' folded into lines of at most `width` characters between items (an item is
+    never split), continuation lines indented."""
+    lines, line = [], f"{label}:"
+    for i, item in enumerate(items):
+        piece = f" {item}" + ("," if i < len(items) - 1 else "")
+        if len(line) + len(piece) > width and line.strip():
+            lines.append(line)
+            line = " "
+        line += piece
+    return [*lines, line]
+
+
+def _notes(group: list[dict]) -> list[tuple[str, list[str]]]:
+    """What the tables leave out, (label, items) each: the median error, the finer scales (zero everywhere
+    said once), the correlation of the samples' spread with the error."""
+    notes = [("median km", [f"{r['method']} {r['median_km']:.0f}" for r in group])]
+    finer = sorted((t for t in THRESHOLDS_KM if t not in DECIDING_KM), reverse=True)
+    above_zero = [
+        f"{r['method']} {100 * r[accuracy_column(t)]:.1f}% at {t:g} km"
+        for t in finer
+        for r in group
+        if r.get(accuracy_column(t))
+    ]
+    scales = " / ".join(f"{t:g}" for t in finer) + " km"
+    notes.append((scales, [*above_zero, "every other share 0.0%"] if above_zero else ["0.0% for every method"]))
+    correlations = [f"{r['method']} {_correlation(r)}" for r in group if _correlation(r)]
+    if correlations:
+        notes.append(("spread ~ error (correlation of log spread with log error)", correlations))
+    return notes
 
 
 def headline_markdown(rows: list[dict]) -> str:

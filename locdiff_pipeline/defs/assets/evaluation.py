@@ -175,8 +175,22 @@ def accuracy_report(
     registry.configure(mlflow.uri(), root=warehouse.project_root())
     registry.log_report(latest["run_id"], bundle.folder, benchmark)  # the files beside the run that made the model
     registry.log_benchmark_metrics(latest["run_id"], benchmark, bundle.rows)
-    context.log.info("\n" + report_tables.text_table(bundle.rows) + "\n" + "\n".join(notes))
+    context.log.info(report_log_line(benchmark, bundle))
     return MaterializeResult(metadata=report_metadata(bundle, notes))
+
+
+def report_log_line(benchmark: str, bundle: ReportBundle) -> str:
+    """One line for the run's log: where the report is and LocDiff's deciding shares. The tables themselves are
+    on the asset's page and printed once by `locdiff run` / `locdiff report` (a log line holding them printed
+    every table twice when the run's output was piped)."""
+    locdiff = next((row for row in bundle.rows if row["method"] == "locdiff"), None)
+    shares = (
+        ""
+        if locdiff is None
+        else f": LocDiff {100 * locdiff['acc_750km']:.1f}% within 750 km, {100 * locdiff['acc_2500km']:.1f}% within "
+        "2,500 km (every method: the asset's page, `locdiff report`)"
+    )
+    return f"report of {benchmark} written to {bundle.folder}{shares}"
 
 
 def table_location(store, benchmark: str, version: int) -> dict[str, MetadataValue]:
