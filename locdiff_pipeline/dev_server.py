@@ -10,6 +10,7 @@ guard stops serving, and each child's process group (its code servers included) 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from locdiff_pipeline.defs.run_paths import GUARD_ENV
 from locdiff_pipeline.ui_guard import build_app
 from locdiff_pipeline.ui_webserver import READY
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_SECONDS = 50  # the webserver's and daemon's own shutdown of their code servers takes seconds; then SIGKILL
 WORKSPACE = ["-m", "locdiff_pipeline.definitions"]
 
@@ -48,7 +50,8 @@ def serve(host: str, port: int, webserver_args: list[str], env: dict[str, str], 
                 stderr=subprocess.PIPE,
                 text=True,
                 bufsize=1,
-                start_new_session=True,
+                start_new_session=True,  # its own group: stopped with its code servers (_stop)
+                preexec_fn=_stop_with_parent(os.getpid()),
             )
             children.append(child)
             _relay(child.stdout, sys.stdout, f"http://{host}:{port}")
@@ -107,6 +110,19 @@ def _stop(children: list[subprocess.Popen]) -> None:
             child.wait()
     for child in children:  # a code server that outlived its parent
         _signal_group(child, signal.SIGKILL)
+
+
+def _stop_with_parent(parent: int):
+    """A child's first act: ask Linux for SIGTERM when its parent dies (PR_SET_PDEATHSIG), so a `locdiff dev`
+    killed outright (SIGKILL, a crash) leaves no webserver or daemon behind in its own session."""
+
+    def arrange() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request was made
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
 
 
 def _signal_group(child: subprocess.Popen, number: int) -> None:
