@@ -130,14 +130,15 @@ def _interval(row: dict, name: str, scale: float, style: str) -> str:
     return f" [{scale * low:{style}}, {scale * high:{style}}]"
 
 
-def _difference(row: dict, name: str) -> str:
+def _difference(row: dict, name: str, with_interval: bool = True) -> str:
     """A method's `name` minus LocDiff's with the interval of that paired difference: percentage points for
     shares and areas, nats for the NLL; '' for LocDiff itself."""
     value = row.get(f"{name}_minus_locdiff")
     if value is None:
         return ""
     scale, style = (1.0, "+.2f") if name == "nll" else (100.0, "+.1f")
-    return f"{scale * value:{style}}" + _interval(row, f"{name}_minus_locdiff", scale, style)
+    interval = _interval(row, f"{name}_minus_locdiff", scale, style) if with_interval else ""
+    return f"{scale * value:{style}}{interval}"
 
 
 def _verdict(value: str | None) -> str:
@@ -189,14 +190,13 @@ def _padded(table: list[dict[str, str]]) -> list[str]:
 
 
 def _text_cells(row: dict) -> dict[str, str]:
-    cells = {"method": row["method"]}
-    for t in DECIDING_KM:
-        cells[f"{t} km"] = _share(row, accuracy_column(t))
-    cells["NLL"] = "" if row.get("nll") is None else f"{row['nll']:.2f}" + _interval(row, "nll", 1.0, ".2f")
-    area = "" if row.get("hpd90_area") is None else f" ({100 * row['hpd90_area']:.1f}%)"
+    """report_cells' method, deciding shares and NLL, and the 90 % region's coverage with its area."""
+    cells = report_cells(row)
+    chosen = {label: cells[label] for label in ("method", *(f"{t} km" for t in DECIDING_KM), "NLL")}
+    area = "" if row.get("hpd90_area") is None else f" ({cells['90% HPD area']})"
     coverage = "" if row.get("hpd90_coverage") is None else f"{100 * row['hpd90_coverage']:.1f}%"
-    cells["in 90% (area)"] = coverage + area
-    return cells
+    chosen["in 90% (area)"] = coverage + area
+    return chosen
 
 
 def _difference_cells(row: dict) -> dict[str, str]:
@@ -206,10 +206,8 @@ def _difference_cells(row: dict) -> dict[str, str]:
     for name, label in VERSUS_LABELS.items():
         verdict = row.get(f"versus_locdiff_{name}")
         mark = "*" if verdict in ("locdiff better", "locdiff worse") else ""
-        text = _difference(row, name)
-        cells[label + (" km" if name.startswith("acc_") else "")] = (
-            text.split(" [")[0] if name == "hpd90_area" else text
-        ) + mark
+        text = _difference(row, name, with_interval=name != "hpd90_area")
+        cells[label + (" km" if name.startswith("acc_") else "")] = text + mark
     return cells
 
 
