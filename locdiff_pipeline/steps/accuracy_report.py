@@ -45,33 +45,22 @@ def _fetch(warehouse: Warehouse, sql: str, parameters: list) -> list[tuple]:
         return con.execute(sql, parameters).fetchall()
 
 
-def calibration_curves(warehouse: Warehouse, dataset: str, version: int) -> dict[str, list[tuple[float, float]]]:
-    """Per method with a density: (level, share of truths inside its level highest-density region) at
-    HPD_LEVELS, from the predictions' per-image `hpd_level` (a truth is inside the q region when it is <= q)."""
-    coverage = ", ".join(f"avg(CASE WHEN hpd_level <= {q} THEN 1.0 ELSE 0.0 END)" for q in HPD_LEVELS)
-    rows = _fetch(
-        warehouse,
-        f"SELECT method, {coverage} FROM predictions WHERE dataset = $1 AND model_version = $2 "
-        "AND hpd_level IS NOT NULL GROUP BY method ORDER BY method",
-        [dataset, int(version)],
-    )
-    return {method: list(zip(HPD_LEVELS, map(float, shares), strict=True)) for method, *shares in rows}
-
-
-def coverage_area_curves(warehouse: Warehouse, dataset: str, version: int) -> dict[str, list[tuple[float, float]]]:
-    """Per method with a density: (mean area as a share of the Earth, share of truths inside) of its
-    HPD_LEVELS highest-density regions, from the predictions' per-image `hpd_areas` and `hpd_level`."""
+def region_curves(warehouse: Warehouse, dataset: str, version: int) -> dict[str, list[tuple[float, float, float]]]:
+    """Per method with a density, at each of HPD_LEVELS: (level, share of truths inside its level
+    highest-density region, that region's mean area as a share of the Earth), from the predictions' per-image
+    `hpd_level` (a truth is inside the q region when it is <= q) and `hpd_areas`. The calibration curve is
+    (level, share); the coverage-area curve (area, share)."""
     columns = ", ".join(
-        f"avg(hpd_areas[{k + 1}]), avg(CASE WHEN hpd_level <= {q} THEN 1.0 ELSE 0.0 END)"
+        f"avg(CASE WHEN hpd_level <= {q} THEN 1.0 ELSE 0.0 END), avg(hpd_areas[{k + 1}])"
         for k, q in enumerate(HPD_LEVELS)
     )
     rows = _fetch(
         warehouse,
         f"SELECT method, {columns} FROM predictions WHERE dataset = $1 AND model_version = $2 "
-        "AND hpd_level IS NOT NULL AND hpd_areas IS NOT NULL GROUP BY method ORDER BY method",
+        "AND hpd_level IS NOT NULL GROUP BY method ORDER BY method",
         [dataset, int(version)],
     )
-    return {method: list(zip(values[0::2], values[1::2], strict=True)) for method, *values in rows}
+    return {method: list(zip(HPD_LEVELS, values[0::2], values[1::2], strict=True)) for method, *values in rows}
 
 
 def density_panels(warehouse: Warehouse, dataset: str, version: int, count: int = DENSITY_MAP_IMAGES) -> list[dict]:
@@ -138,14 +127,16 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[s
     """Files of one benchmark's report for one model version; `notes` (the encoder caveat, the contamination
     summary, the protocol and the densities chosen on validation) go under the table."""
     rows = report_sql.accuracy_table(warehouse, dataset=dataset, model_version=version)
-    calibration = calibration_curves(warehouse, dataset, version)
+    curves = region_curves(warehouse, dataset, version)
+    calibration = {method: [(q, share) for q, share, _ in curve] for method, curve in curves.items()}
     markdown = report_markdown(rows, calibration, notes)
     title = f"{dataset}, model v{version}"
     pngs = error_figures(warehouse, dataset, version, title)
-    coverage_area = coverage_area_curves(warehouse, dataset, version)
+    coverage_area = {method: [(area, share) for _, share, area in curve] for method, curve in curves.items()}
     if calibration:
         pngs["calibration.png"] = figures.calibration_png(calibration, f"Highest-density regions, {title}")
-    if coverage_area:
+    # predictions scored before their regions' areas were (no hpd_areas) have a calibration but no such figure
+    if coverage_area and all(area is not None for curve in coverage_area.values() for area, _ in curve):
         pngs["coverage_area.png"] = figures.coverage_area_png(coverage_area, f"Sharpness and coverage, {title}")
     panels = density_panels(warehouse, dataset, version)
     if panels:
@@ -158,11 +149,8 @@ def build_report(warehouse: Warehouse, dataset: str, version: int, notes: list[s
     (folder / "calibration.json").write_text(
         json.dumps(
             {
-                method: [
-                    {"level": q, "observed": share, "mean_area": area}
-                    for (q, share), (area, _) in zip(curve, coverage_area.get(method, [(None, None)] * len(curve)))
-                ]
-                for method, curve in calibration.items()
+                method: [{"level": q, "observed": share, "mean_area": area} for q, share, area in curve]
+                for method, curve in curves.items()
             },
             indent=2,
         )
