@@ -79,10 +79,15 @@ def server_pid(config: StackConfig) -> int | None:
         return None
 
 
+def project_note(config: StackConfig) -> Path:
+    """The note beside the cluster's data folder naming the project it belongs to (orphaned_clusters)."""
+    return config.postgres_data.parent / f"{config.postgres_data.name}{PROJECT_NOTE}"
+
+
 def cluster_files(config: StackConfig) -> list[Path]:
     """What the stack's cluster keeps on disk: its data folder, the server's log and the note naming the project."""
     data = config.postgres_data
-    return [data, data.parent / f"{data.name}.log", data.parent / f"{data.name}{PROJECT_NOTE}"]
+    return [data, data.parent / f"{data.name}.log", project_note(config)]
 
 
 def purge(config: StackConfig) -> list[Path]:
@@ -107,7 +112,7 @@ def orphaned_clusters(folder: Path = SHARED_CLUSTERS) -> list[tuple[Path, Path]]
 def _init_cluster(config: StackConfig) -> None:
     data = config.postgres_data
     data.mkdir(parents=True, exist_ok=True)
-    cluster_files(config)[2].write_text(f"{config.root.resolve()}\n")
+    project_note(config).write_text(f"{config.root.resolve()}\n")
     password_file = data.parent / f"{data.name}.password"
     write_private(password_file, (config.postgres_admin_password + "\n").encode())
     _give_to_server_user(data.parent, data, password_file)
